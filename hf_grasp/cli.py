@@ -1,0 +1,108 @@
+"""``hf-grasp``: a thin command line over the Python API.
+
+Parses arguments, calls :mod:`hf_grasp`, prints. A :class:`GraspError` becomes
+one ``error: ...`` line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import GraspError
+from .options import add_option_arguments, options_from_args
+
+
+def _merge_parser(sub) -> None:
+    p = sub.add_parser("merge", help="Merge source checkpoints onto a target dataset with GRASP.",
+                       description="Merge K same-architecture classifiers into one model on a target dataset.")
+    p.add_argument("--target", required=True,
+                   help="Built-in benchmark (digits-eras), dataset id, or local path datasets can read.")
+    p.add_argument("--sources", nargs="+", required=True, metavar="REF",
+                   help="Source checkpoints: org/name, org/name@revision, hf-hub:org/name, or a local directory.")
+    p.add_argument("--output", required=True, type=Path, help="Directory to write the merged model to.")
+    p.add_argument("--method", default="grasp", help="Registered merge method (default: grasp).")
+    p.add_argument("--overwrite", action="store_true", help="Replace --output if it already exists.")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="Also upload the merged model to this Hub repo.")
+    p.add_argument("--private", action="store_true", help="Create the --push-to-hub repo as private.")
+    add_option_arguments(p)
+    p.set_defaults(func=_cmd_merge)
+
+
+def _cmd_merge(args) -> int:
+    from . import GraspMerger
+    from .report import print_summary
+
+    if args.output.exists() and any(args.output.iterdir()) and not args.overwrite:
+        raise GraspError(f"output {args.output} exists and is not empty; pass --overwrite to replace it")
+    merger = GraspMerger.from_pretrained(args.sources, target=args.target, method=args.method,
+                                         **options_from_args(args))
+    result = merger.merge()
+    result.save_pretrained(args.output, overwrite=args.overwrite)
+    print_summary(result.report)
+    print(f"merged model written to {args.output}")
+    if args.push_to_hub:
+        url = result.push_to_hub(args.push_to_hub, private=args.private)
+        print(f"pushed to {url}")
+    return 0
+
+
+def _make_sources_parser(sub) -> None:
+    from .benchmarks.make_sources import add_arguments
+
+    p = sub.add_parser("make-sources", help="Train a shared base and one source per domain of a built-in benchmark.",
+                       description="Train a small base model on the benchmark's pretraining pool, then fine-tune "
+                                   "one source per non-target domain from it, each saved as a Hub repo holds it.")
+    add_arguments(p)
+    p.set_defaults(func=_cmd_make_sources)
+
+
+def _cmd_make_sources(args) -> int:
+    from .benchmarks.make_sources import run_from_args
+
+    run_from_args(args)
+    return 0
+
+
+def _demo_parser(sub) -> None:
+    from .benchmarks.demo import add_arguments
+
+    p = sub.add_parser("demo", help="Offline demo: make digits-eras sources, merge them, compare with each source.",
+                       description="End to end on the built-in digits-eras benchmark, no network needed.")
+    add_arguments(p)
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    from .benchmarks.demo import run_from_args
+
+    run_from_args(args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-grasp",
+        description="Merge fine-tuned Hugging Face models into one with GRASP "
+                    "(Gradient-Aligned Sequential Parameter Transfer).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _merge_parser(sub)
+    _make_sources_parser(sub)
+    _demo_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hf-grasp`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GraspError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The public Python API: :class:`GraspMerger` and :class:`MergeResult`."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from accelerate.utils import set_seed
+from huggingface_hub import ModelCard, ModelHubMixin
+from torch import nn
+
+from . import report as report_mod
+from .card import build_model_card
+from .data import TargetData, load_target
+from .errors import GraspError, SourceError
+from .families import family_for, read_config
+from .families.base import ModelFamily
+from .methods import MergeContext, get_method
+from .options import MergeOptions
+from .sources import ResolvedSource, SourceRef, expected_specs, hash_files, preflight, resolve
+from .training import make_accelerator
+
+
+def recipe_defaults(target: str) -> dict[str, Any]:
+    """Option values a built-in benchmark recommends (they sit between engine defaults and user values)."""
+    from .benchmarks import digits_eras
+
+    if target == digits_eras.DIGITS_ERAS:
+        r = digits_eras.RECIPE
+        keys = ("lr", "batch_size", "initial_epochs", "finetune_epochs")
+        return {"target_domain": str(r["target_domain"]), **{k: r[k] for k in keys if k in r}}
+    return {}
+
+
+def _ordered(items: list, order: str, seed: int) -> list:
+    if order == "given":
+        return items
+    if order == "reverse":
+        return items[::-1]
+    if order == "random":
+        out = list(items)
+        random.Random(seed).shuffle(out)
+        return out
+    try:
+        idx = [int(i) for i in order.split(",")]
+    except ValueError:
+        raise GraspError(f"option order={order!r}: use given, reverse, random or a comma list of indices") from None
+    if sorted(idx) != list(range(len(items))):
+        raise GraspError(f"option order={order!r}: must be a permutation of 0..{len(items) - 1}")
+    return [items[i] for i in idx]
+
+
+class GraspMerger:
+    """Merges K same-architecture classifiers onto a target dataset, one source resident at a time.
+
+    Build it with :meth:`from_pretrained`; call :meth:`merge`.
+    """
+
+    def __init__(self, sources: list[ResolvedSource], data: TargetData, options: MergeOptions, *,
+                 method: str = "grasp", init_source: ResolvedSource | None = None):
+        self.sources, self.data, self.options = sources, data, options
+        self.method = get_method(method)
+        self.init_source = init_source
+        self.model_dir = (init_source or sources[0]).path
+        self.family: ModelFamily = family_for(read_config(self.model_dir), source=(init_source or sources[0]).name)
+        for s in sources:
+            fam = family_for(read_config(s.path), source=s.name)
+            if type(fam) is not type(self.family):
+                raise SourceError(f"source {s.name!r} is a {fam.name} checkpoint but the target architecture "
+                                  f"is {self.family.name}; all sources must share one architecture")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        sources: Sequence[str],
+        *,
+        target: str,
+        method: str = "grasp",
+        token: str | bool | None = None,
+        **options: Any,
+    ) -> "GraspMerger":
+        """Resolve ``sources`` and load the ``target`` dataset.
+
+        Args:
+            sources: references — ``org/name``, ``org/name@revision``, ``hf-hub:org/name``
+                or a local directory — of checkpoints sharing one architecture.
+                Resolved through the HF cache (HF_HOME, HF_HUB_OFFLINE, HF_ENDPOINT, HF_TOKEN apply).
+            target: a built-in benchmark name (``digits-eras``), a dataset id, or a local
+                path that ``datasets`` reads (``save_to_disk`` output, imagefolder, ...).
+            method: a registered merge method (``grasp``).
+            token: Hub token, if not taken from the environment.
+            **options: any field of :class:`~hf_grasp.options.MergeOptions`
+                (``tau``, ``granularity``, ``align_batches``, ``batch_size``,
+                ``initial_epochs``, ``finetune_epochs``, ``lr``, ``weight_decay``,
+                ``schedule``, ``init``, ``order``, ``seed``, ``buffers``, ``target_domain``, ...).
+                A built-in benchmark's recipe values fill options you leave unset.
+        """
+        opts = MergeOptions.build(recipe_defaults(target), options)
+        if len(sources) < 1:
+            raise GraspError("no sources given")
+        refs = [SourceRef.parse(s) for s in sources]
+        resolved = [resolve(r, allow_pickle=opts.allow_pickle, token=token) for r in refs]
+        resolved = _ordered(resolved, opts.order, opts.seed)
+        init_source = None
+        if opts.init not in ("first", "random"):
+            init_source = resolve(opts.init, allow_pickle=opts.allow_pickle, token=token)
+        elif opts.init == "first" and len(resolved) < 2:
+            raise GraspError("GRASP with init=first needs at least 2 sources")
+        data = load_target(
+            target, domain=opts.target_domain, domain_column=opts.domain_column,
+            image_column=opts.image_column, label_column=opts.label_column,
+            validation_fraction=opts.validation_fraction, seed=opts.seed,
+            trust_remote_code=opts.trust_remote_code,
+        )
+        return cls(resolved, data, opts, method=method, init_source=init_source)
+
+    def _build(self) -> nn.Module:
+        return self.family.build(self.model_dir, trust_remote_code=self.options.trust_remote_code).float()
+
+    def merge(self) -> "MergeResult":
+        """Run the merge; returns the merged model with its report."""
+        o = self.options
+        start = time.time()
+        set_seed(o.seed)
+        merged = self._build()  # seeded: this is the random init when init=random
+        probe = self._build()
+        expected = expected_specs(merged)
+        arch_labels = self.family.num_labels(self.model_dir)
+        if arch_labels != self.data.num_labels:
+            raise SourceError(
+                f"source {(self.init_source or self.sources[0]).name!r}: head has {arch_labels} outputs but target "
+                f"{self.data.name!r} has {self.data.num_labels} labels"
+            )
+        everyone = ([self.init_source] if self.init_source else []) + self.sources
+        skips = {s.name: preflight(s, expected, num_labels=self.data.num_labels,
+                                   skip_mismatched_heads=o.skip_mismatched_heads) for s in everyone}
+        for s in everyone:
+            hash_files(s)
+        accelerator = make_accelerator(cpu=o.cpu or None, mixed_precision=o.mixed_precision)
+        merged.to(accelerator.device)
+        probe.to(accelerator.device)
+        ctx = MergeContext(
+            options=o, family=self.family, model_dir=self.model_dir, sources=self.sources, skips=skips,
+            init_source=self.init_source, merged=merged, probe=probe, data=self.data, accelerator=accelerator,
+        )
+        self.method.fn(ctx)
+        del ctx.probe, probe
+        accelerator.free_memory()
+        rep = self._report(ctx, time.time() - start)
+        return MergeResult(model=merged.cpu().eval(), family=self.family, model_dir=self.model_dir, report=rep)
+
+    def _report(self, ctx: MergeContext, seconds: float) -> dict:
+        by_name = {s.name: s for s in ([self.init_source] if self.init_source else []) + self.sources}
+        sources, steps = [], []
+        for rec in ctx.records:
+            steps.append({"step": rec["step"], "ref": rec["source"],
+                          "val_accuracy": rec["validation"]["accuracy"], "test_accuracy": rec["test"]["accuracy"]})
+            src = by_name.get(rec["source"])
+            if src is None:
+                continue  # random init
+            transferred = rec.get("transferred")
+            sources.append({
+                **src.describe(),
+                "role": "init" if rec["step"] == "init" else "source",
+                "scores": rec.get("scores"),
+                "transferred": transferred,
+                "fraction_transferred": (sum(transferred.values()) / len(transferred)) if transferred else None,
+                "skipped": rec.get("skipped", []),
+                "metrics_alone": rec.get("source_alone"),
+                "metrics_after": {"validation": rec["validation"], "test": rec["test"]},
+                "history": rec.get("history"),
+                "seconds": rec["seconds"],
+            })
+        last = ctx.records[-1]
+        param_bytes = sum(p.numel() * p.element_size() for p in ctx.merged.parameters())
+        return {
+            "method": self.method.name,
+            "config": self.options.to_dict(),
+            "target": {"name": self.data.name, "domain": self.data.domain, "num_labels": self.data.num_labels,
+                       "sizes": {k: len(v) for k, v in self.data.splits.items()}, "notes": self.data.notes},
+            "family": self.family.name,
+            "architecture": type(ctx.merged).__name__,
+            "sources": sources,
+            "steps": steps,
+            "final": {"validation": last["validation"], "test": last["test"]},
+            "baselines": {s["ref"]: {"test": s["metrics_alone"]} for s in sources if s.get("metrics_alone")},
+            "timings": {"total_seconds": seconds},
+            "memory": {"peak_rss_bytes": report_mod.peak_rss_bytes(), "param_bytes": param_bytes},
+        }
+
+
+class MergeResult(ModelHubMixin):
+    """A merged model with its report; saves in the model library's native format.
+
+    ``save_pretrained(dir)`` writes the model (loadable with plain transformers or
+    timm), its preprocessing config, ``grasp_report.json``, an alignment heatmap
+    and a model card; ``push_to_hub(repo_id)`` uploads the same folder.
+    """
+
+    def __init__(self, model: nn.Module, family: ModelFamily, model_dir: Path, report: dict):
+        self.model, self.family, self.model_dir, self.report = model, family, Path(model_dir), report
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        self.family.save(self.model, save_directory, like=self.model_dir)
+        report_mod.write_json(self.report, save_directory / "grasp_report.json")
+        if any(s.get("scores") for s in self.report["sources"]):
+            report_mod.plot_alignment_heatmap(self.report, save_directory / "alignment.png")
+
+    def generate_model_card(self, *args, **kwargs) -> ModelCard:
+        base = [s["repo_id"] for s in self.report["sources"] if s.get("repo_id")]
+        return build_model_card(self.report, base_models=base, library_name=self.family.name,
+                                dataset=self.report["target"]["name"])
+
+    def save_pretrained(self, save_directory: str | Path, *, overwrite: bool = False, **kwargs) -> str | None:
+        """Write everything to a temporary sibling directory, then rename it into place.
+
+        A failure leaves nothing behind; an existing non-empty directory is
+        refused unless ``overwrite``.
+        """
+        out = Path(save_directory)
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise GraspError(f"output {out} exists and is not empty; pass --overwrite to replace it")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            super().save_pretrained(tmp, **kwargs)
+            if out.exists():
+                old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                out.rename(old)
+                tmp.rename(out)
+                shutil.rmtree(old)
+            else:
+                tmp.rename(out)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return None

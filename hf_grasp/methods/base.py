@@ -1,0 +1,126 @@
+"""What every merge method receives, and the registry that names methods.
+
+A method is a function ``method(ctx: MergeContext) -> None`` that leaves the
+result in ``ctx.merged``. The context owns the two models that ever exist (the
+merged model and the probe a source is streamed into), the target data, the
+accelerator and the report records, so every method shares one source stream,
+one data path and one evaluation.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from ..data import TargetData, alignment_batches, make_loader
+from ..errors import GraspError
+from ..families.base import ModelFamily
+from ..options import MergeOptions
+from ..sources import ResolvedSource, stream_into
+from ..training import evaluate_model, fine_tune
+
+
+@dataclass
+class MethodInfo:
+    """A registered merge method: its function and what the model card cites."""
+
+    name: str
+    fn: Callable[["MergeContext"], None]
+    pretty_name: str
+    paper: str | None = None
+
+
+METHODS: dict[str, MethodInfo] = {}
+
+
+def register_method(name: str, *, pretty_name: str | None = None, paper: str | None = None):
+    """Decorator registering ``fn(ctx)`` as merge method ``name``."""
+
+    def wrap(fn):
+        METHODS[name] = MethodInfo(name, fn, pretty_name or name, paper)
+        return fn
+
+    return wrap
+
+
+def get_method(name: str) -> MethodInfo:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise GraspError(f"unknown merge method {name!r}; registered: {', '.join(sorted(METHODS))}") from None
+
+
+@dataclass
+class MergeContext:
+    """The state a merge method works on."""
+
+    options: MergeOptions
+    family: ModelFamily
+    model_dir: Any                      # a checkpoint directory of the architecture (config, processor)
+    sources: list[ResolvedSource]       # in merge order
+    skips: dict[str, list[str]]         # source name -> head tensors not read from it
+    init_source: ResolvedSource | None  # explicit init model, when options.init names one
+    merged: nn.Module
+    probe: nn.Module
+    data: TargetData
+    accelerator: Accelerator
+    records: list[dict] = field(default_factory=list)  # one per step, rendered by report.py
+
+    def __post_init__(self):
+        train_tf = self.family.image_transform(self.model_dir, train=self.options.augment)
+        self.eval_transform = self.family.image_transform(self.model_dir, train=False)
+        bs, seed = self.options.batch_size, self.options.seed
+        self.train_loader = make_loader(self.data.splits["train"], train_tf, batch_size=bs, shuffle=True, seed=seed)
+        self.val_loader = make_loader(self.data.splits["validation"], self.eval_transform, batch_size=bs, shuffle=False)
+        self.test_loader = make_loader(self.data.splits["test"], self.eval_transform, batch_size=bs, shuffle=False)
+
+    # --- the shared pieces every method uses
+
+    def load(self, model: nn.Module, source: ResolvedSource) -> None:
+        """Stream ``source`` into ``model`` in place (the only way weights enter a model)."""
+        stream_into(model, source, self.skips.get(source.name, ()))
+
+    def alignment_batches(self, step: int) -> list[dict]:
+        """Target-train batches for one alignment step, moved to the device; never val or test."""
+        batches = alignment_batches(
+            self.data.splits["train"], self.eval_transform,
+            n_batches=self.options.align_batches, batch_size=self.options.batch_size,
+            seed=self.options.seed * 1000 + step,
+        )
+        dev = self.accelerator.device
+        return [{k: v.to(dev) for k, v in b.items()} for b in batches]
+
+    def gradients(self, model: nn.Module, batches: list[dict]) -> None:
+        """Sum of the loss gradients over ``batches`` into ``param.grad``, model in eval mode.
+
+        Eval mode for both models (deterministic, dropout-free, each model's own
+        BatchNorm statistics); the released code used train mode for the merged model.
+        """
+        model.eval()
+        model.zero_grad(set_to_none=True)
+        for b in batches:
+            logits = self.family.logits(model, b["pixel_values"])
+            torch.nn.functional.cross_entropy(logits, b["labels"]).backward()
+
+    def fine_tune(self, epochs: int, desc: str) -> list[dict]:
+        """Fine-tune the merged model on target train; best-validation state kept in the idle probe."""
+        o = self.options
+        return fine_tune(
+            self.merged, self.family.logits, self.train_loader, self.val_loader, self.accelerator,
+            epochs=epochs, lr=o.lr, weight_decay=o.weight_decay, schedule=o.schedule,
+            best_store=self.probe, desc=desc,
+        )
+
+    def evaluate(self, model: nn.Module | None = None, split: str = "validation") -> dict:
+        loader = self.val_loader if split == "validation" else self.test_loader
+        return evaluate_model(model if model is not None else self.merged, self.family.logits, loader, self.accelerator)
+
+    def record(self, **entry) -> dict:
+        entry.setdefault("time", time.time())
+        self.records.append(entry)
+        return entry

@@ -1,0 +1,284 @@
+"""Source references: parse, resolve through huggingface_hub, pre-flight, stream.
+
+Data flows one way here: a reference string becomes a :class:`ResolvedSource`
+(a directory of files in the HF cache or on disk, with the commit it came
+from), whose safetensors headers are checked against the target architecture
+before anything runs, and whose tensors are later copied one at a time into a
+model that already exists (the "probe"), so no second model is ever built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import sha
+from safetensors import safe_open
+from torch import nn
+
+from .errors import ShapeMismatchError, SourceError
+
+SAFE_INDEX = "model.safetensors.index.json"
+SAFE_SINGLE = "model.safetensors"
+PICKLE_PATTERNS = ("*.bin", "*.pth", "*.pt", "*.ckpt", "*.pkl")
+# what a checkpoint needs besides weights: configs and preprocessing files
+META_PATTERNS = ["*.json", "*.md", "*.txt"]
+
+# safetensors dtype names as they appear in headers -> torch dtypes
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """A parsed reference: a Hub repo id with optional revision, or a local directory."""
+
+    text: str
+    repo_id: str | None = None
+    revision: str | None = None
+    local_path: Path | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "SourceRef":
+        """Parse ``org/name``, ``org/name@rev``, ``hf-hub:org/name[@rev]``, a directory or ``local-dir:PATH``."""
+        raw = text.strip()
+        if raw.startswith("local-dir:"):
+            return cls(text, local_path=Path(raw[len("local-dir:"):]).expanduser())
+        if raw.startswith("hf-hub:"):
+            raw = raw[len("hf-hub:"):]
+        elif Path(raw).expanduser().exists() or raw.startswith((".", "/", "~")):
+            return cls(text, local_path=Path(raw).expanduser())
+        repo, _, rev = raw.partition("@")
+        if repo.count("/") != 1 or not all(repo.split("/")):
+            raise SourceError(
+                f"source {text!r}: not a local directory and not a Hub repo id of the form org/name[@revision]"
+            )
+        return cls(text, repo_id=repo, revision=rev or None)
+
+
+@dataclass
+class ResolvedSource:
+    """A source whose files are on local disk, ready to be read."""
+
+    ref: SourceRef
+    path: Path
+    weight_files: list[Path]
+    commit: str | None = None
+    hashes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.ref.text
+
+    def describe(self) -> dict:
+        """The JSON record the report keeps for this source."""
+        return {
+            "ref": self.ref.text,
+            "repo_id": self.ref.repo_id,
+            "revision": self.ref.revision,
+            "commit": self.commit,
+            "path": str(self.path),
+            "files": dict(self.hashes),
+        }
+
+
+def _snapshot(ref: SourceRef, patterns: list[str], token: str | bool | None) -> Path:
+    try:
+        return Path(snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=patterns, token=token))
+    except HFValidationError as e:
+        raise SourceError(f"source {ref.text!r}: not a valid Hub repo id or revision ({e})") from e
+    except (RepositoryNotFoundError, GatedRepoError) as e:
+        raise SourceError(f"source {ref.text!r}: repository not found or not accessible ({type(e).__name__})") from e
+    except RevisionNotFoundError as e:
+        raise SourceError(f"source {ref.text!r}: revision {ref.revision!r} not found") from e
+    except (LocalEntryNotFoundError, EntryNotFoundError, OSError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+        hint = " and HF_HUB_OFFLINE is set: it is not in the HF cache" if offline else ""
+        raise SourceError(f"source {ref.text!r}: cannot be fetched{hint} ({type(e).__name__})") from e
+
+
+def _weight_files(root: Path, source: str) -> list[Path]:
+    index = root / SAFE_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError) as e:
+            raise SourceError(f"source {source!r}: {index} is not a valid safetensors index") from e
+        files = [root / f for f in dict.fromkeys(weight_map.values())]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise SourceError(f"source {source!r}: shard(s) {', '.join(missing)} listed in {SAFE_INDEX} are missing")
+        return files
+    if (root / SAFE_SINGLE).is_file():
+        return [root / SAFE_SINGLE]
+    return sorted(root.glob("*.safetensors"))
+
+
+def resolve(ref: SourceRef | str | os.PathLike, *, allow_pickle: bool = False, token: str | bool | None = None) -> ResolvedSource:
+    """Bring a source's config and safetensors weights to local disk (through the HF cache).
+
+    Pickle weights are refused unless ``allow_pickle`` (unpickling can run code);
+    with it, a pickle-only checkpoint is converted by loading it with
+    ``weights_only=True`` only at streaming time.
+    """
+    ref = ref if isinstance(ref, SourceRef) else SourceRef.parse(str(ref))
+    if ref.local_path is not None:
+        root = ref.local_path
+        if not root.is_dir():
+            raise SourceError(f"source {ref.text!r}: directory {root} does not exist")
+        commit = None
+    else:
+        root = _snapshot(ref, META_PATTERNS + ["*.safetensors"], token)
+        commit = root.name if root.parent.name == "snapshots" else None
+    if not (root / "config.json").is_file():
+        raise SourceError(f"source {ref.text!r}: no config.json in {root}")
+    files = _weight_files(root, ref.text)
+    if not files:
+        pickles = [p for pat in PICKLE_PATTERNS for p in root.glob(pat)]
+        if ref.local_path is None and not pickles and allow_pickle:
+            root = _snapshot(ref, META_PATTERNS + list(PICKLE_PATTERNS), token)
+            pickles = [p for pat in PICKLE_PATTERNS for p in root.glob(pat)]
+        if not allow_pickle:
+            what = "only pickle weights" if pickles or ref.local_path is None else "no weight files"
+            raise SourceError(
+                f"source {ref.text!r}: {what} (no *.safetensors); pickle files can run code when loaded, "
+                "so they are refused — convert the checkpoint to safetensors or pass --allow-pickle"
+            )
+        if not pickles:
+            raise SourceError(f"source {ref.text!r}: no *.safetensors or pickle weight files in {root}")
+        files = sorted(pickles)
+    return ResolvedSource(ref=ref, path=root, weight_files=files, commit=commit)
+
+
+def hash_files(source: ResolvedSource) -> dict[str, str]:
+    """sha256 of every weight file read, recorded in the report."""
+    for f in source.weight_files:
+        with open(f, "rb") as fh:
+            source.hashes[f.name] = sha.sha_fileobj(fh).hex()
+    return source.hashes
+
+
+# --- headers and pre-flight -------------------------------------------------
+
+
+def read_header(source: ResolvedSource) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Names, shapes and dtypes of every tensor in a source, from headers only."""
+    specs = {}
+    for f in source.weight_files:
+        if f.suffix != ".safetensors":
+            for k, t in _load_pickle(f).items():
+                specs[k] = (tuple(t.shape), t.dtype)
+            continue
+        try:
+            with safe_open(f, framework="pt") as h:
+                for k in h.keys():
+                    sl = h.get_slice(k)
+                    specs[k] = (tuple(sl.get_shape()), _DTYPES.get(sl.get_dtype(), sl.get_dtype()))
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise SourceError(f"source {source.name!r}: cannot read safetensors header of {f.name}: {e}") from e
+    return specs
+
+
+def preflight(
+    source: ResolvedSource,
+    expected: dict[str, tuple[tuple[int, ...], torch.dtype]],
+    *,
+    num_labels: int,
+    skip_mismatched_heads: bool = False,
+) -> list[str]:
+    """Check a source's tensors against the target architecture before any work.
+
+    Returns the names of head tensors to skip (only with ``skip_mismatched_heads``);
+    raises :class:`ShapeMismatchError` naming source, tensor, expected and found.
+    A head mismatch is a tensor whose leading dimension is the target's label
+    count in the architecture but something else in the source.
+    """
+    found = read_header(source)
+    missing = [k for k in expected if k not in found]
+    if missing:
+        raise ShapeMismatchError(
+            f"source {source.name!r}: tensor {missing[0]!r} of the target architecture is missing"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
+    extra = [k for k in found if k not in expected]
+    if extra:
+        raise ShapeMismatchError(
+            f"source {source.name!r}: tensor {extra[0]!r} is not in the target architecture"
+            + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+        )
+    skipped = []
+    for name, (shape, dtype) in expected.items():
+        fshape, fdtype = found[name]
+        if fshape != shape:
+            is_head = bool(shape) and bool(fshape) and shape[0] == num_labels and fshape[0] != num_labels \
+                and shape[1:] == fshape[1:]
+            if is_head and skip_mismatched_heads:
+                skipped.append(name)
+                continue
+            hint = (
+                f"; it is a classifier head with {fshape[0]} outputs but the target has {num_labels} labels "
+                "(pass --skip-mismatched-heads to keep the target's head)"
+            ) if is_head else ""
+            raise ShapeMismatchError(
+                f"source {source.name!r}: tensor {name!r} expected shape {list(shape)}, found {list(fshape)}{hint}"
+            )
+        if fdtype != dtype and not (fdtype.is_floating_point and dtype.is_floating_point):
+            raise ShapeMismatchError(
+                f"source {source.name!r}: tensor {name!r} expected dtype {dtype}, found {fdtype}"
+            )
+    return skipped
+
+
+def expected_specs(model: nn.Module) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Names, shapes and dtypes a checkpoint of ``model``'s architecture must hold."""
+    return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+
+
+# --- streaming ----------------------------------------------------------------
+
+
+def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    # Only reached with allow_pickle; weights_only still refuses arbitrary objects.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def iter_tensors(source: ResolvedSource, skip: Iterable[str] = ()) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` one at a time, lazily, shard by shard."""
+    skip = set(skip)
+    for f in source.weight_files:
+        if f.suffix != ".safetensors":
+            yield from ((k, v) for k, v in _load_pickle(f).items() if k not in skip)
+            continue
+        with safe_open(f, framework="pt", device="cpu") as h:
+            for k in h.keys():
+                if k not in skip:
+                    yield k, h.get_tensor(k)
+
+
+def stream_into(model: nn.Module, source: ResolvedSource, skip: Iterable[str] = ()) -> None:
+    """Copy a source's tensors into ``model`` in place, one tensor resident at a time.
+
+    Parameters and buffers both come from the source: a source evaluated in
+    eval mode must use its own BatchNorm statistics.
+    """
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in iter_tensors(source, skip):
+            state[name].copy_(tensor)
+            del tensor

@@ -1,0 +1,286 @@
+"""Fine-tuning and evaluation under ``accelerate``.
+
+The idiomatic accelerate loop (``prepare``, ``accelerator.backward``,
+``gather_for_metrics``) with two GRASP-specific constraints:
+
+* The model object never changes. The merge engine holds references to the
+  merged model (and streams source tensors into its twin), so ``fine_tune``
+  trains the caller's module in place. When ``prepare`` wraps it (DDP), the
+  wrapper shares the module's tensors and every state copy goes through the
+  caller's module.
+* Memory is budgeted. The best-validation state is copied in place into a module
+  the engine already owns (``best_store``), gradients are freed before each
+  evaluation, and the optimizer's moments are released before returning.
+
+Accuracy comes from the local ``evaluate`` metric module in
+``hf_grasp/metrics/accuracy`` (``evaluate.load("accuracy")`` would fetch a script
+from a hub).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import accelerate
+import evaluate
+import torch
+import torch.nn.functional as F
+import transformers
+from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
+from accelerate.utils import release_memory
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import DataError, GraspError
+
+#: directory of the local ``evaluate`` accuracy module
+ACCURACY_METRIC_DIR = Path(__file__).parent / "metrics" / "accuracy"
+
+#: learning-rate schedules ``fine_tune`` accepts (names of ``transformers.get_scheduler``)
+SCHEDULES = ("cosine", "linear", "constant")
+
+LogitsFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+def make_accelerator(*, cpu: bool | None = None, mixed_precision: str = "no") -> accelerate.Accelerator:
+    """Create the :class:`accelerate.Accelerator` every fine-tuning and evaluation runs under.
+
+    ``cpu=None`` lets accelerate pick the device (a GPU when there is one);
+    ``cpu=True`` forces the CPU. ``mixed_precision`` is ``"no"``, ``"fp16"`` or ``"bf16"``.
+    accelerate's process state is a singleton: every accelerator made in one
+    process must agree on these settings.
+    """
+    kwargs: dict[str, Any] = {"mixed_precision": mixed_precision}
+    if cpu is not None:
+        kwargs["cpu"] = cpu
+    return accelerate.Accelerator(**kwargs)
+
+
+@functools.lru_cache(maxsize=1)
+def load_accuracy() -> evaluate.EvaluationModule:
+    """The accuracy metric, loaded by path from the module shipped in hf_grasp (works offline).
+
+    Cached: loading copies the script into evaluate's module cache and imports it.
+    """
+    # keep_in_memory: predictions live in RAM, no Arrow cache files per process.
+    return evaluate.load(str(ACCURACY_METRIC_DIR), keep_in_memory=True)
+
+
+def evaluate_model(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], accelerator: accelerate.Accelerator) -> dict:
+    """Accuracy and mean cross-entropy of ``model`` over ``loader``.
+
+    Runs in eval mode without gradients (the model's previous mode is restored).
+    Predictions are gathered across processes with ``gather_for_metrics`` (which
+    drops the samples a distributed sampler duplicated to even out shards), so
+    every process returns the same ``{"accuracy", "loss", "n"}``. An empty loader
+    gives ``accuracy`` and ``loss`` NaN and ``n`` 0.
+    """
+    prepared = _is_prepared(loader)
+    if not prepared:
+        # Shards the data across processes and moves batches to the device.
+        loader = accelerator.prepare_data_loader(loader)
+    _move_to(model, accelerator.device)
+    was_training = model.training
+    model.eval()
+    preds, labels, losses = [], [], []
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                with accelerator.autocast():
+                    logits = logits_fn(model, batch["pixel_values"])
+                loss = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
+                gathered = accelerator.gather_for_metrics((logits.argmax(dim=-1), batch["labels"], loss))
+                for store, value in zip((preds, labels, losses), gathered):
+                    store.append(value.cpu())
+    finally:
+        model.train(was_training)
+        if not prepared:
+            _forget(accelerator, loader)
+    if not preds:
+        return {"accuracy": float("nan"), "loss": float("nan"), "n": 0}
+    preds_t, labels_t, losses_t = torch.cat(preds), torch.cat(labels), torch.cat(losses)
+    accuracy = load_accuracy().compute(predictions=preds_t.tolist(), references=labels_t.tolist())["accuracy"]
+    return {"accuracy": float(accuracy), "loss": float(losses_t.mean()), "n": int(labels_t.numel())}
+
+
+def fine_tune(
+    model: nn.Module,
+    logits_fn: LogitsFn,
+    train_loader: Iterable[dict],
+    val_loader: Iterable[dict],
+    accelerator: accelerate.Accelerator,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    schedule: str = "cosine",
+    warmup_ratio: float = 0.0,
+    best_store: nn.Module | None = None,
+    desc: str = "fine-tune",
+) -> list[dict]:
+    """Fine-tune ``model`` in place on ``train_loader``; keep the best-validation epoch.
+
+    AdamW over the trainable parameters with a ``transformers.get_scheduler``
+    schedule (``"cosine"``, ``"linear"`` or ``"constant"``) spanning all
+    ``epochs``, cross-entropy on ``batch["labels"]``. After every epoch the model
+    is evaluated on ``val_loader``; the state (parameters and buffers) of the epoch
+    with the strictly highest validation accuracy (ties keep the earlier epoch) is
+    restored into ``model`` at the end.
+
+    ``best_store`` is a module with the same state-dict layout that is idle during
+    fine-tuning (the engine's probe, say): the best state is copied into its
+    tensors in place, so keeping it costs no extra memory. Its contents are
+    overwritten. Without it, the best state is kept in a CPU copy.
+
+    Returns one dict per epoch: ``epoch`` (1-based), ``train_loss``,
+    ``val_accuracy``, ``val_loss``, ``lr`` (the rate of the epoch's last step) and
+    ``kept`` (True for the epoch whose state the model ends with). ``epochs == 0``
+    returns ``[]`` and leaves the model untouched.
+    """
+    if epochs < 0:
+        raise GraspError(f"epochs must be >= 0, got {epochs}")
+    if epochs == 0:
+        return []
+    if schedule not in SCHEDULES:
+        raise GraspError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise GraspError("the model has no trainable parameters to fine-tune")
+    steps_per_epoch = len(train_loader)  # before prepare: the scheduler counts global batches
+    if steps_per_epoch == 0:
+        raise DataError("the train split is empty: nothing to fine-tune on")
+    total_steps = epochs * steps_per_epoch
+    warmup_steps = int(round(warmup_ratio * total_steps))
+    if schedule == "constant" and warmup_steps:
+        schedule = "constant_with_warmup"  # plain "constant" ignores warmup
+
+    was_training = model.training
+    _move_to(model, accelerator.device)  # in place, before the optimizer sees the parameters
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    scheduler = transformers.get_scheduler(
+        schedule, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps
+    )
+    train_model, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler
+    )
+    if accelerator.unwrap_model(train_model, keep_torch_compile=False) is not model:
+        raise RuntimeError("accelerate replaced the model object; hf_grasp needs it trained in place")
+
+    best_state = _StateKeeper(model, best_store)
+    history: list[dict] = []
+    best_epoch, best_accuracy = 0, -math.inf
+    try:
+        for epoch in range(1, epochs + 1):
+            train_model.train()
+            total_loss, n_batches, last_lr = 0.0, 0, float("nan")
+            bar = tqdm(
+                train_dl,
+                desc=f"{desc} {epoch}/{epochs}",
+                leave=False,
+                disable=not accelerator.is_local_main_process,
+            )
+            for batch in bar:
+                logits = logits_fn(train_model, batch["pixel_values"])
+                loss = F.cross_entropy(logits.float(), batch["labels"])
+                accelerator.backward(loss)
+                last_lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                total_loss += loss.item()
+                n_batches += 1
+                bar.set_postfix(loss=f"{total_loss / n_batches:.4f}")
+            bar.close()
+            # Gradients are not needed for evaluation: free them before it allocates activations.
+            optimizer.zero_grad(set_to_none=True)
+            train_loss = accelerator.reduce(
+                torch.tensor(total_loss / max(n_batches, 1), device=accelerator.device), reduction="mean"
+            ).item()
+            val = evaluate_model(model, logits_fn, val_dl, accelerator)
+            if val["n"] == 0:
+                raise DataError("the validation split is empty: fine-tuning needs it to pick the best epoch")
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "val_accuracy": val["accuracy"],
+                    "val_loss": val["loss"],
+                    "lr": last_lr,
+                    "kept": False,
+                }
+            )
+            if val["accuracy"] > best_accuracy:  # strictly better: ties keep the earlier epoch
+                best_epoch, best_accuracy = epoch, val["accuracy"]
+                if epoch < epochs:  # the last epoch's state is already in the model
+                    best_state.save()
+        if best_epoch != epochs:
+            best_state.restore()
+        history[best_epoch - 1]["kept"] = True
+    finally:
+        # Release the optimizer's moments and accelerate's references to this round's objects.
+        _forget(accelerator, model, train_model, optimizer, train_dl, val_dl, scheduler)
+        optimizer, scheduler, train_dl, val_dl = release_memory(optimizer, scheduler, train_dl, val_dl)
+        model.train(was_training)
+    return history
+
+
+class _StateKeeper:
+    """Holds one snapshot of a module's state dict, in ``store``'s tensors when given."""
+
+    def __init__(self, model: nn.Module, store: nn.Module | None):
+        self.model = model
+        self.store = store
+        self._cpu_copy: dict[str, torch.Tensor] | None = None
+        if store is not None:
+            ours, theirs = model.state_dict(), store.state_dict()
+            if list(ours) != list(theirs) or any(ours[k].shape != theirs[k].shape for k in ours):
+                raise ValueError("best_store does not have the model's state-dict layout")
+
+    def save(self) -> None:
+        source = self.model.state_dict()  # detached views of the live tensors: no copy
+        with torch.no_grad():
+            if self.store is not None:
+                target = self.store.state_dict()
+                for name, tensor in source.items():
+                    target[name].copy_(tensor)
+            elif self._cpu_copy is None:
+                self._cpu_copy = {k: v.detach().to("cpu", copy=True) for k, v in source.items()}
+            else:
+                for name, tensor in source.items():
+                    self._cpu_copy[name].copy_(tensor)
+
+    def restore(self) -> None:
+        saved = self.store.state_dict() if self.store is not None else self._cpu_copy
+        if saved is None:
+            raise RuntimeError("no state was saved")
+        target = self.model.state_dict()
+        with torch.no_grad():
+            for name, tensor in target.items():
+                tensor.copy_(saved[name])
+
+
+def _is_prepared(loader: Any) -> bool:
+    return isinstance(loader, (DataLoaderShard, DataLoaderDispatcher))
+
+
+def _move_to(model: nn.Module, device: torch.device) -> None:
+    """Move ``model`` to ``device`` in place (``Module.to`` keeps the object)."""
+    first = next(model.parameters(), None)
+    if first is not None and first.device != device:
+        model.to(device)
+
+
+def _forget(accelerator: accelerate.Accelerator, *objects: Any) -> None:
+    """Drop accelerate's internal references to ``objects`` (and only those).
+
+    ``Accelerator.free_memory()`` would also do it, but it forgets everything the
+    caller prepared on the same accelerator; repeated fine-tuning rounds would
+    otherwise pile up optimizers (and their moments) in ``accelerator._optimizers``.
+    """
+    for attr in ("_models", "_optimizers", "_schedulers", "_dataloaders"):
+        kept = getattr(accelerator, attr, None)
+        if isinstance(kept, list):
+            kept[:] = [item for item in kept if not any(item is obj for obj in objects)]

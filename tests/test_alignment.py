@@ -1,0 +1,104 @@
+"""The alignment math against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from hf_grasp.alignment import (
+    EPS,
+    alignment_scores,
+    alignment_sums,
+    apply_transfer,
+    expand_mask,
+    row_partners,
+    scores_from_sums,
+    transfer_mask,
+)
+
+
+def test_identical_opposite_orthogonal():
+    g = torch.tensor([[1.0, 2.0], [3.0, -4.0]])
+    assert alignment_scores(g, g).item() == pytest.approx(1.0, abs=1e-9)
+    assert alignment_scores(-g, g).item() == pytest.approx(-1.0, abs=1e-9)
+    a, b = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 5.0, 0.0])
+    assert alignment_scores(a, b).item() == 0.0
+
+
+def test_hand_computed_cosine():
+    a, b = torch.tensor([1.0, 2.0, 2.0]), torch.tensor([2.0, 0.0, 1.0])
+    # <a,b> = 4, |a| = 3, |b| = sqrt(5)
+    assert alignment_scores(a, b).item() == pytest.approx(4 / (3 * math.sqrt(5) + EPS), rel=1e-12)
+
+
+def test_zero_gradient_scores_zero_not_nan():
+    z, g = torch.zeros(4), torch.tensor([1.0, -1.0, 2.0, 0.5])
+    for s, t in ((z, g), (g, z), (z, z)):
+        score = alignment_scores(s, t)
+        assert not torch.isnan(score) and score.item() == 0.0
+
+
+def test_eps_term_is_in_the_denominator():
+    # tiny gradients: the 1e-8 term pulls the cosine of identical vectors below 1
+    g = torch.full((1,), 1e-5, dtype=torch.float64)
+    assert alignment_scores(g, g).item() == pytest.approx(1e-10 / (1e-10 + 1e-8))
+
+
+def test_threshold_is_strict():
+    scores = torch.tensor([0.3, 0.30001, 0.29999, -1.0, 1.0], dtype=torch.float64)
+    assert transfer_mask(scores, 0.3).tolist() == [False, True, False, False, True]
+    assert not transfer_mask(torch.tensor(0.3, dtype=torch.float64), 0.3)
+
+
+def test_row_granularity_by_hand():
+    s = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
+    t = torch.tensor([[1.0, 0.0], [-1.0, -1.0], [3.0, 0.0]])
+    scores = alignment_scores(s, t, "row")
+    assert scores.shape == (3,)
+    assert scores.tolist() == pytest.approx([1.0, -1.0, 0.0], abs=1e-7)
+    mask = transfer_mask(scores, 0.3)
+    merged, source = torch.zeros(3, 2), torch.ones(3, 2)
+    frac = apply_transfer(merged, source, mask)
+    assert merged.tolist() == [[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
+    assert frac == pytest.approx(1 / 3)
+
+
+def test_row_granularity_on_conv_weight():
+    s = torch.randn(4, 3, 2, 2)
+    t = s.clone()
+    t[1] *= -1
+    scores = alignment_scores(s, t, "row")
+    assert scores.tolist() == pytest.approx([1, -1, 1, 1], abs=1e-6)
+    assert expand_mask(scores > 0, s.shape)[1].sum() == 0
+
+
+def test_element_granularity_is_sign_agreement():
+    s = torch.tensor([1.0, -2.0, 3.0, 0.0])
+    t = torch.tensor([5.0, 1.0, 0.1, 4.0])
+    scores = alignment_scores(s, t, "element")
+    assert scores.tolist() == pytest.approx([1.0, -1.0, 1.0, 0.0], abs=1e-6)
+    merged = torch.zeros(4)
+    apply_transfer(merged, torch.tensor([9.0, 9.0, 9.0, 9.0]), transfer_mask(scores, 0.3))
+    assert merged.tolist() == [9.0, 0.0, 9.0, 0.0]
+
+
+def test_sums_compose_over_shards():
+    # the scale-out form: summing the three sums over shards reproduces the unsharded cosine
+    torch.manual_seed(0)
+    s, t = torch.randn(10, 6), torch.randn(10, 6)
+    parts = [alignment_sums(a, b) for a, b in zip(s.chunk(3), t.chunk(3))]
+    total = [sum(p[i] for p in parts) for i in range(3)]
+    assert scores_from_sums(*total).item() == pytest.approx(alignment_scores(s, t).item(), rel=1e-12)
+
+
+def test_bias_follows_weight_rows():
+    shapes = [("fc.weight", (4, 3)), ("fc.bias", (4,)), ("bn.weight", (4,)), ("bn.bias", (4,)),
+              ("conv.weight", (8, 3, 3, 3)), ("conv.bias", (8,))]
+    assert row_partners(shapes) == {"fc.bias": "fc.weight", "conv.bias": "conv.weight"}
+
+
+def test_shape_mismatch_rejected():
+    with pytest.raises(ValueError):
+        alignment_scores(torch.zeros(2, 3), torch.zeros(3, 2))
+    with pytest.raises(ValueError):
+        expand_mask(torch.ones(5, dtype=torch.bool), (4, 2))

@@ -1,0 +1,23 @@
+"""Memory is flat in K: one source resident at a time, whatever the number of sources."""
+
+from __future__ import annotations
+
+from conftest import last_json, run_python
+
+PEAK = """
+import json, sys
+from hf_grasp import GraspMerger
+from hf_grasp.report import peak_rss_bytes
+GraspMerger.from_pretrained(sys.argv[1:], target="digits-eras", initial_epochs=0, finetune_epochs=0,
+                            eval_sources=False, tau=0.0).merge()
+print(json.dumps(peak_rss_bytes()))
+"""
+
+
+def test_peak_rss_flat_in_k(checkpoints):
+    # ResNet-18-sized (~11M params, ~45 MB each): holding 8 sources at once would add ~270 MB
+    srcs = [str(p) for p in checkpoints("resnet18", 8, seed0=100)]
+    peaks = {k: last_json(run_python(PEAK, *srcs[:k])) for k in (2, 8)}
+    ratio = peaks[8] / peaks[2]
+    print(f"peak RSS K=2 {peaks[2] / 2**20:.0f} MiB, K=8 {peaks[8] / 2**20:.0f} MiB, ratio {ratio:.3f}")
+    assert ratio < 1.05

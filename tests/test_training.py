@@ -1,0 +1,268 @@
+"""fine_tune / evaluate_model on a tiny real conv net and a learnable synthetic task."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from hf_grasp.errors import GraspError
+from hf_grasp.training import evaluate_model, fine_tune, load_accuracy, make_accelerator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def logits_fn(model, pixel_values):
+    return model(pixel_values)
+
+
+def make_net(seed: int = 0, *, batchnorm: bool = True) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers = [nn.Conv2d(1, 4, 3, padding=1)]
+    if batchnorm:
+        layers.append(nn.BatchNorm2d(4))
+    layers += [nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 2)]
+    net = nn.Sequential(*layers)
+    # A zero head predicts class 0 for everything: exactly chance on balanced data.
+    nn.init.zeros_(net[-1].weight)
+    nn.init.zeros_(net[-1].bias)
+    return net
+
+
+class TopBottom(Dataset):
+    """8x8 grey images; label 0 = bright top half, 1 = bright bottom half, plus noise."""
+
+    def __init__(self, n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(n) % 2
+        self.images = torch.randn(n, 1, 8, 8, generator=g) * 0.8
+        self.images[self.labels == 0, :, :4] += 1.0
+        self.images[self.labels == 1, :, 4:] += 1.0
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"pixel_values": self.images[i], "labels": self.labels[i]}
+
+
+class FlipAfterFirstPass(TopBottom):
+    """Correct labels during the first full pass, inverted afterwards.
+
+    Used as a validation set it makes epoch 1 the best epoch and every later one
+    worse, whatever the training does.
+    """
+
+    def __init__(self, n: int, seed: int):
+        super().__init__(n, seed)
+        self.reads = 0
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        self.reads += 1
+        if self.reads > len(self):
+            item = {"pixel_values": item["pixel_values"], "labels": 1 - item["labels"]}
+        return item
+
+
+@pytest.fixture(scope="module")
+def accelerator():
+    return make_accelerator(cpu=True)
+
+
+def loaders(train_n=256, val_n=64, *, val_cls=TopBottom):
+    g = torch.Generator().manual_seed(0)
+    train = DataLoader(TopBottom(train_n, seed=1), batch_size=32, shuffle=True, generator=g)
+    val = DataLoader(val_cls(val_n, seed=2), batch_size=32)
+    return train, val
+
+
+def state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_state_equal(a: dict, b: dict):
+    assert list(a) == list(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_fine_tune_learns_from_chance(accelerator):
+    model = make_net()
+    train, val = loaders()
+    before = evaluate_model(model, logits_fn, val, accelerator)
+    assert before["accuracy"] == pytest.approx(0.5)
+
+    history = fine_tune(model, logits_fn, train, val, accelerator, epochs=3, lr=1e-2, weight_decay=0.01)
+
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert set(history[0]) >= {"epoch", "train_loss", "val_accuracy", "val_loss", "lr", "kept"}
+    assert sum(h["kept"] for h in history) == 1
+    after = evaluate_model(model, logits_fn, val, accelerator)
+    assert after["accuracy"] > 0.9
+    kept = next(h for h in history if h["kept"])
+    assert after["accuracy"] == kept["val_accuracy"] == max(h["val_accuracy"] for h in history)
+    assert after["loss"] == pytest.approx(kept["val_loss"], rel=1e-5)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    # cosine over 3 epochs: the rate decays from lr towards 0
+    assert history[0]["lr"] > history[1]["lr"] > history[2]["lr"] > 0
+    assert history[0]["lr"] <= 1e-2
+
+
+def test_best_epoch_restored_into_model_via_best_store(accelerator):
+    model = make_net()
+    store = make_net(seed=123)  # same architecture, different contents
+    ptrs = [t.data_ptr() for t in store.state_dict().values()]
+    train, val = loaders(val_cls=FlipAfterFirstPass)
+
+    history = fine_tune(
+        model, logits_fn, train, val, accelerator, epochs=3, lr=1e-2, weight_decay=0.0, best_store=store
+    )
+
+    assert [h["kept"] for h in history] == [True, False, False]
+    assert history[0]["val_accuracy"] > 0.9 and history[2]["val_accuracy"] < 0.1
+    # best_store was written in place: same tensors, now holding the model's best (restored) state
+    assert [t.data_ptr() for t in store.state_dict().values()] == ptrs
+    assert_state_equal(state(store), state(model))
+    assert "1.running_mean" in model.state_dict()  # buffers are part of the kept state
+    # the model ends with epoch 1's weights: its accuracy on unflipped labels is epoch 1's
+    _, clean_val = loaders()
+    again = evaluate_model(model, logits_fn, clean_val, accelerator)
+    assert again["accuracy"] == history[0]["val_accuracy"]
+    assert again["loss"] == pytest.approx(history[0]["val_loss"], rel=1e-5)
+
+
+def test_best_epoch_restored_without_store(accelerator):
+    model = make_net()
+    train, val = loaders(val_cls=FlipAfterFirstPass)
+    history = fine_tune(model, logits_fn, train, val, accelerator, epochs=2, lr=1e-2, weight_decay=0.0)
+    assert [h["kept"] for h in history] == [True, False]
+    _, clean_val = loaders()
+    again = evaluate_model(model, logits_fn, clean_val, accelerator)
+    assert again["loss"] == pytest.approx(history[0]["val_loss"], rel=1e-5)
+
+
+def test_ties_keep_the_earlier_epoch(accelerator):
+    # lr=0 and no BatchNorm: every epoch has the same weights, hence the same accuracy.
+    model = make_net(batchnorm=False)
+    before = state(model)
+    train, val = loaders()
+    history = fine_tune(model, logits_fn, train, val, accelerator, epochs=3, lr=0.0, weight_decay=0.0)
+    assert len({h["val_accuracy"] for h in history}) == 1
+    assert [h["kept"] for h in history] == [True, False, False]
+    assert_state_equal(state(model), before)
+
+
+def test_zero_epochs_leaves_model_bit_identical(accelerator):
+    model = make_net()
+    model.train()
+    before = state(model)
+    train, val = loaders()
+    assert fine_tune(model, logits_fn, train, val, accelerator, epochs=0, lr=1.0, weight_decay=0.1) == []
+    assert_state_equal(state(model), before)
+    assert model.training
+
+
+def test_optimizer_released_and_mode_restored(accelerator):
+    model = make_net()
+    model.eval()
+    train, val = loaders(train_n=64, val_n=32)
+    fine_tune(model, logits_fn, train, val, accelerator, epochs=1, lr=1e-3, weight_decay=0.0)
+    gc.collect()
+    assert not [o for o in gc.get_objects() if type(o) is torch.optim.AdamW]
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.training
+
+
+def test_unknown_schedule_is_a_user_error(accelerator):
+    train, val = loaders(train_n=32, val_n=32)
+    with pytest.raises(GraspError, match="schedule"):
+        fine_tune(make_net(), logits_fn, train, val, accelerator, epochs=1, lr=1e-3, weight_decay=0.0, schedule="sawtooth")
+
+
+def test_evaluate_model_matches_hand_computation(accelerator):
+    torch.manual_seed(5)
+    model = make_net()
+    nn.init.normal_(model[-1].weight, std=0.1)  # non-trivial predictions
+    data = TopBottom(10, seed=3)
+    loader = DataLoader(data, batch_size=4)  # 10 = 4 + 4 + 2: a ragged last batch
+    model.train()
+    result = evaluate_model(model, logits_fn, loader, accelerator)
+    assert model.training  # mode restored
+
+    model.eval()
+    with torch.no_grad():
+        logits = model(data.images)
+    expected_acc = (logits.argmax(-1) == data.labels).float().mean().item()
+    expected_loss = F.cross_entropy(logits, data.labels).item()
+    assert result["n"] == 10
+    assert result["accuracy"] == pytest.approx(expected_acc)
+    assert 0.0 < expected_acc < 1.0
+    assert result["loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_metric_module_computes_accuracy():
+    metric = load_accuracy()
+    assert metric.compute(predictions=[0, 1, 1, 2], references=[0, 1, 0, 2]) == {"accuracy": 0.75}
+
+
+def test_metric_loads_offline_in_fresh_process(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    code = (
+        "import json; from hf_grasp.training import load_accuracy;"
+        "print(json.dumps(load_accuracy().compute(predictions=[1, 0, 1], references=[1, 1, 1])))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"accuracy": pytest.approx(2 / 3)}
+    # evaluate copied our script into its module cache under HF_HOME, not a hub download
+    assert list((tmp_path / "hf_home").rglob("accuracy.py"))
+
+
+DDP_SCRIPT = """
+import sys
+sys.path[:0] = [{repo!r}, {tests!r}]
+from pathlib import Path
+import accelerate
+
+def run():
+    from torch.utils.data import DataLoader
+    from test_training import TopBottom, logits_fn, make_net
+    from hf_grasp.training import evaluate_model, fine_tune, make_accelerator
+
+    acc = make_accelerator(cpu=True)
+    assert acc.num_processes == 2, acc.num_processes
+    model, store = make_net(), make_net(seed=3)
+    train = DataLoader(TopBottom(128, seed=1), batch_size=32, shuffle=True)
+    val = DataLoader(TopBottom(50, seed=2), batch_size=16)  # 50 does not split evenly in 2 x 16
+    history = fine_tune(model, logits_fn, train, val, acc, epochs=2, lr=1e-2, weight_decay=0.0, best_store=store)
+    result = evaluate_model(model, logits_fn, val, acc)
+    assert result["n"] == 50, result
+    assert result["accuracy"] > 0.9, result
+    assert sum(h["kept"] for h in history) == 1
+    Path({out!r}, f"rank{{acc.process_index}}.ok").write_text(str(result))
+
+accelerate.debug_launcher(run, num_processes=2)
+"""
+
+
+@pytest.mark.slow
+def test_fine_tune_and_evaluate_in_two_processes(tmp_path):
+    """Under DDP the wrapper trains the caller's module and gather_for_metrics counts each sample once."""
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), out=str(tmp_path)))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.glob("rank*.ok")) == ["rank0.ok", "rank1.ok"]
