@@ -22,6 +22,7 @@ import time
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..alignment import alignment_scores, apply_transfer, row_partners, transfer_mask
 from .base import MergeContext, register_method
@@ -50,7 +51,7 @@ def grasp(ctx: MergeContext) -> None:
                validation=ctx.evaluate(split="validation"), test=ctx.evaluate(split="test"),
                seconds=time.time() - start)
 
-    for k, source in enumerate(sources, start=1):
+    for k, source in enumerate(tqdm(sources, desc="GRASP: align + transfer", unit="source"), start=1):
         start = time.time()
         batches = ctx.alignment_batches(step=k)
         ctx.gradients(ctx.merged, batches)
