@@ -23,7 +23,7 @@ from .families.base import ModelFamily
 from .methods import MergeContext, get_method
 from .options import MergeOptions
 from .sources import ResolvedSource, SourceRef, expected_specs, hash_files, preflight, resolve
-from .training import make_accelerator
+from .training import make_accelerator, recalibrate_batchnorm
 
 
 def recipe_defaults(target: str) -> dict[str, Any]:
@@ -62,10 +62,14 @@ class GraspMerger:
     """
 
     def __init__(self, sources: list[ResolvedSource], data: TargetData, options: MergeOptions, *,
-                 method: str = "grasp", init_source: ResolvedSource | None = None):
+                 method: str = "grasp", init_source: ResolvedSource | None = None,
+                 base_source: ResolvedSource | None = None):
         self.sources, self.data, self.options = sources, data, options
         self.method = get_method(method)
-        self.init_source = init_source
+        if self.method.needs_base and base_source is None:
+            raise GraspError(f"method {method!r} works on task vectors: pass --base with the sources' shared "
+                             "starting point")
+        self.init_source, self.base_source = init_source, base_source
         self.model_dir = (init_source or sources[0]).path
         self.family: ModelFamily = family_for(read_config(self.model_dir), source=(init_source or sources[0]).name)
         for s in sources:
@@ -106,9 +110,11 @@ class GraspMerger:
         refs = [SourceRef.parse(s) for s in sources]
         resolved = [resolve(r, allow_pickle=opts.allow_pickle, token=token) for r in refs]
         resolved = _ordered(resolved, opts.order, opts.seed)
-        init_source = None
+        init_source = base_source = None
         if opts.init not in ("first", "random"):
             init_source = resolve(opts.init, allow_pickle=opts.allow_pickle, token=token)
+        if opts.base:
+            base_source = resolve(opts.base, allow_pickle=opts.allow_pickle, token=token)
         elif opts.init == "first" and len(resolved) < 2:
             raise GraspError("GRASP with init=first needs at least 2 sources")
         data = load_target(
@@ -117,7 +123,7 @@ class GraspMerger:
             validation_fraction=opts.validation_fraction, seed=opts.seed,
             trust_remote_code=opts.trust_remote_code,
         )
-        return cls(resolved, data, opts, method=method, init_source=init_source)
+        return cls(resolved, data, opts, method=method, init_source=init_source, base_source=base_source)
 
     def _build(self) -> nn.Module:
         return self.family.build(self.model_dir, trust_remote_code=self.options.trust_remote_code).float()
@@ -136,7 +142,7 @@ class GraspMerger:
                 f"source {(self.init_source or self.sources[0]).name!r}: head has {arch_labels} outputs but target "
                 f"{self.data.name!r} has {self.data.num_labels} labels"
             )
-        everyone = ([self.init_source] if self.init_source else []) + self.sources
+        everyone = [s for s in (self.init_source, self.base_source) if s] + self.sources
         skips = {s.name: preflight(s, expected, num_labels=self.data.num_labels,
                                    skip_mismatched_heads=o.skip_mismatched_heads) for s in everyone}
         for s in everyone:
@@ -146,16 +152,20 @@ class GraspMerger:
         probe.to(accelerator.device)
         ctx = MergeContext(
             options=o, family=self.family, model_dir=self.model_dir, sources=self.sources, skips=skips,
-            init_source=self.init_source, merged=merged, probe=probe, data=self.data, accelerator=accelerator,
+            init_source=self.init_source, base_source=self.base_source, merged=merged, probe=probe, data=self.data, accelerator=accelerator,
         )
         self.method.fn(ctx)
+        if o.recalibrate_bn and self.method.parameter_space:
+            recalibrate_batchnorm(merged, self.family.logits, ctx.train_loader, accelerator)
+            ctx.record(step="recalibrate-bn", source=None, validation=ctx.evaluate(split="validation"),
+                       test=ctx.evaluate(split="test"), seconds=0.0)
         del ctx.probe, probe
         accelerator.free_memory()
         rep = self._report(ctx, time.time() - start)
         return MergeResult(model=merged.cpu().eval(), family=self.family, model_dir=self.model_dir, report=rep)
 
     def _report(self, ctx: MergeContext, seconds: float) -> dict:
-        by_name = {s.name: s for s in ([self.init_source] if self.init_source else []) + self.sources}
+        by_name = {s.name: s for s in [s for s in (self.init_source, self.base_source) if s] + self.sources}
         sources, steps = [], []
         for rec in ctx.records:
             steps.append({"step": rec["step"], "ref": rec["source"],
@@ -180,6 +190,8 @@ class GraspMerger:
         param_bytes = sum(p.numel() * p.element_size() for p in ctx.merged.parameters())
         return {
             "method": self.method.name,
+            "method_pretty_name": self.method.pretty_name,
+            "base": self.base_source.describe() if self.base_source else None,
             "config": self.options.to_dict(),
             "target": {"name": self.data.name, "domain": self.data.domain, "num_labels": self.data.num_labels,
                        "sizes": {k: len(v) for k, v in self.data.splits.items()}, "notes": self.data.notes},

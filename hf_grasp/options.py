@@ -56,6 +56,10 @@ class MergeOptions:
                                        "label count instead of failing.")
     augment: bool = _opt(False, "Train with the model library's own augmentation (timm's training transform); off "
                          "by default so both families train on the same deterministic preprocessing.")
+    base: str | None = _opt(None, "The sources' shared starting point (a model reference), for methods on task "
+                            "vectors (task-arithmetic, ties).")
+    recalibrate_bn: bool = _opt(False, "After a parameter-space merge, re-estimate BatchNorm running statistics on "
+                                "target train images (forward passes only, cumulative average).")
     eval_sources: bool = _opt(True, "Also evaluate each source alone on the target test split for the report.")
 
     # --- loading and runtime

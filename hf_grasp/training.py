@@ -284,3 +284,34 @@ def _forget(accelerator: accelerate.Accelerator, *objects: Any) -> None:
         kept = getattr(accelerator, attr, None)
         if isinstance(kept, list):
             kept[:] = [item for item in kept if not any(item is obj for obj in objects)]
+
+
+def recalibrate_batchnorm(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict],
+                          accelerator: accelerate.Accelerator) -> int:
+    """Re-estimate every BatchNorm layer's running statistics on ``loader`` (forward passes only).
+
+    A parameter-space merge mixes weights whose statistics no longer match; the
+    statistics are reset and re-accumulated as a cumulative average
+    (``momentum=None``) over one pass. Only the norm layers are put in train mode,
+    so dropout stays off. Returns the number of layers recalibrated.
+    """
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                logits_fn(model, batch["pixel_values"].to(accelerator.device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return len(norms)

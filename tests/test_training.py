@@ -266,3 +266,21 @@ def test_fine_tune_and_evaluate_in_two_processes(tmp_path):
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.glob("rank*.ok")) == ["rank0.ok", "rank1.ok"]
+
+
+def test_recalibrate_batchnorm_matches_target_statistics():
+    from hf_grasp.training import make_accelerator, recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten())
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(4, 3).reshape(4, 3, 1, 1))
+    model.eval()
+    x = torch.randn(64, 3, 2, 2) * 3 + 5
+    loader = [{"pixel_values": x[i:i + 16], "labels": torch.zeros(16, dtype=torch.long)} for i in range(0, 64, 16)]
+    n = recalibrate_batchnorm(model, lambda m, px: m(px), loader, make_accelerator(cpu=True))
+    assert n == 1 and not model.training and model[1].momentum == 0.1
+    # cumulative average of the per-batch means equals the overall channel means (equal batch sizes)
+    expected = torch.cat([x.mean(dim=(0, 2, 3)), torch.zeros(1)])
+    assert torch.allclose(model[1].running_mean, expected, atol=1e-5)
+    assert int(model[1].num_batches_tracked) == 4

@@ -27,22 +27,30 @@ from ..training import evaluate_model, fine_tune
 
 @dataclass
 class MethodInfo:
-    """A registered merge method: its function and what the model card cites."""
+    """A registered merge method: its function and what the model card cites.
+
+    ``parameter_space``: the result is one model whose parameters were merged
+    (``--recalibrate-bn`` applies). ``needs_base``: the method works on task
+    vectors relative to ``options.base``.
+    """
 
     name: str
     fn: Callable[["MergeContext"], None]
     pretty_name: str
     paper: str | None = None
+    parameter_space: bool = True
+    needs_base: bool = False
 
 
 METHODS: dict[str, MethodInfo] = {}
 
 
-def register_method(name: str, *, pretty_name: str | None = None, paper: str | None = None):
+def register_method(name: str, *, pretty_name: str | None = None, paper: str | None = None,
+                    parameter_space: bool = True, needs_base: bool = False):
     """Decorator registering ``fn(ctx)`` as merge method ``name``."""
 
     def wrap(fn):
-        METHODS[name] = MethodInfo(name, fn, pretty_name or name, paper)
+        METHODS[name] = MethodInfo(name, fn, pretty_name or name, paper, parameter_space, needs_base)
         return fn
 
     return wrap
@@ -65,6 +73,7 @@ class MergeContext:
     sources: list[ResolvedSource]       # in merge order
     skips: dict[str, list[str]]         # source name -> head tensors not read from it
     init_source: ResolvedSource | None  # explicit init model, when options.init names one
+    base_source: ResolvedSource | None  # the sources' shared starting point, when options.base names one
     merged: nn.Module
     probe: nn.Module
     data: TargetData
@@ -106,6 +115,14 @@ class MergeContext:
         for b in batches:
             logits = self.family.logits(model, b["pixel_values"])
             torch.nn.functional.cross_entropy(logits, b["labels"]).backward()
+
+    @property
+    def total_epochs(self) -> int:
+        """The fine-tuning budget GRASP spends: initial epochs plus one round per further source.
+
+        Every method that trains gets this same budget, so comparisons are fair.
+        """
+        return self.options.initial_epochs + self.options.finetune_epochs * max(len(self.sources) - 1, 0)
 
     def fine_tune(self, epochs: int, desc: str) -> list[dict]:
         """Fine-tune the merged model on target train; best-validation state kept in the idle probe."""

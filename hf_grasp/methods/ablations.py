@@ -1,0 +1,53 @@
+"""GRASP's ablations, each through the same source stream, data and evaluation.
+
+- ``no-align``: every tensor of every source transferred (τ = -inf);
+- ``no-finetune``: no Stage 5 after each transfer (the initial fine-tune stays);
+- ``finetune-only``: the first source fine-tuned for GRASP's whole epoch budget, no transfer;
+- ``scratch``: a random init trained on the target alone for the same budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from .base import MergeContext, register_method
+from .grasp import PAPER, grasp
+
+
+def _with_options(ctx: MergeContext, **changes) -> None:
+    ctx.options = dataclasses.replace(ctx.options, **changes)
+
+
+@register_method("no-align", pretty_name="GRASP without alignment (every tensor transferred)", paper=PAPER)
+def no_align(ctx: MergeContext) -> None:
+    _with_options(ctx, tau=float("-inf"))
+    grasp(ctx)
+
+
+@register_method("no-finetune", pretty_name="GRASP without Stage 5 fine-tuning", paper=PAPER)
+def no_finetune(ctx: MergeContext) -> None:
+    _with_options(ctx, finetune_epochs=0)
+    grasp(ctx)
+
+
+def _train_alone(ctx: MergeContext, init_name: str) -> None:
+    start = time.time()
+    alone = ctx.evaluate(split="test") if ctx.options.eval_sources and init_name != "random" else None
+    history = ctx.fine_tune(ctx.total_epochs, desc=f"fine-tune {init_name}")
+    ctx.record(step="init", source=init_name, source_alone=alone, history=history,
+               validation=ctx.evaluate(split="validation"), test=ctx.evaluate(split="test"),
+               seconds=time.time() - start)
+
+
+@register_method("finetune-only", pretty_name="Fine-tune the first source only (no transfer)")
+def finetune_only(ctx: MergeContext) -> None:
+    first = ctx.init_source or ctx.sources[0]
+    ctx.load(ctx.merged, first)
+    _train_alone(ctx, first.name)
+
+
+@register_method("scratch", pretty_name="Random init trained on the target alone")
+def scratch(ctx: MergeContext) -> None:
+    # ctx.merged was allocated with seeded random weights and nothing is streamed in
+    _train_alone(ctx, "random")
