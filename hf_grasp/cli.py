@@ -17,8 +17,10 @@ from .options import add_option_arguments, options_from_args
 def _merge_parser(sub) -> None:
     p = sub.add_parser("merge", help="Merge source checkpoints onto a target dataset with GRASP.",
                        description="Merge K same-architecture classifiers into one model on a target dataset.")
-    p.add_argument("--target", required=True,
-                   help="Built-in benchmark (digits-eras), dataset id, or local path datasets can read.")
+    p.add_argument("--target",
+                   help="Recipe name (digits-eras, yearbook, clear10, clear100), dataset id, or local path "
+                        "datasets can read.")
+    p.add_argument("--recipe", help="Recipe name or YAML file whose values fill the options you do not set.")
     p.add_argument("--sources", nargs="+", required=True, metavar="REF",
                    help="Source checkpoints: org/name, org/name@revision, hf-hub:org/name, or a local directory.")
     p.add_argument("--output", required=True, type=Path, help="Directory to write the merged model to.")
@@ -36,8 +38,8 @@ def _cmd_merge(args) -> int:
 
     if args.output.exists() and any(args.output.iterdir()) and not args.overwrite:
         raise GraspError(f"output {args.output} exists and is not empty; pass --overwrite to replace it")
-    merger = GraspMerger.from_pretrained(args.sources, target=args.target, method=args.method,
-                                         **options_from_args(args))
+    merger = GraspMerger.from_pretrained(args.sources, target=args.target, recipe=args.recipe,
+                                         method=args.method, **options_from_args(args))
     result = merger.merge()
     result.save_pretrained(args.output, overwrite=args.overwrite)
     print_summary(result.report)
@@ -81,6 +83,24 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _prepare_parser(sub) -> None:
+    from .converters import add_prepare_arguments
+
+    p = sub.add_parser("prepare", help="Convert a raw Yearbook or CLEAR release into a datasets DatasetDict.",
+                       description="Turn a raw dataset release into a DatasetDict with a period column and "
+                                   "80/10/10 splits per period and class, saved with save_to_disk.")
+    add_prepare_arguments(p)
+    p.set_defaults(func=_cmd_prepare)
+
+
+def _cmd_prepare(args) -> int:
+    from .converters import run_prepare
+
+    dd = run_prepare(args)
+    print(", ".join(f"{s}: {len(d)}" for s, d in dd.items()), f"written to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-grasp",
@@ -91,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _merge_parser(sub)
     _make_sources_parser(sub)
     _demo_parser(sub)
+    _prepare_parser(sub)
     return parser
 
 

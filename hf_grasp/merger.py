@@ -22,19 +22,9 @@ from .families import family_for, read_config
 from .families.base import ModelFamily
 from .methods import MergeContext, get_method
 from .options import MergeOptions
+from .recipes import resolve_target
 from .sources import ResolvedSource, SourceRef, expected_specs, hash_files, preflight, resolve
 from .training import make_accelerator, recalibrate_batchnorm
-
-
-def recipe_defaults(target: str) -> dict[str, Any]:
-    """Option values a built-in benchmark recommends (they sit between engine defaults and user values)."""
-    from .benchmarks import digits_eras
-
-    if target == digits_eras.DIGITS_ERAS:
-        r = digits_eras.RECIPE
-        keys = ("lr", "batch_size", "initial_epochs", "finetune_epochs")
-        return {"target_domain": str(r["target_domain"]), **{k: r[k] for k in keys if k in r}}
-    return {}
 
 
 def _ordered(items: list, order: str, seed: int) -> list:
@@ -83,7 +73,8 @@ class GraspMerger:
         cls,
         sources: Sequence[str],
         *,
-        target: str,
+        target: str | None = None,
+        recipe: str | None = None,
         method: str = "grasp",
         token: str | bool | None = None,
         **options: Any,
@@ -94,17 +85,21 @@ class GraspMerger:
             sources: references — ``org/name``, ``org/name@revision``, ``hf-hub:org/name``
                 or a local directory — of checkpoints sharing one architecture.
                 Resolved through the HF cache (HF_HOME, HF_HUB_OFFLINE, HF_ENDPOINT, HF_TOKEN apply).
-            target: a built-in benchmark name (``digits-eras``), a dataset id, or a local
-                path that ``datasets`` reads (``save_to_disk`` output, imagefolder, ...).
+            target: a recipe name (``digits-eras``, ``yearbook``, ``clear10``, ``clear100``),
+                a dataset id, or a local path that ``datasets`` reads (``save_to_disk``
+                output, imagefolder, ...).
+            recipe: a recipe name or YAML file (``recipes/``) whose options fill those
+                you leave unset; with a ``target`` path, the recipe's settings apply to it.
             method: a registered merge method (``grasp``).
             token: Hub token, if not taken from the environment.
             **options: any field of :class:`~hf_grasp.options.MergeOptions`
                 (``tau``, ``granularity``, ``align_batches``, ``batch_size``,
                 ``initial_epochs``, ``finetune_epochs``, ``lr``, ``weight_decay``,
                 ``schedule``, ``init``, ``order``, ``seed``, ``buffers``, ``target_domain``, ...).
-                A built-in benchmark's recipe values fill options you leave unset.
+                A recipe's values fill options you leave unset.
         """
-        opts = MergeOptions.build(recipe_defaults(target), options)
+        dataset, recipe_layer = resolve_target(target, recipe)
+        opts = MergeOptions.build(recipe_layer, options)
         if len(sources) < 1:
             raise GraspError("no sources given")
         refs = [SourceRef.parse(s) for s in sources]
@@ -118,7 +113,7 @@ class GraspMerger:
         elif opts.init == "first" and len(resolved) < 2:
             raise GraspError("GRASP with init=first needs at least 2 sources")
         data = load_target(
-            target, domain=opts.target_domain, domain_column=opts.domain_column,
+            dataset, domain=opts.target_domain, domain_column=opts.domain_column,
             image_column=opts.image_column, label_column=opts.label_column,
             validation_fraction=opts.validation_fraction, seed=opts.seed,
             trust_remote_code=opts.trust_remote_code,
@@ -212,13 +207,25 @@ class MergeResult(ModelHubMixin):
     ``save_pretrained(dir)`` writes the model (loadable with plain transformers or
     timm), its preprocessing config, ``grasp_report.json``, an alignment heatmap
     and a model card; ``push_to_hub(repo_id)`` uploads the same folder.
+
+    ``artifact``: a result that is not one model of the architecture (the
+    ensemble's :class:`~hf_grasp.ensemble_model.EnsembleSpec`). When set, it is
+    what gets saved (its own ``save_pretrained`` writes its files and README) and
+    ``model`` is only the engine's working model, never written.
     """
 
-    def __init__(self, model: nn.Module, family: ModelFamily, model_dir: Path, report: dict):
+    def __init__(self, model: nn.Module, family: ModelFamily, model_dir: Path, report: dict, artifact: Any = None):
         self.model, self.family, self.model_dir, self.report = model, family, Path(model_dir), report
+        self.artifact = artifact
+        # ModelHubMixin turns JSON-able __init__ arguments (the report, a dataclass artifact) into a
+        # config.json it writes when _save_pretrained did not: never wanted here.
+        self._hub_mixin_config = None
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        self.family.save(self.model, save_directory, like=self.model_dir)
+        if self.artifact is not None:
+            self.artifact.save_pretrained(save_directory, report=self.report)
+        else:
+            self.family.save(self.model, save_directory, like=self.model_dir)
         report_mod.write_json(self.report, save_directory / "grasp_report.json")
         if any(s.get("scores") for s in self.report["sources"]):
             report_mod.plot_alignment_heatmap(self.report, save_directory / "alignment.png")

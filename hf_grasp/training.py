@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import accelerate
+import safetensors
+import safetensors.torch
 import evaluate
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,7 @@ from accelerate.utils import release_memory
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._memory import release_freed_memory
 from .errors import DataError, GraspError
 
 #: directory of the local ``evaluate`` accuracy module
@@ -118,7 +121,7 @@ def fine_tune(
     weight_decay: float,
     schedule: str = "cosine",
     warmup_ratio: float = 0.0,
-    best_store: nn.Module | None = None,
+    best_store: nn.Module | str | Path | None = None,
     desc: str = "fine-tune",
 ) -> list[dict]:
     """Fine-tune ``model`` in place on ``train_loader``; keep the best-validation epoch.
@@ -131,9 +134,10 @@ def fine_tune(
     restored into ``model`` at the end.
 
     ``best_store`` is a module with the same state-dict layout that is idle during
-    fine-tuning (the engine's probe, say): the best state is copied into its
-    tensors in place, so keeping it costs no extra memory. Its contents are
-    overwritten. Without it, the best state is kept in a CPU copy.
+    fine-tuning: the best state is copied into its tensors in place, so keeping it
+    costs no extra memory (its contents are overwritten). A path instead keeps the
+    best state in a safetensors file there, out of RAM. Without either, the best
+    state is kept in a CPU copy.
 
     Returns one dict per epoch: ``epoch`` (1-based), ``train_loss``,
     ``val_accuracy``, ``val_loss``, ``lr`` (the rate of the epoch's last step) and
@@ -223,24 +227,29 @@ def fine_tune(
         # Release the optimizer's moments and accelerate's references to this round's objects.
         _forget(accelerator, model, train_model, optimizer, train_dl, val_dl, scheduler)
         optimizer, scheduler, train_dl, val_dl = release_memory(optimizer, scheduler, train_dl, val_dl)
+        release_freed_memory()
         model.train(was_training)
     return history
 
 
 class _StateKeeper:
-    """Holds one snapshot of a module's state dict, in ``store``'s tensors when given."""
+    """Holds one snapshot of a module's state dict, in ``store``'s tensors or file when given."""
 
-    def __init__(self, model: nn.Module, store: nn.Module | None):
+    def __init__(self, model: nn.Module, store: nn.Module | str | Path | None):
         self.model = model
-        self.store = store
+        self.file = Path(store) if isinstance(store, (str, Path)) else None
+        self.store = store if isinstance(store, nn.Module) else None
         self._cpu_copy: dict[str, torch.Tensor] | None = None
-        if store is not None:
+        if self.store is not None:
             ours, theirs = model.state_dict(), store.state_dict()
             if list(ours) != list(theirs) or any(ours[k].shape != theirs[k].shape for k in ours):
                 raise ValueError("best_store does not have the model's state-dict layout")
 
     def save(self) -> None:
         source = self.model.state_dict()  # detached views of the live tensors: no copy
+        if self.file is not None:
+            safetensors.torch.save_file({k: v.contiguous() for k, v in source.items()}, str(self.file))
+            return
         with torch.no_grad():
             if self.store is not None:
                 target = self.store.state_dict()
@@ -253,6 +262,12 @@ class _StateKeeper:
                     self._cpu_copy[name].copy_(tensor)
 
     def restore(self) -> None:
+        if self.file is not None:
+            target = self.model.state_dict()
+            with torch.no_grad(), safetensors.safe_open(str(self.file), framework="pt") as f:
+                for name in f.keys():  # one tensor at a time
+                    target[name].copy_(f.get_tensor(name))
+            return
         saved = self.store.state_dict() if self.store is not None else self._cpu_copy
         if saved is None:
             raise RuntimeError("no state was saved")

@@ -9,20 +9,41 @@ one data path and one evaluation.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
 from torch import nn
 
+from .._memory import release_freed_memory
 from ..data import TargetData, alignment_batches, make_loader
 from ..errors import GraspError
 from ..families.base import ModelFamily
 from ..options import MergeOptions
 from ..sources import ResolvedSource, stream_into
 from ..training import evaluate_model, fine_tune
+
+
+@contextlib.contextmanager
+def released(model: nn.Module):
+    """Free ``model``'s tensor storage for the duration; afterwards it has the same
+    tensors again (same objects, same shapes, uninitialised values)."""
+    tensors = [t for t in itertools.chain(model.parameters(), model.buffers())]
+    shapes = [(t.shape, t.dtype, t.device) for t in tensors]
+    for t in tensors:
+        t.data = torch.empty(0, dtype=t.dtype, device=t.device)
+    release_freed_memory()
+    try:
+        yield
+    finally:
+        for t, (shape, dtype, device) in zip(tensors, shapes):
+            t.data = torch.empty(shape, dtype=dtype, device=device)
 
 
 @dataclass
@@ -79,6 +100,7 @@ class MergeContext:
     data: TargetData
     accelerator: Accelerator
     records: list[dict] = field(default_factory=list)  # one per step, rendered by report.py
+    artifact: Any = None  # a non-native result (e.g. an EnsembleSpec) saved instead of ``merged``
 
     def __post_init__(self):
         train_tf = self.family.image_transform(self.model_dir, train=self.options.augment)
@@ -125,13 +147,22 @@ class MergeContext:
         return self.options.initial_epochs + self.options.finetune_epochs * max(len(self.sources) - 1, 0)
 
     def fine_tune(self, epochs: int, desc: str) -> list[dict]:
-        """Fine-tune the merged model on target train; best-validation state kept in the idle probe."""
+        """Fine-tune the merged model on target train.
+
+        The probe is idle meanwhile: its storage is released (the next
+        :meth:`load` re-materialises it) and the best-validation state goes to a
+        scratch safetensors file, so fine-tuning holds one model, its gradients
+        and the AdamW moments, nothing more.
+        """
+        if epochs == 0:
+            return []
         o = self.options
-        return fine_tune(
-            self.merged, self.family.logits, self.train_loader, self.val_loader, self.accelerator,
-            epochs=epochs, lr=o.lr, weight_decay=o.weight_decay, schedule=o.schedule,
-            best_store=self.probe, desc=desc,
-        )
+        with tempfile.TemporaryDirectory(prefix="hf-grasp-best-") as tmp, released(self.probe):
+            return fine_tune(
+                self.merged, self.family.logits, self.train_loader, self.val_loader, self.accelerator,
+                epochs=epochs, lr=o.lr, weight_decay=o.weight_decay, schedule=o.schedule,
+                best_store=Path(tmp) / "best.safetensors", desc=desc,
+            )
 
     def evaluate(self, model: nn.Module | None = None, split: str = "validation") -> dict:
         loader = self.val_loader if split == "validation" else self.test_loader

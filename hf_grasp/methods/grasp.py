@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._memory import release_freed_memory
 from ..alignment import alignment_scores, apply_transfer, row_partners, transfer_mask
 from .base import MergeContext, register_method
 
@@ -66,6 +67,7 @@ def grasp(ctx: MergeContext) -> None:
                                                buffers=o.buffers, skip=skipped)
         ctx.merged.zero_grad(set_to_none=True)
         ctx.probe.zero_grad(set_to_none=True)
+        release_freed_memory()  # both gradient sets, before fine-tuning allocates its own
         history = ctx.fine_tune(o.finetune_epochs, desc=f"fine-tune after {source.name}")
         ctx.record(step=f"source {k}", source=source.name, scores=scores, transferred=transferred,
                    skipped=sorted(skipped), source_alone=source_alone, history=history,

@@ -1,0 +1,31 @@
+"""Give freed heap memory back to the operating system between phases.
+
+glibc keeps freed chunks of the C heap for reuse, so after a fine-tuning round
+(gradients, AdamW moments) or an alignment step (two gradient sets) the process
+keeps their pages and the next phase stacks on top of them. ``malloc_trim(0)``
+returns the free pages; elsewhere (macOS, musl, Windows) this is a no-op.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import gc
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Collect garbage, then hand free heap pages back to the OS (glibc only)."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -1,0 +1,187 @@
+"""Experiment recipes: one YAML file per experiment of the paper (and the offline benchmark).
+
+A recipe names the dataset, the models and the paper's hyperparameters. Its
+``options:`` mapping uses exactly the field names of
+:class:`~hf_grasp.options.MergeOptions` (the data options ``target_domain``,
+``domain_column``, ``image_column``, ``label_column`` among them), so it is one
+more options layer: engine defaults < recipe < what the user sets. Every other
+top-level key (``dataset``, ``domains``, ``models``, ``image_size``,
+``normalisation``, ``prepare``, ...) is documentation kept in :attr:`Recipe.meta`.
+
+The built-in recipes live in ``recipes/`` at the repository root; an editable
+install (what the README and CI use) finds them there, a wheel finds them under
+``<prefix>/share/hf-grasp/recipes`` when the build ships them as data files.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import DataError, GraspError
+from .options import MergeOptions
+
+BUILTIN_RECIPES = {
+    "yearbook": "yearbook.yaml",
+    "clear10": "clear10.yaml",
+    "clear100": "clear100.yaml",
+    "digits-eras": "digits-eras.yaml",
+}
+
+# The repository's recipes/ first (editable installs), then the data-files location of a wheel install.
+RECIPE_DIRS = (
+    Path(__file__).resolve().parents[1] / "recipes",
+    Path(sys.prefix) / "share" / "hf-grasp" / "recipes",
+)
+
+# MergeOptions field type (as written in options.py) -> the Python types a YAML value may have.
+_YAML_TYPES = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,), "str | None": (str,)}
+
+
+@dataclass
+class Recipe:
+    """A loaded recipe: ``options`` is a MergeOptions layer, ``meta`` everything else in the file."""
+
+    name: str
+    path: Path
+    dataset: str
+    options: dict[str, Any]
+    models: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prepare(self) -> str | None:
+        """The ``hf-grasp prepare ...`` command that makes :attr:`dataset`, if it has to be made."""
+        return self.meta.get("prepare")
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """The YAML file of a built-in recipe name, or ``name_or_path`` itself."""
+    if name_or_path in BUILTIN_RECIPES:
+        for directory in RECIPE_DIRS:
+            candidate = directory / BUILTIN_RECIPES[name_or_path]
+            if candidate.is_file():
+                return candidate
+        raise GraspError(f"built-in recipe {name_or_path!r}: {BUILTIN_RECIPES[name_or_path]} not found in "
+                         f"{' or '.join(map(str, RECIPE_DIRS))} (is hf-grasp installed from its repository?)")
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        raise GraspError(f"recipe {name_or_path!r} is neither a built-in ({', '.join(BUILTIN_RECIPES)}) "
+                         "nor a YAML file")
+    return path
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Load a built-in recipe by name (``yearbook``, ``clear10``, ``clear100``, ``digits-eras``) or a YAML file.
+
+    Raises :class:`GraspError` naming the file for invalid YAML, a missing
+    ``dataset``, an ``options`` key that is not a MergeOptions field, or an
+    option value of the wrong type or outside its choices.
+    """
+    path = recipe_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        raise GraspError(f"recipe {path} is not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(data, dict):
+        raise GraspError(f"recipe {path} must be a YAML mapping at the top level")
+    data = dict(data)
+    dataset = data.pop("dataset", None)
+    if not isinstance(dataset, str) or not dataset:
+        raise GraspError(f"recipe {path} has no 'dataset' (a Hub dataset id, local path or built-in name)")
+    options = data.pop("options", None) or {}
+    if not isinstance(options, dict):
+        raise GraspError(f"recipe {path}: 'options' must be a mapping of MergeOptions fields")
+    _check_options(options, path)
+    models = data.pop("models", None) or []
+    if isinstance(models, str) or not isinstance(models, list):
+        models = [models]
+    name = name_or_path if name_or_path in BUILTIN_RECIPES else path.stem
+    return Recipe(name=name, path=path, dataset=dataset, options=options, models=list(models), meta=data)
+
+
+def _check_options(options: dict[str, Any], path: Path) -> None:
+    """Names and value types, in place: a number given for a text option (``target_domain: 2``) becomes text."""
+    types = {f.name: str(f.type) for f in fields(MergeOptions)}
+    for key, value in list(options.items()):
+        if key not in types:
+            raise GraspError(f"recipe {path}: unknown option {key!r} (options must be MergeOptions fields)")
+        allowed = _YAML_TYPES.get(types[key])
+        if allowed is None or value is None:
+            continue
+        if str in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+            options[key] = value = str(value)  # as the same value arrives from the command line
+        # bool is an int subclass: "lr: true" must not pass as a number
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            hint = " (YAML reads 5e-5 as text: write 5.0e-5)" if _is_number(value) else ""
+            raise GraspError(f"recipe {path}: option {key}={value!r} should be {types[key]}{hint}")
+    try:
+        MergeOptions.build(options)  # choices and ranges, checked where they are declared
+    except GraspError as e:
+        raise GraspError(f"recipe {path}: {e}") from None
+
+
+def _is_number(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def resolve_target(target: str | None, recipe: str | None) -> tuple[str, dict[str, Any]]:
+    """The dataset to load and the recipe's options layer for ``--target`` / ``--recipe``.
+
+    - ``target`` a built-in recipe name (``yearbook``, ...): that recipe's dataset and options
+      (``recipe``, when also given, supplies the options instead).
+    - ``target`` anything else: returned unchanged, with ``recipe``'s options or ``{}``.
+    - ``target`` None: ``recipe``'s dataset and options.
+
+    Pass the dataset to :func:`hf_grasp.data.load_target` and put the options layer
+    under the user's options (``MergeOptions.build(layer, user_options)``).
+    A recipe dataset that is a Hub id neither in the local datasets cache
+    (offline) nor on the Hub raises :class:`DataError` naming the dataset and the
+    ``hf-grasp prepare`` command that makes it.
+    """
+    named = target if target in BUILTIN_RECIPES else None
+    chosen = recipe or named
+    if chosen is None:
+        if target is None:
+            raise GraspError("no target: pass --target (a dataset) or --recipe (an experiment recipe)")
+        return target, {}
+    rec = load_recipe(chosen)
+    if target is not None and named is None:
+        return target, dict(rec.options)  # the user's own copy of the data, the recipe's settings
+    source = rec if named in (None, chosen) else load_recipe(named)
+    _require_available(source)
+    return source.dataset, dict(rec.options)
+
+
+def _require_available(rec: Recipe) -> None:
+    """Fail early, with the command that makes it, when a recipe's Hub dataset cannot be loaded."""
+    import datasets
+
+    from .benchmarks import BUILTIN_DATASETS
+
+    dataset = rec.dataset
+    if dataset in BUILTIN_DATASETS or Path(dataset).expanduser().exists():
+        return
+    make = f"make it with: {rec.prepare} (then --target DIR --recipe {rec.name})" if rec.prepare else ""
+    try:
+        # datasets' own resolution: offline it answers from the local cache only.
+        datasets.load_dataset_builder(dataset)
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as e:
+        if datasets.config.HF_HUB_OFFLINE:
+            raise DataError(f"dataset {dataset} is not available offline; {make or 'it is not in the local cache'}"
+                            ) from None
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"dataset {dataset} could not be loaded ({reason}); {make or 'check the dataset id'}"
+                        ) from None
