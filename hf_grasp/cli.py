@@ -101,6 +101,24 @@ def _cmd_prepare(args) -> int:
     return 0
 
 
+def _bench_parser(sub) -> None:
+    from .bench import add_arguments
+
+    p = sub.add_parser("bench", help="Run every method, a τ sweep, source orders and memory on a recipe.",
+                       description="Reproduce the paper's comparisons on a recipe: a table (mean ± std and paired "
+                                   "differences against finetune-only), a CSV, plots and the paper's claims "
+                                   "beside the measured figures.")
+    add_arguments(p)
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args) -> int:
+    from .bench import run_from_args
+
+    run_from_args(args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-grasp",
@@ -112,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     _make_sources_parser(sub)
     _demo_parser(sub)
     _prepare_parser(sub)
+    _bench_parser(sub)
     return parser
 
 

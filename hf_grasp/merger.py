@@ -160,26 +160,24 @@ class GraspMerger:
         return MergeResult(model=merged.cpu().eval(), family=self.family, model_dir=self.model_dir, report=rep)
 
     def _report(self, ctx: MergeContext, seconds: float) -> dict:
-        by_name = {s.name: s for s in [s for s in (self.init_source, self.base_source) if s] + self.sources}
-        sources, steps = [], []
-        for rec in ctx.records:
-            steps.append({"step": rec["step"], "ref": rec["source"],
-                          "val_accuracy": rec["validation"]["accuracy"], "test_accuracy": rec["test"]["accuracy"]})
-            src = by_name.get(rec["source"])
-            if src is None:
-                continue  # random init
+        steps = [{"step": rec["step"], "ref": rec["source"], "val_accuracy": rec["validation"]["accuracy"],
+                  "test_accuracy": rec["test"]["accuracy"]} for rec in ctx.records]
+        sources = []
+        # every input is listed, in merge order, whether or not the method recorded a step for it
+        for src in ([self.init_source] if self.init_source else []) + self.sources:
+            rec = next((r for r in ctx.records if r["source"] == src.name), {})
             transferred = rec.get("transferred")
             sources.append({
                 **src.describe(),
-                "role": "init" if rec["step"] == "init" else "source",
+                "role": "init" if rec.get("step") == "init" else "source",
                 "scores": rec.get("scores"),
                 "transferred": transferred,
                 "fraction_transferred": (sum(transferred.values()) / len(transferred)) if transferred else None,
                 "skipped": rec.get("skipped", []),
                 "metrics_alone": rec.get("source_alone"),
-                "metrics_after": {"validation": rec["validation"], "test": rec["test"]},
+                "metrics_after": {"validation": rec["validation"], "test": rec["test"]} if rec else None,
                 "history": rec.get("history"),
-                "seconds": rec["seconds"],
+                "seconds": rec.get("seconds"),
             })
         last = ctx.records[-1]
         param_bytes = sum(p.numel() * p.element_size() for p in ctx.merged.parameters())
@@ -195,6 +193,7 @@ class GraspMerger:
             "sources": sources,
             "steps": steps,
             "final": {"validation": last["validation"], "test": last["test"]},
+            "epochs_trained": sum(len(rec.get("history") or []) for rec in ctx.records),
             "baselines": {s["ref"]: {"test": s["metrics_alone"]} for s in sources if s.get("metrics_alone")},
             "timings": {"total_seconds": seconds},
             "memory": {"peak_rss_bytes": report_mod.peak_rss_bytes(), "param_bytes": param_bytes},

@@ -60,6 +60,13 @@ class MergeOptions:
                             "vectors (task-arithmetic, ties).")
     recalibrate_bn: bool = _opt(False, "After a parameter-space merge, re-estimate BatchNorm running statistics on "
                                 "target train images (forward passes only, cumulative average).")
+    scaling: float | None = _opt(None, "Task-vector scaling λ (task-arithmetic 0.3, ties 1.0 when unset).",
+                                 group="baselines")
+    density: float = _opt(0.2, "TIES: fraction of each task vector's entries kept by magnitude.", group="baselines")
+    fisher_examples: int = _opt(256, "Fisher merging: target-train examples for each source's diagonal Fisher.",
+                                group="baselines")
+    opcm_alpha: float = _opt(0.5, "OPCM: fraction of the singular-value energy whose subspace a new task vector "
+                             "is projected away from.", group="baselines")
     eval_sources: bool = _opt(True, "Also evaluate each source alone on the target test split for the report.")
 
     # --- loading and runtime

@@ -8,7 +8,7 @@ from hf_grasp.cli import build_parser
 from hf_grasp.options import option_table_markdown
 
 
-@pytest.mark.parametrize("command", [[], ["merge"], ["make-sources"], ["demo"], ["prepare"]])
+@pytest.mark.parametrize("command", [[], ["merge"], ["make-sources"], ["demo"], ["prepare"], ["bench"]])
 def test_help_on_every_command(command, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([*command, "--help"])

@@ -1,0 +1,379 @@
+"""``hf-grasp bench``: every merge method, τ sweep, source orders, ablations and memory, on one recipe.
+
+For each target domain and seed it makes the sources (a shared base, one
+source per other domain), runs every registered method through the same code
+path, and writes:
+
+- ``results.csv``: one row per run (domain, seed, method, τ, order, recalibrate-bn, accuracy);
+- ``table.md``: mean ± std per method, and each method's paired difference
+  against ``finetune-only`` over the same (domain, seed) pairs;
+- ``accuracy_by_method.png``, ``accuracy_vs_tau.png``, ``memory_vs_k.png``;
+- the paper's claims beside the measured figures, printed and in ``claims.md``.
+
+Every method that trains gets the same total fine-tuning budget in epochs
+(GRASP's initial epochs plus one round per further source).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .benchmarks import digits_eras
+from .benchmarks.make_sources import make_sources
+from .errors import GraspError
+from .methods import METHODS
+
+TAUS = (0.1, 0.3, 0.5, 0.7, 0.9)
+N_ORDERS = 5
+MEMORY_K = (2, 4, 8)
+# multi-source-naive only exists for the memory comparison; it equals multi-source in accuracy
+SKIP_IN_ACCURACY = {"multi-source-naive"}
+
+PAPER_CLAIMS = {
+    "GRASP vs Ensemble": "93.5% vs 71.7% mean accuracy (+21.8 points)",
+    "GRASP vs Multi-Source": "GRASP ahead of Multi-Source on every dataset",
+    "GRASP vs PEARL": "GRASP ahead of PEARL",
+    "τ robustness": "τ in 0.3-0.9 changes accuracy by about ±0.04%",
+    "order spread": "five source orders vary by ≤ 0.8%",
+    "ablation: no alignment": "costs ≈ 1.5 points",
+    "ablation: no fine-tuning": "costs ≈ 2.8 points",
+    "memory": "4.0 GB vs 15.4 GB for Multi-Source at K=4 (≈ 3.9x)",
+}
+
+
+@dataclass
+class BenchConfig:
+    """What one ``hf-grasp bench`` run covers."""
+
+    recipe: str = "digits-eras"
+    arch: str = "resnet"
+    domains: list[int] = field(default_factory=lambda: [d for d in range(digits_eras.NUM_DOMAINS)])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    methods: list[str] | None = None          # None: every registered method
+    taus: tuple[float, ...] = TAUS
+    n_orders: int = N_ORDERS
+    max_sources: int | None = None            # K; None: every non-target domain
+    memory_k: tuple[int, ...] = MEMORY_K
+    memory_arch: str = "resnet18"
+    pretrain_epochs: int = digits_eras.RECIPE["pretrain_epochs"]
+    source_epochs: int = digits_eras.RECIPE["source_epochs"]
+    options: dict = field(default_factory=dict)  # merge option overrides (e.g. epochs in --quick)
+
+    @classmethod
+    def quick(cls, **overrides) -> "BenchConfig":
+        """One domain, one seed, K = 3, one epoch per round: minutes on 2 CPU cores."""
+        base = dict(domains=[digits_eras.RECIPE["target_domain"]], seeds=[0], taus=(0.1, 0.5, 0.9), n_orders=2,
+                    max_sources=3, memory_k=(2, 4), pretrain_epochs=3, source_epochs=3,
+                    options={"initial_epochs": 1, "finetune_epochs": 1})
+        return cls(**{**base, **overrides})
+
+
+@dataclass
+class RunResult:
+    domain: int
+    seed: int
+    method: str
+    tau: float | None
+    order: str
+    recalibrate_bn: bool
+    test_accuracy: float
+    val_accuracy: float
+    epochs: int
+    seconds: float
+
+
+def _source_order(domain: int) -> list[int]:
+    """Sources on both sides of the target, not nearest-first (the recipe's order for its target)."""
+    if domain == digits_eras.RECIPE["target_domain"]:
+        return list(digits_eras.RECIPE["source_domains"])
+    others = [d for d in range(digits_eras.NUM_DOMAINS) if d != domain]
+    return sorted(others, key=lambda d: (-abs(d - domain), d))  # farthest first, alternating sides by tie order
+
+
+def _run(refs, domain, seed, method, cfg: BenchConfig, *, base, tau=None, order="given", recal=False) -> RunResult:
+    from .merger import GraspMerger
+
+    opts = {**cfg.options, "seed": seed, "target_domain": str(domain), "order": order, "recalibrate_bn": recal,
+            "eval_sources": False}
+    if tau is not None:
+        opts["tau"] = tau
+    if METHODS[method].needs_base:
+        opts["base"] = str(base)
+    start = time.time()
+    merger = GraspMerger.from_pretrained(refs, target="digits-eras", recipe=cfg.recipe, method=method, **opts)
+    report = merger.merge().report
+    return RunResult(domain, seed, method, tau if method == "grasp" else None, order, recal,
+                     report["final"]["test"]["accuracy"], report["final"]["validation"]["accuracy"],
+                     report["epochs_trained"], time.time() - start)
+
+
+def run_accuracy(cfg: BenchConfig, output: Path) -> list[RunResult]:
+    """All accuracy runs: methods (± BN recalibration), τ sweep, source orders."""
+    methods = [m for m in (cfg.methods or list(METHODS)) if m not in SKIP_IN_ACCURACY]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise GraspError(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(METHODS)}")
+    results: list[RunResult] = []
+    for domain in cfg.domains:
+        for seed in cfg.seeds:
+            root = output / "sources" / f"{cfg.arch.replace(':', '-')}-target{domain}-seed{seed}"
+            if not (root / "base").is_dir():
+                make_sources(root, arch=cfg.arch, target_domain=domain, seed=seed,
+                             pretrain_epochs=cfg.pretrain_epochs, source_epochs=cfg.source_epochs)
+            order = _source_order(domain)[: cfg.max_sources]
+            refs = [str(root / f"d{d}") for d in order]
+            base = root / "base"
+            for method in methods:
+                tau = 0.3 if method == "grasp" else None
+                results.append(_run(refs, domain, seed, method, cfg, base=base, tau=tau))
+                if METHODS[method].parameter_space:
+                    results.append(_run(refs, domain, seed, method, cfg, base=base, tau=tau, recal=True))
+            for tau in cfg.taus:
+                if tau != 0.3 or "grasp" not in methods:
+                    results.append(_run(refs, domain, seed, "grasp", cfg, base=base, tau=tau))
+            rng = random.Random(seed)
+            for _ in range(cfg.n_orders - 1):
+                perm = list(range(len(refs)))
+                rng.shuffle(perm)
+                results.append(_run(refs, domain, seed, "grasp", cfg, base=base, tau=0.3,
+                                    order=",".join(map(str, perm))))
+            _write_csv(results, output / "results.csv")  # after every (domain, seed): partial results survive
+    return results
+
+
+MEMORY_CHILD = """
+import json, sys
+from hf_grasp import GraspMerger
+from hf_grasp.report import peak_rss_bytes
+args = json.loads(sys.argv[1])
+GraspMerger.from_pretrained(args["sources"], target="digits-eras", method=args["method"], eval_sources=False,
+                            initial_epochs=1, finetune_epochs=1, lr=1e-3).merge()
+print(json.dumps(peak_rss_bytes()))
+"""
+
+
+def run_memory(cfg: BenchConfig) -> list[dict]:
+    """Peak RSS of grasp vs naive multi-source for each K, each run in a fresh interpreter."""
+    from . import archs
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hf-grasp-mem-") as tmp:
+        dirs = []
+        for i in range(max(cfg.memory_k)):
+            d = Path(tmp) / f"s{i}"
+            archs.new_checkpoint(cfg.memory_arch, d, num_labels=10, image_size=32, seed=i)
+            dirs.append(str(d))
+        for k in cfg.memory_k:
+            for method in ("grasp", "multi-source-naive"):
+                if method not in METHODS:
+                    continue
+                arg = json.dumps({"sources": dirs[:k], "method": method})
+                proc = subprocess.run([sys.executable, "-c", MEMORY_CHILD, arg], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise GraspError(f"memory run {method} K={k} failed: {proc.stderr.strip().splitlines()[-1]}")
+                rows.append({"k": k, "method": method, "peak_rss_bytes": json.loads(proc.stdout.splitlines()[-1])})
+    return rows
+
+
+def _write_csv(results: list[RunResult], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(asdict(results[0])))
+        w.writeheader()
+        w.writerows(asdict(r) for r in results)
+
+
+def _label(r: RunResult) -> str:
+    return r.method + (" +bn" if r.recalibrate_bn else "")
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def _pm(xs: list[float], scale: float = 100.0) -> str:
+    m, s = _mean_std(xs)
+    return f"{scale * m:.1f} ± {scale * s:.1f}"
+
+
+def summarise(results: list[RunResult], memory: list[dict]) -> tuple[str, dict]:
+    """The Markdown table and the figures the claims compare against."""
+    main = [r for r in results if r.order == "given" and (r.method != "grasp" or r.tau == 0.3)]
+    ref = {(r.domain, r.seed): r.test_accuracy for r in main if r.method == "finetune-only" and not r.recalibrate_bn}
+    by_label: dict[str, list[RunResult]] = {}
+    for r in main:
+        by_label.setdefault(_label(r), []).append(r)
+    lines = ["| method | fine-tune epochs | test accuracy % (mean ± std) | paired Δ vs finetune-only (points) | n |",
+             "|---|---|---|---|---|"]
+    figures: dict[str, list[float]] = {}
+    for label, runs in sorted(by_label.items(), key=lambda kv: -statistics.mean(r.test_accuracy for r in kv[1])):
+        acc = [r.test_accuracy for r in runs]
+        diffs = [r.test_accuracy - ref[(r.domain, r.seed)] for r in runs if (r.domain, r.seed) in ref]
+        figures[label] = acc
+        lines.append(f"| {label} | {runs[0].epochs} | {_pm(acc)} | {_pm(diffs) if diffs else '–'} | {len(runs)} |")
+    taus = sorted({r.tau for r in results if r.method == "grasp" and r.order == "given" and not r.recalibrate_bn})
+    lines += ["", "| τ | GRASP test accuracy % |", "|---|---|"]
+    for t in taus:
+        lines.append(f"| {t} | {_pm([r.test_accuracy for r in results if r.method == 'grasp' and r.tau == t and r.order == 'given' and not r.recalibrate_bn])} |")
+    spreads = []
+    for key in {(r.domain, r.seed) for r in results}:
+        accs = [r.test_accuracy for r in results if (r.domain, r.seed) == key and r.method == "grasp"
+                and r.tau == 0.3 and not r.recalibrate_bn]
+        if len(accs) > 1:
+            spreads.append(max(accs) - min(accs))
+    if memory:
+        lines += ["", "| K | method | peak RSS (MiB) |", "|---|---|---|"]
+        lines += [f"| {m['k']} | {m['method']} | {m['peak_rss_bytes'] / 2**20:.0f} |" for m in memory]
+    figures["_tau"] = {t: [r.test_accuracy for r in results if r.method == "grasp" and r.tau == t
+                           and r.order == "given" and not r.recalibrate_bn] for t in taus}
+    figures["_order_spread"] = spreads
+    return "\n".join(lines), figures
+
+
+def claims(figures: dict, memory: list[dict]) -> str:
+    """The paper's headline claims beside what this run measured."""
+    def mean(label):
+        xs = figures.get(label)
+        return statistics.mean(xs) * 100 if xs else None
+
+    def vs(other):
+        g, o = mean("grasp"), mean(other)
+        return "not run" if g is None or o is None else f"GRASP {g:.1f}% vs {o:.1f}% ({g - o:+.1f} points)"
+
+    taus = {t: statistics.mean(v) * 100 for t, v in figures["_tau"].items() if v and 0.3 <= t <= 0.9}
+    tau_text = (f"τ 0.3–0.9: {min(taus.values()):.1f}%–{max(taus.values()):.1f}% "
+                f"(range {max(taus.values()) - min(taus.values()):.1f} points)") if taus else "not run"
+    spread = figures["_order_spread"]
+    order_text = f"max − min over orders: {_pm(spread)} points" if spread else "not run"
+    g = mean("grasp")
+    abl = {k: (f"{g - mean(k):+.1f} points for GRASP" if g is not None and mean(k) is not None else "not run")
+           for k in ("no-align", "no-finetune")}
+    mem_text = "not run"
+    by = {(m["k"], m["method"]): m["peak_rss_bytes"] for m in memory}
+    ks = sorted({m["k"] for m in memory})
+    if ks:
+        mem_text = "; ".join(
+            f"K={k}: {by[(k, 'grasp')] / 2**20:.0f} vs {by[(k, 'multi-source-naive')] / 2**20:.0f} MiB "
+            f"({by[(k, 'multi-source-naive')] / by[(k, 'grasp')]:.2f}x)"
+            for k in ks if (k, "grasp") in by and (k, "multi-source-naive") in by) or "not run"
+    measured = {
+        "GRASP vs Ensemble": vs("ensemble"),
+        "GRASP vs Multi-Source": vs("multi-source"),
+        "GRASP vs PEARL": vs("pearl"),
+        "τ robustness": tau_text,
+        "order spread": order_text,
+        "ablation: no alignment": abl["no-align"],
+        "ablation: no fine-tuning": abl["no-finetune"],
+        "memory": mem_text,
+    }
+    rows = ["| claim | paper | measured here |", "|---|---|---|"]
+    rows += [f"| {k} | {PAPER_CLAIMS[k]} | {measured[k]} |" for k in PAPER_CLAIMS]
+    return "\n".join(rows)
+
+
+def plot(results: list[RunResult], memory: list[dict], figures: dict, output: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [k for k in figures if not k.startswith("_")]
+    labels.sort(key=lambda k: -statistics.mean(figures[k]))
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels)), 4))
+    means = [100 * statistics.mean(figures[k]) for k in labels]
+    errs = [100 * _mean_std(figures[k])[1] for k in labels]
+    ax.bar(range(len(labels)), means, yerr=errs, capsize=3,
+           color=["#dd8452" if k == "grasp" else "#4c72b0" for k in labels])
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(max(0, min(means) - 10), 100)
+    ax.set_title("accuracy by method (mean ± std over domains × seeds)")
+    fig.tight_layout()
+    fig.savefig(output / "accuracy_by_method.png", dpi=120)
+    plt.close(fig)
+
+    taus = sorted(t for t, v in figures["_tau"].items() if v)
+    if taus:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        m = [100 * statistics.mean(figures["_tau"][t]) for t in taus]
+        s = [100 * _mean_std(figures["_tau"][t])[1] for t in taus]
+        ax.errorbar(taus, m, yerr=s, marker="o", capsize=3)
+        ax.set_xlabel("τ")
+        ax.set_ylabel("GRASP test accuracy (%)")
+        ax.set_title("accuracy vs τ")
+        fig.tight_layout()
+        fig.savefig(output / "accuracy_vs_tau.png", dpi=120)
+        plt.close(fig)
+
+    if memory:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for method in sorted({m["method"] for m in memory}):
+            pts = sorted((m["k"], m["peak_rss_bytes"] / 2**20) for m in memory if m["method"] == method)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        ax.set_xlabel("K (sources)")
+        ax.set_ylabel("peak RSS (MiB)")
+        ax.set_title("memory vs K")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(output / "memory_vs_k.png", dpi=120)
+        plt.close(fig)
+
+
+def bench(cfg: BenchConfig, output: str | Path) -> dict:
+    """Run the whole bench into ``output``; returns the paths and the printed texts."""
+    if cfg.recipe != digits_eras.DIGITS_ERAS:
+        raise GraspError(f"bench --recipe {cfg.recipe}: only digits-eras makes its own sources offline so far")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    results = run_accuracy(cfg, output)
+    memory = run_memory(cfg) if cfg.memory_k else []
+    table, figures = summarise(results, memory)
+    claim_text = claims(figures, memory)
+    plot(results, memory, figures, output)
+    seconds = time.time() - start
+    header = (f"hf-grasp bench --recipe {cfg.recipe}: arch {cfg.arch}, domains {cfg.domains}, seeds {cfg.seeds}, "
+              f"K = {cfg.max_sources or 'all'}; every method that trains gets the same fine-tuning epochs "
+              f"(column 2); {seconds / 60:.1f} min")
+    (output / "table.md").write_text(header + "\n\n" + table + "\n")
+    (output / "claims.md").write_text(claim_text + "\n")
+    (output / "memory.json").write_text(json.dumps(memory, indent=2))
+    print(header, table, "", claim_text, sep="\n")
+    return {"results": results, "memory": memory, "table": table, "claims": claim_text, "seconds": seconds}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default="digits-eras", help="Recipe to benchmark (digits-eras makes its own sources).")
+    p.add_argument("--arch", default="resnet", help="Architecture of the sources (see make-sources --arch).")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="Number of seeds (default 5; gains below about 2 points need 10).")
+    p.add_argument("--domains", type=int, nargs="+", help="Target domains (default: all).")
+    p.add_argument("--methods", nargs="+", help="Methods to run (default: every registered method).")
+    p.add_argument("--quick", action="store_true",
+                   help="One domain, one seed, K=3, one epoch per round, 3 τ values, 2 orders, K=2,4 for memory.")
+    p.add_argument("--no-memory", action="store_true", help="Skip the peak-memory runs.")
+    p.add_argument("--output", type=Path, default=Path("bench"), help="Directory for sources, CSV, tables, plots.")
+
+
+def run_from_args(args: argparse.Namespace) -> dict:
+    cfg = BenchConfig.quick(recipe=args.recipe, arch=args.arch) if args.quick else BenchConfig(recipe=args.recipe,
+                                                                                               arch=args.arch)
+    if args.seeds is not None:
+        cfg.seeds = list(range(args.seeds))
+    if args.domains:
+        cfg.domains = args.domains
+    if args.methods:
+        cfg.methods = args.methods
+    if args.no_memory:
+        cfg.memory_k = ()
+    return bench(cfg, args.output)

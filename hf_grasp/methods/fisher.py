@@ -1,0 +1,122 @@
+"""Fisher merging (Matena & Raffel, 2022, "Merging Models with Fisher-Weighted Averaging").
+
+Each parameter entry is the average of the sources' entries weighted by each
+source's diagonal Fisher information, estimated on target-train images::
+
+    merged = Σ_k c_k (F_k + ε) θ_k / Σ_k c_k (F_k + ε)
+
+following FusionBench's ``fisher_merging`` (itself MergeLM's): ε = 1e-6
+(``minimal_fisher_weight``) and ``normalize_fisher_weight`` on, i.e.
+``c_k = 1 / (||F_k|| + ε)`` with the norm over the whole model, so a source
+whose gradients are globally larger does not dominate.
+
+The Fisher is FusionBench's: the expectation over the model's own predictive
+distribution (not the empirical Fisher with the labels), computed per batch
+as the squared gradient of ``Σ_n Σ_y sqrt(p(y|x_n)) log p(y|x_n)`` and
+divided by the number of examples (:func:`hf_grasp.merge_math.fisher_objective`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .. import merge_math
+from ..data import make_loader
+from .base import MergeContext, register_method
+from .multi_source import fold_mean, option, parameter_names, unique_state
+
+#: Target-train examples the Fisher is estimated on: FusionBench's default ``num_fisher_examples``.
+#: (GRASP's alignment batches — one batch of 32 by default — are too few for a Fisher estimate.)
+#: ``ctx.options.fisher_examples`` overrides it when set.
+FISHER_EXAMPLES = 256
+MINIMAL_FISHER_WEIGHT = 1e-6
+PAPER = "https://arxiv.org/abs/2111.09832"
+
+
+def fisher_loader(ctx: MergeContext) -> torch.utils.data.DataLoader:
+    """The same seeded ``FISHER_EXAMPLES`` target-train rows for every source, eval preprocessing."""
+    train = ctx.data.splits["train"]
+    n = min(int(option(ctx, "fisher_examples", FISHER_EXAMPLES)), len(train))
+    rows = np.random.default_rng(ctx.options.seed).permutation(len(train))[:n]
+    return make_loader(train.select(sorted(rows.tolist())), ctx.eval_transform,
+                       batch_size=ctx.options.batch_size, shuffle=False)
+
+
+def diagonal_fisher(ctx: MergeContext, model: nn.Module, loader) -> dict[str, Tensor]:
+    """FusionBench's diagonal Fisher of ``model`` over ``loader``: Σ_batches grad² / n_examples.
+
+    Eval mode (deterministic, BatchNorm on the model's own statistics), like
+    ``ctx.gradients``.
+    """
+    model.eval()
+    fisher = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    seen = 0
+    for batch in loader:
+        model.zero_grad(set_to_none=True)
+        x = batch["pixel_values"].to(ctx.accelerator.device)
+        merge_math.fisher_objective(ctx.family.logits(model, x)).backward()
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if p.grad is not None:
+                    fisher[n].add_(p.grad.square())
+        seen += x.shape[0]
+    model.zero_grad(set_to_none=True)
+    for f in fisher.values():
+        f.div_(max(seen, 1))
+    return fisher
+
+
+@register_method("fisher", pretty_name="Fisher Merging (Matena & Raffel, 2022)", paper=PAPER)
+def fisher(ctx: MergeContext) -> None:
+    """Diagonal-Fisher-weighted average of the sources' parameters; no training.
+
+    Streaming, one source in the probe at a time. Memory besides ``ctx.merged``
+    and ``ctx.probe``: two model-sized sets of parameter tensors — the current
+    source's Fisher ``F_k`` and the running ``Σ c_k (F_k + ε)`` — plus the
+    probe's gradients while the Fisher is estimated. The running numerator
+    ``Σ c_k (F_k + ε) θ_k`` accumulates in ``ctx.merged``'s own parameters,
+    divided by the denominator at the end. Buffers (BatchNorm running
+    statistics) are the uniform running average of the sources' (integer ones:
+    the first source's), as in ``multi-source``.
+    """
+    start = time.time()
+    loader = fisher_loader(ctx)
+    params = dict(ctx.merged.named_parameters())
+    probe_params = dict(ctx.probe.named_parameters())
+    merged = unique_state(ctx.merged)
+    skips = {s.name: set(ctx.skips.get(s.name, ())) for s in ctx.sources}
+    # parameters some source provides: their numerator starts at 0 in ctx.merged
+    names = [n for n in merged if n in params and any(n not in skips[s.name] for s in ctx.sources)]
+    buffer_counts = dict.fromkeys((n for n in merged if n not in parameter_names(ctx.merged)), 0)
+    with torch.no_grad():
+        for n in names:
+            params[n].zero_()
+    denominator = {n: torch.zeros_like(params[n]) for n in names}
+    for source in tqdm(ctx.sources, desc="Fisher merging", unit="source"):
+        ctx.load(ctx.probe, source)
+        skipped = skips[source.name]
+        fisher_k = diagonal_fisher(ctx, ctx.probe, loader)
+        used = [n for n in names if n not in skipped]
+        norm = math.sqrt(sum(float(fisher_k[n].double().square().sum()) for n in used))
+        c = merge_math.fisher_coefficient(norm, MINIMAL_FISHER_WEIGHT)
+        with torch.no_grad():
+            for n in used:
+                merge_math.fisher_accumulate_(params[n], denominator[n], probe_params[n], fisher_k[n], c,
+                                              MINIMAL_FISHER_WEIGHT)
+        fold_mean(merged, unique_state(ctx.probe), buffer_counts, skipped)
+        del fisher_k
+    with torch.no_grad():
+        for n in names:
+            params[n].div_(denominator[n])
+    del denominator
+    ctx.record(step="merge", source=None, validation=ctx.evaluate(split="validation"),
+               test=ctx.evaluate(split="test"), seconds=time.time() - start)
+
+
+__all__ = ["FISHER_EXAMPLES", "diagonal_fisher", "fisher", "fisher_loader"]

@@ -1,0 +1,109 @@
+"""Task arithmetic and TIES-merging: data-free merges of task vectors relative to ``--base``.
+
+Both run tensor by tensor across the sources: for each parameter name, the
+base's tensor and the K sources' tensors of that one name are read
+memory-mapped from their safetensors files (:func:`hf_grasp.merge_math.iter_across`),
+merged with peft's ``merge_utils`` and written into ``ctx.merged``. So at any
+moment K+1 slices of a single tensor are resident — never K models — and no
+model-sized buffer besides ``ctx.merged`` (the probe is idle). TIES needs all
+K values of an entry at once to elect its sign, which is why the stream is per
+tensor rather than per source.
+
+Buffers (BatchNorm running statistics) are the base's: task vectors are taken
+over parameters only. ``--recalibrate-bn`` re-estimates the statistics on
+target images after the merge.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .. import merge_math
+from .base import MergeContext, register_method
+from .multi_source import option, parameter_names, unique_state
+
+#: Task arithmetic's λ: FusionBench's default (``scaling_factor: 0.3``), in the range
+#: "Editing models with task arithmetic" tunes over. ``ctx.options.scaling`` overrides it when set.
+SCALING = 0.3
+#: TIES's λ (the TIES paper's default; FusionBench's config uses 0.3). ``ctx.options.scaling`` overrides it.
+TIES_SCALING = 1.0
+#: Fraction of each task vector kept by TIES's trim step (the paper's top-20%, FusionBench's
+#: ``threshold: 20``). ``ctx.options.density`` overrides it.
+DENSITY = 0.2
+
+TASK_ARITHMETIC_PAPER = "https://arxiv.org/abs/2212.04089"
+TIES_PAPER = "https://arxiv.org/abs/2306.01708"
+
+
+def merge_task_vectors(ctx: MergeContext, merge_one: Callable[[Tensor, list[Tensor]], Tensor], desc: str) -> None:
+    """``ctx.merged <- base``, then every parameter ``<- merge_one(base tensor, source tensors)``.
+
+    A source that does not provide a tensor (a head skipped by pre-flight)
+    contributes a zero task vector. A tensor the base does not provide (its
+    head has another label count) has no task vectors: it becomes the uniform
+    mean of the sources that provide it.
+    """
+    base = ctx.base_source
+    ctx.load(ctx.merged, base)  # buffers stay the base's
+    merged = unique_state(ctx.merged)
+    params = parameter_names(ctx.merged)
+    names = [n for n in merged if n in params]
+    everyone = [base, *ctx.sources]
+    skips = [ctx.skips.get(s.name, ()) for s in everyone]
+    with torch.no_grad():
+        rows = merge_math.iter_across(everyone, names, skips, device=ctx.accelerator.device)
+        for name, (b, *tensors) in tqdm(rows, total=len(names), desc=desc, unit="tensor"):
+            have = [t for t in tensors if t is not None]
+            if not have:
+                continue
+            if b is None:
+                value = torch.stack(have).mean(0)
+            else:
+                value = merge_one(b, [t if t is not None else b for t in tensors])
+            merged[name].copy_(value)
+
+
+def _record(ctx: MergeContext, start: float) -> None:
+    ctx.record(step="merge", source=None, validation=ctx.evaluate(split="validation"),
+               test=ctx.evaluate(split="test"), seconds=time.time() - start)
+
+
+@register_method("task-arithmetic", pretty_name="Task Arithmetic (Ilharco et al., 2023)",
+                 paper=TASK_ARITHMETIC_PAPER, needs_base=True)
+def task_arithmetic(ctx: MergeContext) -> None:
+    """``merged = base + λ Σ_k (S_k - base)`` per parameter, λ = :data:`SCALING`; no training.
+
+    Memory: ``ctx.merged`` and ``ctx.probe`` (idle) plus the K+1 slices of one
+    tensor being merged — no extra model-sized buffer.
+    """
+    start = time.time()
+    scaling = float(option(ctx, "scaling", SCALING))
+    merge_task_vectors(ctx, lambda b, ts: merge_math.task_arithmetic(b, ts, scaling),
+                       desc=f"task arithmetic (λ={scaling:g})")
+    _record(ctx, start)
+
+
+@register_method("ties", pretty_name="TIES-Merging (Yadav et al., 2023)", paper=TIES_PAPER, needs_base=True)
+def ties(ctx: MergeContext) -> None:
+    """TIES-merging: trim each task vector to its top :data:`DENSITY`, elect signs, disjoint mean, × λ.
+
+    peft's ``ties(task_tensors, weights=λ, density, majority_sign_method="total")``
+    per parameter, λ = :data:`TIES_SCALING`; no training. Differences from the
+    paper: the trim keeps the top fraction of each tensor (peft), not of the
+    whole flattened task vector. Memory: ``ctx.merged`` and ``ctx.probe``
+    (idle) plus the K+1 slices of one tensor — no extra model-sized buffer.
+    """
+    start = time.time()
+    scaling = float(option(ctx, "scaling", TIES_SCALING))
+    density = float(option(ctx, "density", DENSITY))
+    merge_task_vectors(ctx, lambda b, ts: merge_math.ties(b, ts, scaling=scaling, density=density),
+                       desc=f"TIES (λ={scaling:g}, density={density:g})")
+    _record(ctx, start)
+
+
+__all__ = ["DENSITY", "SCALING", "TIES_SCALING", "merge_task_vectors", "task_arithmetic", "ties"]
