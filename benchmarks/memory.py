@@ -1,7 +1,7 @@
 """Peak memory of a GRASP merge, in units of P (fp32 bytes of the model's parameters).
 
 Each measurement runs in a fresh interpreter. The floor is the RSS after the
-imports and the target data are loaded; the figure is the peak RSS of the whole
+imports, the source resolution and the target data loading; the figure is the peak RSS of the whole
 merge above that floor, divided by P. The algorithm's own floor is about 4P
 (model, gradients, two AdamW moments).
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -19,24 +20,28 @@ from pathlib import Path
 
 CHILD = """
 import json, sys
-from hf_grasp.data import load_target
-from hf_grasp.report import peak_rss_bytes
-import psutil, torch, transformers, timm, accelerate  # the imports are part of the floor
-load_target("digits-eras", domain=2)
-floor = psutil.Process().memory_info().rss
+import psutil
+import matplotlib.pyplot, transformers.models.resnet.modeling_resnet  # imports are part of the floor
 from hf_grasp import GraspMerger
+from hf_grasp.report import peak_rss_bytes
+from hf_grasp.training import load_accuracy
+load_accuracy()
 args = json.loads(sys.argv[1])
-result = GraspMerger.from_pretrained(args["sources"], target="digits-eras", tau=0.3, eval_sources=False,
+# resolving the sources and loading the target data are the floor's "data"
+merger = GraspMerger.from_pretrained(args["sources"], target="digits-eras", tau=0.3, eval_sources=False,
                                      initial_epochs=args["initial_epochs"], finetune_epochs=args["finetune_epochs"],
-                                     lr=1e-3).merge()
+                                     lr=1e-3)
+floor = psutil.Process().memory_info().rss
+result = merger.merge()
 print(json.dumps({"floor": floor, "peak": peak_rss_bytes(), "param_bytes": result.report["memory"]["param_bytes"],
                   "test_accuracy": result.report["final"]["test"]["accuracy"]}))
 """
 
 
-def measure(sources: list[str], *, initial_epochs: int, finetune_epochs: int) -> dict:
+def measure(sources: list[str], *, initial_epochs: int, finetune_epochs: int, env: dict | None = None) -> dict:
     arg = json.dumps({"sources": sources, "initial_epochs": initial_epochs, "finetune_epochs": finetune_epochs})
-    proc = subprocess.run([sys.executable, "-c", CHILD, arg], capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", CHILD, arg], capture_output=True, text=True, check=True,
+                          env={**os.environ, **(env or {})})
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -46,7 +51,11 @@ def main() -> None:
     p.add_argument("--k", type=int, nargs="+", default=[2, 8], help="Numbers of sources to measure.")
     p.add_argument("--initial-epochs", type=int, default=1)
     p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--mmap-threshold", type=int, default=None,
+                   help="Run the children with MALLOC_MMAP_THRESHOLD_ set (glibc then returns every large "
+                        "buffer to the OS when freed, at some speed cost).")
     args = p.parse_args()
+    env = {"MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)} if args.mmap_threshold else None
 
     from hf_grasp import archs
 
@@ -59,7 +68,7 @@ def main() -> None:
         print(f"| K | floor MiB | peak MiB | peak - floor MiB | P MiB | (peak - floor) / P |")
         print("|---|---|---|---|---|---|")
         for k in args.k:
-            m = measure(dirs[:k], initial_epochs=args.initial_epochs, finetune_epochs=args.finetune_epochs)
+            m = measure(dirs[:k], initial_epochs=args.initial_epochs, finetune_epochs=args.finetune_epochs, env=env)
             mib = 2**20
             over = m["peak"] - m["floor"]
             print(f"| {k} | {m['floor'] / mib:.0f} | {m['peak'] / mib:.0f} | {over / mib:.0f} | "

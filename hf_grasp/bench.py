@@ -71,9 +71,9 @@ class BenchConfig:
 
     @classmethod
     def quick(cls, **overrides) -> "BenchConfig":
-        """One domain, one seed, K = 3, one epoch per round: minutes on 2 CPU cores."""
+        """One domain, one seed, K = 3, one epoch per round, a small model for memory: minutes on 2 CPU cores."""
         base = dict(domains=[digits_eras.RECIPE["target_domain"]], seeds=[0], taus=(0.1, 0.5, 0.9), n_orders=2,
-                    max_sources=3, memory_k=(2, 4), pretrain_epochs=3, source_epochs=3,
+                    max_sources=3, memory_k=(2, 4), memory_arch="resnet", pretrain_epochs=3, source_epochs=3,
                     options={"initial_epochs": 1, "finetune_epochs": 1})
         return cls(**{**base, **overrides})
 
@@ -362,6 +362,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="One domain, one seed, K=3, one epoch per round, 3 τ values, 2 orders, K=2,4 for memory.")
     p.add_argument("--no-memory", action="store_true", help="Skip the peak-memory runs.")
+    p.add_argument("--taus", type=float, nargs="+", help="τ values for the sweep (default 0.1 0.3 0.5 0.7 0.9).")
+    p.add_argument("--orders", type=int, help="Number of source orders (default 5).")
+    p.add_argument("--max-sources", type=int, help="K: use only the first K sources of the order.")
+    p.add_argument("--memory-k", type=int, nargs="+", help="K values for the memory runs (default 2 4 8).")
+    p.add_argument("--source-epochs", type=int, help="Epochs for the base and for each source in make-sources.")
     p.add_argument("--output", type=Path, default=Path("bench"), help="Directory for sources, CSV, tables, plots.")
 
 
@@ -376,4 +381,13 @@ def run_from_args(args: argparse.Namespace) -> dict:
         cfg.methods = args.methods
     if args.no_memory:
         cfg.memory_k = ()
+    for name in ("taus", "memory_k"):
+        if getattr(args, name):
+            setattr(cfg, name, tuple(getattr(args, name)))
+    if args.orders:
+        cfg.n_orders = args.orders
+    if args.max_sources:
+        cfg.max_sources = args.max_sources
+    if args.source_epochs:
+        cfg.pretrain_epochs = cfg.source_epochs = args.source_epochs
     return bench(cfg, args.output)

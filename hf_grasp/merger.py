@@ -157,7 +157,8 @@ class GraspMerger:
         del ctx.probe, probe
         accelerator.free_memory()
         rep = self._report(ctx, time.time() - start)
-        return MergeResult(model=merged.cpu().eval(), family=self.family, model_dir=self.model_dir, report=rep)
+        return MergeResult(model=merged.cpu().eval(), family=self.family, model_dir=self.model_dir, report=rep,
+                           artifact=ctx.artifact)
 
     def _report(self, ctx: MergeContext, seconds: float) -> dict:
         steps = [{"step": rec["step"], "ref": rec["source"], "val_accuracy": rec["validation"]["accuracy"],
@@ -194,6 +195,7 @@ class GraspMerger:
             "steps": steps,
             "final": {"validation": last["validation"], "test": last["test"]},
             "epochs_trained": sum(len(rec.get("history") or []) for rec in ctx.records),
+            "notes": [rec["note"] for rec in ctx.records if rec.get("note")],
             "baselines": {s["ref"]: {"test": s["metrics_alone"]} for s in sources if s.get("metrics_alone")},
             "timings": {"total_seconds": seconds},
             "memory": {"peak_rss_bytes": report_mod.peak_rss_bytes(), "param_bytes": param_bytes},

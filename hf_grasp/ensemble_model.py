@@ -1,0 +1,300 @@
+"""The ensemble baseline as a reloadable predictor (not a merged model).
+
+An ensemble of K classifiers is K models at inference time: its prediction is
+the uniform average of the members' softmax probabilities. Nothing is merged,
+so there are no weights of its own to save. What is saved instead is what it
+takes to rebuild it:
+
+* ``ensemble.json``: the family, the label names and one entry per member (the
+  reference it was given, Hub repo id, requested revision, resolved commit,
+  local path and the sha256 of its weight files);
+* the first member's preprocessing (``preprocessor_config.json`` for
+  transformers; timm's data config inside ``ensemble.json`` for timm);
+* a README saying all this.
+
+:class:`EnsembleSpec` is that description (the ``ensemble`` merge method leaves
+one in ``ctx.artifact``); :class:`EnsembleClassifier` loads every member with
+its own library (``AutoModelForImageClassification.from_pretrained`` /
+``timm.create_model``) and holds all K of them::
+
+    from hf_grasp.ensemble_model import EnsembleClassifier
+    clf = EnsembleClassifier.from_pretrained("path/to/ensemble")
+    probs = clf(clf.preprocess(images)).probabilities
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from huggingface_hub import ModelCard, ModelCardData, snapshot_download
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .errors import GraspError, SourceError
+
+SPEC_FILE = "ensemble.json"
+FORMAT = "hf_grasp.ensemble"
+PROCESSOR_FILE = "preprocessor_config.json"  # transformers' image processor
+
+
+@dataclass
+class EnsembleSpec:
+    """What it takes to rebuild an ensemble: its members' references, family and preprocessing."""
+
+    family: str                          # "transformers" | "timm"
+    members: list[dict]                  # ResolvedSource.describe() of each member, in order
+    num_labels: int
+    labels: list[str] | None = None      # class names by index, when the checkpoint names them
+    timm_data_config: dict | None = None  # timm's resolved data config (timm family only)
+    processor_dir: Path | None = field(default=None, compare=False)  # where preprocessor_config.json is copied from
+
+    @classmethod
+    def from_sources(cls, sources: Sequence[Any], family: Any, model_dir: Path) -> "EnsembleSpec":
+        """Spec of an ensemble of resolved ``sources`` whose preprocessing comes from ``model_dir``."""
+        from .families import read_config
+
+        config = read_config(model_dir)
+        timm_data = None
+        if family.name == "timm":
+            from timm.data import resolve_data_config
+
+            from .families.timm import _parse
+
+            timm_data = _jsonable(resolve_data_config(pretrained_cfg=_parse(model_dir)[0]))
+        return cls(family=family.name, members=[s.describe() for s in sources],
+                   num_labels=family.num_labels(model_dir), labels=_labels(config),
+                   timm_data_config=timm_data, processor_dir=Path(model_dir))
+
+    # --- saving and loading the description
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("processor_dir")
+        return {"format": FORMAT, "version": 1, "combine": "mean of the members' softmax probabilities", **d}
+
+    def save_pretrained(self, save_directory: str | Path, *, report: dict | None = None) -> None:
+        """Write ``ensemble.json``, the first member's preprocessing and a README; no model weights.
+
+        ``report`` (a merge report) adds the measured accuracies to the README.
+        """
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SPEC_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        if self.family == "transformers" and self.processor_dir is not None:
+            processor = self.processor_dir / PROCESSOR_FILE
+            if processor.is_file():
+                shutil.copyfile(processor, out / PROCESSOR_FILE)
+        self.model_card(report).save(out / "README.md")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "EnsembleSpec":
+        """Read ``<directory>/ensemble.json``."""
+        path = Path(directory) / SPEC_FILE
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise GraspError(f"{path}: not found (not an hf_grasp ensemble directory)") from None
+        except (OSError, ValueError) as e:
+            raise GraspError(f"{path}: not valid JSON ({e})") from None
+        if raw.get("format") != FORMAT:
+            raise GraspError(f"{path}: format is {raw.get('format')!r}, expected {FORMAT!r}")
+        processor = Path(directory) / PROCESSOR_FILE
+        return cls(family=raw["family"], members=raw["members"], num_labels=int(raw["num_labels"]),
+                   labels=raw.get("labels"), timm_data_config=raw.get("timm_data_config"),
+                   processor_dir=Path(directory) if processor.is_file() else None)
+
+    def model_card(self, report: dict | None = None) -> ModelCard:
+        """A README that says plainly this is an inference-time ensemble of K models."""
+        repos = [m["repo_id"] for m in self.members if m.get("repo_id")]
+        target = report["target"]["name"] if report else ""
+        data = ModelCardData(library_name="hf_grasp", pipeline_tag="image-classification",
+                             tags=["hf-grasp", "ensemble", "image-classification"],
+                             base_model=repos or None, datasets=[target] if "/" in target else None)
+        rows = "\n".join(
+            f"| {i} | `{m['ref']}` | {m.get('repo_id') or '—'} | {(m.get('commit') or '—')[:12]} | "
+            f"{m.get('path') if not m.get('repo_id') else '—'} |"
+            for i, m in enumerate(self.members))
+        body = f"""
+# Ensemble of {len(self.members)} {self.family} image classifiers
+
+**This is an ensemble predictor, not a merged model.** It has no weights of its own:
+its prediction is the uniform average of the softmax probabilities of the member
+models listed below. Loading it loads all {len(self.members)} of them: {len(self.members)} models in memory
+and {len(self.members)} forward passes per prediction. This folder holds `{SPEC_FILE}` (the members'
+references and resolved commits) and the first member's preprocessing.
+
+## Load it
+
+```python
+from hf_grasp.ensemble_model import EnsembleClassifier
+
+clf = EnsembleClassifier.from_pretrained("<this folder or repo id>")
+out = clf(clf.preprocess(images))   # images: list of PIL images
+out.probabilities                   # (N, {self.num_labels}) averaged probabilities
+out.logits                          # their logarithm
+```
+
+Each member is loaded with its own library
+({"`AutoModelForImageClassification.from_pretrained(repo_id, revision=commit)`" if self.family == "transformers"
+  else "`timm.create_model('hf-hub:repo_id@commit', pretrained=True)`"}; a member given as a local
+directory is loaded from that directory, which must still exist).
+
+## Members
+
+| # | reference | Hub repo | commit | local path |
+|---|---|---|---|---|
+{rows}
+"""
+        if report:
+            body += _metrics_section(report)
+        return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+@dataclass
+class EnsembleOutput(ModelOutput):
+    """``probabilities``: the members' averaged softmax; ``logits``: their log (argmax is the same)."""
+
+    logits: torch.Tensor | None = None
+    probabilities: torch.Tensor | None = None
+
+
+class EnsembleClassifier(nn.Module):
+    """K classifiers whose softmax probabilities are averaged (an inference-time ensemble).
+
+    It holds all K member models. Build it with :meth:`from_pretrained` on a
+    folder written by :meth:`save_pretrained` (or by ``hf-grasp merge --method
+    ensemble``).
+    """
+
+    def __init__(self, members: Sequence[nn.Module], family: str, *, spec: EnsembleSpec | None = None,
+                 transform: Callable[[list], torch.Tensor] | None = None):
+        super().__init__()
+        if not members:
+            raise GraspError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.family = family
+        self.spec = spec
+        self._transform = transform
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo: str | Path, *, revision: str | None = None,
+                        token: str | bool | None = None) -> "EnsembleClassifier":
+        """Load the ensemble described in ``path_or_repo`` (a folder, or a Hub repo holding it)."""
+        directory = Path(path_or_repo)
+        if not directory.is_dir():
+            directory = Path(snapshot_download(str(path_or_repo), revision=revision, token=token,
+                                               allow_patterns=["*.json", "*.md"]))
+        spec = EnsembleSpec.load(directory)
+        members = [load_member(m, spec.family, token=token) for m in spec.members]
+        return cls(members, spec.family, spec=spec, transform=_transform(spec))
+
+    def save_pretrained(self, save_directory: str | Path) -> None:
+        """Write ``ensemble.json``, the preprocessing and a README (the members are referenced, not copied)."""
+        if self.spec is None:
+            raise GraspError("this ensemble was built from modules, not references: it has nothing to save")
+        self.spec.save_pretrained(save_directory)
+
+    def member_logits(self, member: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.family == "transformers":
+            return member(pixel_values=pixel_values).logits
+        return member(pixel_values)
+
+    def forward(self, pixel_values: torch.Tensor) -> EnsembleOutput:
+        total = None
+        for member in self.members:
+            p = self.member_logits(member, pixel_values).float().softmax(dim=-1)
+            total = p if total is None else total + p
+        probs = total / len(self.members)
+        return EnsembleOutput(logits=probs.clamp_min(torch.finfo(probs.dtype).tiny).log(), probabilities=probs)
+
+    def preprocess(self, images: list) -> torch.Tensor:
+        """``pixel_values`` for a list of PIL images, with the first member's preprocessing."""
+        if self._transform is None:
+            raise GraspError("this ensemble has no preprocessing (it was not loaded from a folder)")
+        return self._transform(images)
+
+
+def load_member(member: dict, family: str, *, token: str | bool | None = None) -> nn.Module:
+    """One member, in eval mode and fp32, loaded by its own library from its Hub commit or local path."""
+    repo, rev = member.get("repo_id"), member.get("commit") or member.get("revision")
+    path = member.get("path")
+    if repo is None and (path is None or not Path(path).is_dir()):
+        raise SourceError(f"ensemble member {member.get('ref')!r}: directory {path} does not exist (an ensemble "
+                          "refers to its members, it does not contain them)")
+    try:
+        if family == "transformers":
+            from transformers import AutoModelForImageClassification
+
+            model = (AutoModelForImageClassification.from_pretrained(repo, revision=rev, token=token,
+                                                                     dtype=torch.float32)
+                     if repo else AutoModelForImageClassification.from_pretrained(path, dtype=torch.float32))
+        elif family == "timm":
+            import timm
+
+            name = f"hf-hub:{repo}@{rev}" if repo and rev else f"hf-hub:{repo}" if repo else f"local-dir:{path}"
+            model = timm.create_model(name, pretrained=True).float()
+        else:
+            raise GraspError(f"ensemble member {member.get('ref')!r}: unknown model family {family!r}")
+    except (OSError, ValueError, RuntimeError) as e:
+        raise SourceError(f"ensemble member {member.get('ref')!r}: cannot be loaded "
+                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+    return model.eval()
+
+
+# --- helpers
+
+
+def _transform(spec: EnsembleSpec) -> Callable[[list], torch.Tensor] | None:
+    if spec.family == "timm" and spec.timm_data_config:
+        from timm.data import create_transform
+
+        cfg = dict(spec.timm_data_config)
+        cfg["input_size"] = tuple(cfg["input_size"])
+        tf = create_transform(**cfg, is_training=False)
+        mode = {1: "L", 3: "RGB"}.get(cfg["input_size"][0], "RGB")
+        return lambda images: torch.stack([tf(im if im.mode == mode else im.convert(mode)) for im in images])
+    if spec.family == "transformers" and spec.processor_dir is not None:
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(spec.processor_dir)
+        return lambda images: processor(images=[im.convert("RGB") if im.mode != "RGB" else im for im in images],
+                                        return_tensors="pt")["pixel_values"]
+    return None
+
+
+def _labels(config: dict) -> list[str] | None:
+    if isinstance(config.get("id2label"), dict):
+        id2label = config["id2label"]
+        return [str(id2label.get(str(i), id2label.get(i, i))) for i in range(len(id2label))]
+    names = config.get("label_names") or (config.get("pretrained_cfg") or {}).get("label_names")
+    return [str(n) for n in names] if names else None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _metrics_section(report: dict) -> str:
+    def pct(m):
+        return "—" if not m or m.get("accuracy") is None else f"{100 * m['accuracy']:.2f}%"
+
+    final = report.get("final", {})
+    lines = ["", f"## Accuracy on {report['target']['name']}"
+             + (f" (domain {report['target']['domain']})" if report["target"].get("domain") else ""), "",
+             "| model | validation | test |", "|---|---|---|",
+             f"| the ensemble | {pct(final.get('validation'))} | {pct(final.get('test'))} |"]
+    for s in report.get("sources", []):
+        lines.append(f"| `{s['ref']}` alone | — | {pct(s.get('metrics_alone'))} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["EnsembleClassifier", "EnsembleOutput", "EnsembleSpec", "load_member"]

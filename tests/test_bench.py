@@ -1,0 +1,36 @@
+"""`hf-grasp bench --recipe digits-eras --quick`, smaller still: the whole pipeline, real runs."""
+
+from __future__ import annotations
+
+import csv
+
+from conftest import run_cli
+
+
+def test_bench_quick_smaller(tmp_path):
+    out = tmp_path / "bench"
+    proc = run_cli("bench", "--recipe", "digits-eras", "--quick", "--output", str(out),
+                   "--methods", "grasp", "finetune-only", "ensemble", "task-arithmetic", "no-align",
+                   "--taus", "0.9", "--orders", "2", "--max-sources", "2", "--memory-k", "2",
+                   "--source-epochs", "1", env={"HF_HUB_OFFLINE": "1"}, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    methods = {(r["method"], r["recalibrate_bn"]) for r in rows}
+    # parameter-space methods run with and without BN recalibration; the ensemble only without
+    assert ("grasp", "True") in methods and ("task-arithmetic", "True") in methods
+    assert ("ensemble", "False") in methods and ("ensemble", "True") not in methods
+    assert {r["tau"] for r in rows if r["method"] == "grasp"} >= {"0.3", "0.9"}
+    assert len([r for r in rows if r["method"] == "grasp" and r["order"] != "given"]) == 1
+    for r in rows:
+        assert 0.0 <= float(r["test_accuracy"]) <= 1.0
+    # training methods all spend the same epochs; data-free ones none
+    epochs = {r["method"]: int(r["epochs"]) for r in rows if r["recalibrate_bn"] == "False"}
+    assert epochs["grasp"] == epochs["finetune-only"] == epochs["no-align"] == 2 and epochs["ensemble"] == 0
+    table = (out / "table.md").read_text()
+    assert "paired Δ vs finetune-only" in table and "| finetune-only | 2 |" in table
+    claims = (out / "claims.md").read_text()
+    for claim in ("GRASP vs Ensemble", "τ robustness", "order spread", "memory"):
+        assert claim in claims
+    assert "multi-source-naive" in (out / "memory.json").read_text()
+    for png in ("accuracy_by_method.png", "accuracy_vs_tau.png", "memory_vs_k.png"):
+        assert (out / png).stat().st_size > 5000
