@@ -26,9 +26,11 @@ def test_no_align_transfers_everything(checkpoints):
 def test_finetune_only_spends_the_same_budget_in_one_round(checkpoints):
     srcs = checkpoints("resnet", 3)
     result = _run(srcs, "finetune-only", initial_epochs=1, finetune_epochs=1)
-    (rec,) = result.report["sources"]
-    assert rec["ref"] == str(srcs[0])
-    assert len(rec["history"]) == 3  # 1 initial + 1 per further source
+    first, *others = result.report["sources"]
+    assert first["ref"] == str(srcs[0]) and first["role"] == "init"
+    assert len(first["history"]) == 3  # 1 initial + 1 per further source
+    assert all(o["metrics_after"] is None for o in others)  # listed as inputs, never transferred from
+    assert result.report["epochs_trained"] == 3
 
 
 def test_no_finetune_skips_stage_5_only(checkpoints):
