@@ -7,6 +7,7 @@ one ``error: ...`` line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -50,73 +51,38 @@ def _cmd_merge(args) -> int:
     return 0
 
 
-def _make_sources_parser(sub) -> None:
-    from .benchmarks.make_sources import add_arguments
-
-    p = sub.add_parser("make-sources", help="Train a shared base and one source per domain of a built-in benchmark.",
-                       description="Train a small base model on the benchmark's pretraining pool, then fine-tune "
-                                   "one source per non-target domain from it, each saved as a Hub repo holds it.")
-    add_arguments(p)
-    p.set_defaults(func=_cmd_make_sources)
-
-
-def _cmd_make_sources(args) -> int:
-    from .benchmarks.make_sources import run_from_args
-
-    run_from_args(args)
-    return 0
-
-
-def _demo_parser(sub) -> None:
-    from .benchmarks.demo import add_arguments
-
-    p = sub.add_parser("demo", help="Offline demo: make digits-eras sources, merge them, compare with each source.",
-                       description="End to end on the built-in digits-eras benchmark, no network needed.")
-    add_arguments(p)
-    p.set_defaults(func=_cmd_demo)
+#: commands whose module provides ``add_arguments(parser)`` and ``run_from_args(args)``:
+#: name -> (module, help, description)
+DELEGATED = {
+    "make-sources": (".benchmarks.make_sources",
+                     "Train a shared base and one source per domain of a built-in benchmark.",
+                     "Train a small base model on the benchmark's pretraining pool, then fine-tune one source per "
+                     "non-target domain from it, each saved as a Hub repo holds it."),
+    "demo": (".benchmarks.demo",
+             "Offline demo: make digits-eras sources, merge them, compare with each source.",
+             "End to end on the built-in digits-eras benchmark, no network needed."),
+    "prepare": (".converters",
+                "Convert a raw Yearbook or CLEAR release into a datasets DatasetDict.",
+                "Turn a raw dataset release into a DatasetDict with a period column and 80/10/10 splits per "
+                "period and class, saved with save_to_disk."),
+    "bench": (".bench",
+              "Run every method, a τ sweep, source orders and memory on a recipe.",
+              "Reproduce the paper's comparisons on a recipe: a table (mean ± std and paired differences against "
+              "finetune-only), a CSV, plots and the paper's claims beside the measured figures."),
+}
 
 
-def _cmd_demo(args) -> int:
-    from .benchmarks.demo import run_from_args
+def _delegated_parser(sub, name: str) -> None:
+    module_name, help_text, description = DELEGATED[name]
+    module = importlib.import_module(module_name, __package__)
+    p = sub.add_parser(name, help=help_text, description=description)
+    module.add_arguments(p)
 
-    run_from_args(args)
-    return 0
+    def run(args) -> int:
+        module.run_from_args(args)
+        return 0
 
-
-def _prepare_parser(sub) -> None:
-    from .converters import add_prepare_arguments
-
-    p = sub.add_parser("prepare", help="Convert a raw Yearbook or CLEAR release into a datasets DatasetDict.",
-                       description="Turn a raw dataset release into a DatasetDict with a period column and "
-                                   "80/10/10 splits per period and class, saved with save_to_disk.")
-    add_prepare_arguments(p)
-    p.set_defaults(func=_cmd_prepare)
-
-
-def _cmd_prepare(args) -> int:
-    from .converters import run_prepare
-
-    dd = run_prepare(args)
-    print(", ".join(f"{s}: {len(d)}" for s, d in dd.items()), f"written to {args.output}")
-    return 0
-
-
-def _bench_parser(sub) -> None:
-    from .bench import add_arguments
-
-    p = sub.add_parser("bench", help="Run every method, a τ sweep, source orders and memory on a recipe.",
-                       description="Reproduce the paper's comparisons on a recipe: a table (mean ± std and paired "
-                                   "differences against finetune-only), a CSV, plots and the paper's claims "
-                                   "beside the measured figures.")
-    add_arguments(p)
-    p.set_defaults(func=_cmd_bench)
-
-
-def _cmd_bench(args) -> int:
-    from .bench import run_from_args
-
-    run_from_args(args)
-    return 0
+    p.set_defaults(func=run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,10 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _merge_parser(sub)
-    _make_sources_parser(sub)
-    _demo_parser(sub)
-    _prepare_parser(sub)
-    _bench_parser(sub)
+    for name in DELEGATED:
+        _delegated_parser(sub, name)
     return parser
 
 

@@ -72,14 +72,14 @@ def load_accuracy() -> evaluate.EvaluationModule:
     return evaluate.load(str(ACCURACY_METRIC_DIR), keep_in_memory=True)
 
 
-def evaluate_model(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], accelerator: accelerate.Accelerator) -> dict:
-    """Accuracy and mean cross-entropy of ``model`` over ``loader``.
+def predict_logits(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict],
+                   accelerator: accelerate.Accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 logits and labels of ``model`` over ``loader``, on the CPU, in loader order.
 
-    Runs in eval mode without gradients (the model's previous mode is restored).
-    Predictions are gathered across processes with ``gather_for_metrics`` (which
-    drops the samples a distributed sampler duplicated to even out shards), so
-    every process returns the same ``{"accuracy", "loss", "n"}``. An empty loader
-    gives ``accuracy`` and ``loss`` NaN and ``n`` 0.
+    Eval mode without gradients (the model's previous mode is restored); batches
+    are sharded and moved by accelerate, and predictions gathered across
+    processes with ``gather_for_metrics`` (which drops the samples a distributed
+    sampler duplicated to even out shards), so every process gets the same tensors.
     """
     prepared = _is_prepared(loader)
     if not prepared:
@@ -88,25 +88,46 @@ def evaluate_model(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict]
     _move_to(model, accelerator.device)
     was_training = model.training
     model.eval()
-    preds, labels, losses = [], [], []
+    out, ys = [], []
     try:
         with torch.no_grad():
             for batch in loader:
                 with accelerator.autocast():
                     logits = logits_fn(model, batch["pixel_values"])
-                loss = F.cross_entropy(logits.float(), batch["labels"], reduction="none")
-                gathered = accelerator.gather_for_metrics((logits.argmax(dim=-1), batch["labels"], loss))
-                for store, value in zip((preds, labels, losses), gathered):
-                    store.append(value.cpu())
+                logits, y = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
+                out.append(logits.cpu())
+                ys.append(y.cpu())
     finally:
         model.train(was_training)
         if not prepared:
             _forget(accelerator, loader)
-    if not preds:
+    if not out:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
+    return torch.cat(out), torch.cat(ys)
+
+
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
+    """``{"accuracy", "loss", "n"}`` of predicted class probabilities.
+
+    ``loss`` is the mean negative log-likelihood of the true labels; accuracy
+    comes from the local evaluate metric. No examples give NaN and 0.
+    """
+    if labels.numel() == 0:
         return {"accuracy": float("nan"), "loss": float("nan"), "n": 0}
-    preds_t, labels_t, losses_t = torch.cat(preds), torch.cat(labels), torch.cat(losses)
-    accuracy = load_accuracy().compute(predictions=preds_t.tolist(), references=labels_t.tolist())["accuracy"]
-    return {"accuracy": float(accuracy), "loss": float(losses_t.mean()), "n": int(labels_t.numel())}
+    accuracy = load_accuracy().compute(predictions=probs.argmax(-1).tolist(), references=labels.tolist())["accuracy"]
+    p_true = probs.gather(1, labels[:, None]).squeeze(1)
+    nll = -p_true.clamp_min(torch.finfo(probs.dtype).tiny).log()
+    return {"accuracy": float(accuracy), "loss": float(nll.mean()), "n": int(labels.numel())}
+
+
+def evaluate_model(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], accelerator: accelerate.Accelerator) -> dict:
+    """Accuracy and mean cross-entropy of ``model`` over ``loader`` (see :func:`predict_logits`).
+
+    Every process returns the same ``{"accuracy", "loss", "n"}``; an empty loader
+    gives ``accuracy`` and ``loss`` NaN and ``n`` 0.
+    """
+    logits, labels = predict_logits(model, logits_fn, loader, accelerator)
+    return classification_metrics(logits.softmax(dim=-1), labels)
 
 
 def fine_tune(

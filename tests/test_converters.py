@@ -13,7 +13,7 @@ import datasets
 import pytest
 from PIL import Image
 
-from hf_grasp.converters import add_prepare_arguments, clear, run_prepare, split_indices, yearbook
+from hf_grasp.converters import add_arguments, clear, run_prepare, split_indices, yearbook
 from hf_grasp.data import load_target
 from hf_grasp.errors import DataError, GraspError
 
@@ -62,7 +62,7 @@ def make_clear(root: Path, classes: list[str], per_bucket: int) -> None:
 
 def _args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="hf-grasp prepare")
-    add_prepare_arguments(parser)
+    add_arguments(parser)
     return parser.parse_args(list(argv))
 
 

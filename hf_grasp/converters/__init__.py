@@ -35,7 +35,7 @@ KINDS = ("yearbook", "clear")
 DEFAULT_SEED = 42  # the seed of the authors' released preprocessing
 
 
-def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``hf-grasp prepare`` to its subparser."""
     parser.add_argument("kind", choices=KINDS, help="Which raw dataset to convert.")
     parser.add_argument("--from", dest="from_dir", required=True, type=Path, metavar="DIR",
@@ -168,4 +168,11 @@ def require_dir(path: Path, what: str) -> Path:
     return path
 
 
-__all__ = ["add_prepare_arguments", "run_prepare", "split_indices", "save_atomically"]
+def run_from_args(args: argparse.Namespace) -> datasets.DatasetDict:
+    """``hf-grasp prepare``: convert, then say what was written."""
+    dd = run_prepare(args)
+    print(", ".join(f"{s}: {len(d)}" for s, d in dd.items()), f"written to {args.output}")
+    return dd
+
+
+__all__ = ["add_arguments", "run_from_args", "run_prepare", "split_indices", "save_atomically"]

@@ -20,12 +20,11 @@ from __future__ import annotations
 import time
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from ..ensemble_model import EnsembleSpec
 from ..errors import SourceError
-from ..training import _forget, _is_prepared, _move_to, load_accuracy
+from ..training import classification_metrics, predict_logits
 from .base import MergeContext, register_method
 
 NOTE = ("Ensemble is a predictor of K models (the uniform average of the sources' softmax probabilities), "
@@ -49,61 +48,17 @@ def ensemble(ctx: MergeContext) -> None:
         ctx.load(ctx.probe, source)
         alone = None
         for split, loader in loaders.items():
-            logits, y = predict_logits(ctx, ctx.probe, loader)
+            logits, y = predict_logits(ctx.probe, ctx.family.logits, loader, ctx.accelerator)
             if split in labels and not torch.equal(labels[split], y):
                 raise RuntimeError(f"the {split} loader did not yield the same examples for every source")
             labels[split] = y
             probs = logits.softmax(dim=-1)
             sums[split] = probs if split not in sums else sums[split] + probs
             if split == "test" and ctx.options.eval_sources:
-                alone = scores(probs, y)
-        metrics = {split: scores(sums[split] / k, labels[split]) for split in loaders}
+                alone = classification_metrics(probs, y)
+        metrics = {split: classification_metrics(sums[split] / k, labels[split]) for split in loaders}
         last = k == len(ctx.sources)
         ctx.record(step=f"source {k}", source=source.name, source_alone=alone,
                    validation=metrics["validation"], test=metrics["test"], seconds=time.time() - start,
                    **({"note": NOTE} if last else {}))
     ctx.artifact = EnsembleSpec.from_sources(ctx.sources, ctx.family, ctx.model_dir)
-
-
-def predict_logits(ctx: MergeContext, model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 logits and labels of ``model`` over ``loader`` on CPU, in loader order.
-
-    Runs like :func:`hf_grasp.training.evaluate_model`: eval mode, no gradients,
-    batches sharded and moved by accelerate, predictions gathered across processes.
-    """
-    acc = ctx.accelerator
-    prepared = _is_prepared(loader)
-    if not prepared:
-        loader = acc.prepare_data_loader(loader)
-    _move_to(model, acc.device)
-    was_training = model.training
-    model.eval()
-    out, ys = [], []
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                with acc.autocast():
-                    logits = ctx.family.logits(model, batch["pixel_values"])
-                logits, y = acc.gather_for_metrics((logits.float(), batch["labels"]))
-                out.append(logits.cpu())
-                ys.append(y.cpu())
-    finally:
-        model.train(was_training)
-        if not prepared:
-            _forget(acc, loader)
-    if not out:
-        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
-    return torch.cat(out), torch.cat(ys)
-
-
-def scores(probs: torch.Tensor, labels: torch.Tensor) -> dict:
-    """``{"accuracy", "loss", "n"}`` of predicted probabilities, as ``evaluate_model`` reports a model.
-
-    ``loss`` is the negative log-likelihood of the true label under ``probs``.
-    """
-    if labels.numel() == 0:
-        return {"accuracy": float("nan"), "loss": float("nan"), "n": 0}
-    accuracy = load_accuracy().compute(predictions=probs.argmax(-1).tolist(), references=labels.tolist())["accuracy"]
-    p_true = probs.gather(1, labels[:, None]).squeeze(1)
-    nll = -p_true.clamp_min(torch.finfo(probs.dtype).tiny).log()
-    return {"accuracy": float(accuracy), "loss": float(nll.mean()), "n": int(labels.numel())}
