@@ -29,20 +29,18 @@ from tqdm.auto import tqdm
 from .. import merge_math
 from ..data import make_loader
 from .base import MergeContext, register_method
-from .multi_source import fold_mean, option, parameter_names, unique_state
+from .multi_source import fold_mean, parameter_names, unique_state
 
-#: Target-train examples the Fisher is estimated on: FusionBench's default ``num_fisher_examples``.
-#: (GRASP's alignment batches — one batch of 32 by default — are too few for a Fisher estimate.)
-#: ``ctx.options.fisher_examples`` overrides it when set.
-FISHER_EXAMPLES = 256
+# --fisher-examples defaults to FusionBench's num_fisher_examples (256): GRASP's alignment
+# batches (one batch of 32 by default) are too few for a Fisher estimate.
 MINIMAL_FISHER_WEIGHT = 1e-6
 PAPER = "https://arxiv.org/abs/2111.09832"
 
 
 def fisher_loader(ctx: MergeContext) -> torch.utils.data.DataLoader:
-    """The same seeded ``FISHER_EXAMPLES`` target-train rows for every source, eval preprocessing."""
+    """The same seeded ``--fisher-examples`` target-train rows for every source, eval preprocessing."""
     train = ctx.data.splits["train"]
-    n = min(int(option(ctx, "fisher_examples", FISHER_EXAMPLES)), len(train))
+    n = min(ctx.options.fisher_examples, len(train))
     rows = np.random.default_rng(ctx.options.seed).permutation(len(train))[:n]
     return make_loader(train.select(sorted(rows.tolist())), ctx.eval_transform,
                        batch_size=ctx.options.batch_size, shuffle=False)
@@ -119,4 +117,4 @@ def fisher(ctx: MergeContext) -> None:
                test=ctx.evaluate(split="test"), seconds=time.time() - start)
 
 
-__all__ = ["FISHER_EXAMPLES", "diagonal_fisher", "fisher", "fisher_loader"]
+__all__ = ["diagonal_fisher", "fisher", "fisher_loader"]

@@ -27,12 +27,6 @@ from .grasp import PAPER
 # --- shared helpers for the baselines ------------------------------------------
 
 
-def option(ctx: MergeContext, name: str, default: Any) -> Any:
-    """``ctx.options.<name>`` when that option exists and is set, else the method's ``default``."""
-    value = getattr(ctx.options, name, None)
-    return default if value is None else value
-
-
 def unique_state(model: nn.Module) -> dict[str, Tensor]:
     """The model's state dict without aliases: a tied tensor appears once (in-place updates apply once)."""
     seen, out = set(), {}
@@ -149,4 +143,4 @@ def multi_source_naive(ctx: MergeContext) -> None:
     finish_training_method(ctx, start, "average")
 
 
-__all__ = ["fold_mean", "multi_source", "multi_source_naive", "option", "parameter_names", "unique_state"]
+__all__ = ["fold_mean", "multi_source", "multi_source_naive", "parameter_names", "unique_state"]

@@ -41,11 +41,10 @@ from tqdm.auto import tqdm
 
 from .. import merge_math
 from .base import MergeContext, register_method
-from .multi_source import fold_mean, option, unique_state
+from .multi_source import fold_mean, unique_state
 
-#: Share of the singular-value mass defining the principal subspace (FusionBench's ``alpha: 0.5``).
-#: ``ctx.options.opcm_alpha`` overrides it when set.
-ALPHA = 0.5
+# --opcm-alpha (share of the singular-value mass defining the principal subspace) defaults to
+# FusionBench's alpha: 0.5.
 PAPER = "https://arxiv.org/abs/2501.09522"
 
 
@@ -61,7 +60,7 @@ def opcm(ctx: MergeContext) -> None:
     count) is the running mean of the sources'.
     """
     start = time.time()
-    alpha = float(option(ctx, "opcm_alpha", ALPHA))
+    alpha = ctx.options.opcm_alpha
     base = ctx.base_source
     base_skips = set(ctx.skips.get(base.name, ()))
     dev = ctx.accelerator.device
@@ -97,4 +96,4 @@ def opcm(ctx: MergeContext) -> None:
                task_vector_norms=norms)
 
 
-__all__ = ["ALPHA", "opcm"]
+__all__ = ["opcm"]

@@ -25,16 +25,15 @@ from tqdm.auto import tqdm
 
 from .. import merge_math
 from .base import MergeContext, register_method
-from .multi_source import option, parameter_names, unique_state
+from .multi_source import parameter_names, unique_state
 
 #: Task arithmetic's λ: FusionBench's default (``scaling_factor: 0.3``), in the range
 #: "Editing models with task arithmetic" tunes over. ``ctx.options.scaling`` overrides it when set.
 SCALING = 0.3
 #: TIES's λ (the TIES paper's default; FusionBench's config uses 0.3). ``ctx.options.scaling`` overrides it.
 TIES_SCALING = 1.0
-#: Fraction of each task vector kept by TIES's trim step (the paper's top-20%, FusionBench's
-#: ``threshold: 20``). ``ctx.options.density`` overrides it.
-DENSITY = 0.2
+# --density (fraction of each task vector kept by TIES's trim step) defaults to the paper's top-20%
+# (FusionBench's threshold: 20).
 
 TASK_ARITHMETIC_PAPER = "https://arxiv.org/abs/2212.04089"
 TIES_PAPER = "https://arxiv.org/abs/2306.01708"
@@ -82,7 +81,7 @@ def task_arithmetic(ctx: MergeContext) -> None:
     tensor being merged — no extra model-sized buffer.
     """
     start = time.time()
-    scaling = float(option(ctx, "scaling", SCALING))
+    scaling = SCALING if ctx.options.scaling is None else ctx.options.scaling
     merge_task_vectors(ctx, lambda b, ts: merge_math.task_arithmetic(b, ts, scaling),
                        desc=f"task arithmetic (λ={scaling:g})")
     _record(ctx, start)
@@ -90,7 +89,7 @@ def task_arithmetic(ctx: MergeContext) -> None:
 
 @register_method("ties", pretty_name="TIES-Merging (Yadav et al., 2023)", paper=TIES_PAPER, needs_base=True)
 def ties(ctx: MergeContext) -> None:
-    """TIES-merging: trim each task vector to its top :data:`DENSITY`, elect signs, disjoint mean, × λ.
+    """TIES-merging: trim each task vector to its top ``--density``, elect signs, disjoint mean, × λ.
 
     peft's ``ties(task_tensors, weights=λ, density, majority_sign_method="total")``
     per parameter, λ = :data:`TIES_SCALING`; no training. Differences from the
@@ -99,11 +98,11 @@ def ties(ctx: MergeContext) -> None:
     (idle) plus the K+1 slices of one tensor — no extra model-sized buffer.
     """
     start = time.time()
-    scaling = float(option(ctx, "scaling", TIES_SCALING))
-    density = float(option(ctx, "density", DENSITY))
+    scaling = TIES_SCALING if ctx.options.scaling is None else ctx.options.scaling
+    density = ctx.options.density
     merge_task_vectors(ctx, lambda b, ts: merge_math.ties(b, ts, scaling=scaling, density=density),
                        desc=f"TIES (λ={scaling:g}, density={density:g})")
     _record(ctx, start)
 
 
-__all__ = ["DENSITY", "SCALING", "TIES_SCALING", "merge_task_vectors", "task_arithmetic", "ties"]
+__all__ = ["SCALING", "TIES_SCALING", "merge_task_vectors", "task_arithmetic", "ties"]
