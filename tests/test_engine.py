@@ -21,8 +21,9 @@ def _merge(srcs, **opts):
     return merger.merge()
 
 
-def test_tau_above_one_keeps_first_source(checkpoints):
-    srcs = checkpoints("resnet", 3)
+@pytest.mark.parametrize("arch", ["resnet", "mobilevit", "efficientnet", "timm:resnet10t"])
+def test_tau_above_one_keeps_first_source(checkpoints, arch):
+    srcs = checkpoints(arch, 3)
     result = _merge(srcs, tau=1.5)
     first = _weights(srcs[0])
     state = result.model.state_dict()
