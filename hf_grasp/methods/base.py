@@ -146,13 +146,14 @@ class MergeContext:
         """
         return self.options.initial_epochs + self.options.finetune_epochs * max(len(self.sources) - 1, 0)
 
-    def fine_tune(self, epochs: int, desc: str) -> list[dict]:
+    def fine_tune(self, epochs: int, desc: str, *, lr: float | None = None) -> list[dict]:
         """Fine-tune the merged model on target train.
 
         The probe is idle meanwhile: its storage is released (the next
         :meth:`load` re-materialises it) and the best-validation state goes to a
         scratch safetensors file, so fine-tuning holds one model, its gradients
-        and the AdamW moments, nothing more.
+        and the AdamW moments, nothing more. ``lr`` overrides ``options.lr`` (a
+        method with its own rate, such as PEARL's adapters).
         """
         if epochs == 0:
             return []
@@ -160,7 +161,7 @@ class MergeContext:
         with tempfile.TemporaryDirectory(prefix="hf-grasp-best-") as tmp, released(self.probe):
             return fine_tune(
                 self.merged, self.family.logits, self.train_loader, self.val_loader, self.accelerator,
-                epochs=epochs, lr=o.lr, weight_decay=o.weight_decay, schedule=o.schedule,
+                epochs=epochs, lr=o.lr if lr is None else lr, weight_decay=o.weight_decay, schedule=o.schedule,
                 best_store=Path(tmp) / "best.safetensors", desc=desc,
             )
 

@@ -45,9 +45,8 @@ Memory: one model, the probe (released while training), and K rank-16 adapters.
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
+
 import torch
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer, LoraModel
@@ -55,8 +54,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import GraspError
-from ..training import fine_tune
-from .base import MergeContext, register_method, released
+from .base import MergeContext, register_method
 
 #: adapter rank (the paper's PEARL setting)
 RANK = 16
@@ -127,17 +125,11 @@ def pearl(ctx: MergeContext) -> None:
 
 
 def _train(ctx: MergeContext, composition: nn.ParameterDict) -> list[dict]:
-    """Train adapters + composition weights, as :meth:`MergeContext.fine_tune` trains (probe released,
-    best epoch in a scratch file) but at :data:`PEARL_LR` and with the composition weights registered."""
-    o = ctx.options
+    """Train adapters + composition weights with :meth:`MergeContext.fine_tune` at :data:`PEARL_LR`,
+    the composition weights registered on the model meanwhile."""
     ctx.merged.add_module(COMPOSITION, composition)  # registered: the optimizer and the best-epoch copy see them
     try:
-        with tempfile.TemporaryDirectory(prefix="hf-grasp-best-") as tmp, released(ctx.probe):
-            return fine_tune(
-                ctx.merged, ctx.family.logits, ctx.train_loader, ctx.val_loader, ctx.accelerator,
-                epochs=ctx.total_epochs, lr=PEARL_LR, weight_decay=o.weight_decay, schedule=o.schedule,
-                best_store=Path(tmp) / "best.safetensors", desc="PEARL: train adapters + composition",
-            )
+        return ctx.fine_tune(ctx.total_epochs, desc="PEARL: train adapters + composition", lr=PEARL_LR)
     finally:
         delattr(ctx.merged, COMPOSITION)
 
