@@ -108,10 +108,10 @@ class GraspMerger:
         init_source = base_source = None
         if opts.init not in ("first", "random"):
             init_source = resolve(opts.init, allow_pickle=opts.allow_pickle, token=token)
-        if opts.base:
-            base_source = resolve(opts.base, allow_pickle=opts.allow_pickle, token=token)
         elif opts.init == "first" and len(resolved) < 2:
             raise GraspError("GRASP with init=first needs at least 2 sources")
+        if opts.base:
+            base_source = resolve(opts.base, allow_pickle=opts.allow_pickle, token=token)
         data = load_target(
             dataset, domain=opts.target_domain, domain_column=opts.domain_column,
             image_column=opts.image_column, label_column=opts.label_column,
@@ -147,7 +147,8 @@ class GraspMerger:
         probe.to(accelerator.device)
         ctx = MergeContext(
             options=o, family=self.family, model_dir=self.model_dir, sources=self.sources, skips=skips,
-            init_source=self.init_source, base_source=self.base_source, merged=merged, probe=probe, data=self.data, accelerator=accelerator,
+            init_source=self.init_source, base_source=self.base_source, merged=merged, probe=probe,
+            data=self.data, accelerator=accelerator,
         )
         self.method.fn(ctx)
         if o.recalibrate_bn and self.method.parameter_space:

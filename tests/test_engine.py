@@ -121,3 +121,11 @@ def test_fine_tuning_changes_the_model_and_is_reported(checkpoints):
     name = next(iter(dict(result.model.named_parameters())))
     assert not torch.equal(dict(result.model.named_parameters())[name].detach(), first[name])
     assert 0 <= rep["final"]["test"]["accuracy"] <= 1
+
+
+def test_one_source_is_refused_even_with_a_base(checkpoints):
+    (src,) = checkpoints("resnet", 1)
+    base = checkpoints("resnet", 1, seed0=40)[0]
+    for extra in ({}, {"base": str(base)}):
+        with pytest.raises(GraspError, match="at least 2 sources"):
+            GraspMerger.from_pretrained([str(src)], target="digits-eras", **NO_TRAIN, **extra)
