@@ -19,14 +19,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
+import os
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from .benchmarks import digits_eras
 from .benchmarks.make_sources import make_sources
@@ -117,38 +122,109 @@ def _run(refs, domain, seed, method, cfg: BenchConfig, *, base, tau=None, order=
                      report["epochs_trained"], time.time() - start)
 
 
-def run_accuracy(cfg: BenchConfig, output: Path) -> list[RunResult]:
-    """All accuracy runs: methods (± BN recalibration), τ sweep, source orders."""
+def _sources(cfg: BenchConfig, output: Path, seed: int) -> Path:
+    """A base and one source per domain for ``seed``, shared by every target domain (made once)."""
+    root = output / "sources" / f"{cfg.arch.replace(':', '-')}-seed{seed}"
+    if not (root / "base").is_dir():
+        make_sources(root, arch=cfg.arch, target_domain=None, seed=seed,
+                     pretrain_epochs=cfg.pretrain_epochs, source_epochs=cfg.source_epochs)
+    return root
+
+
+def _methods(cfg: BenchConfig) -> list[str]:
     methods = [m for m in (cfg.methods or list(METHODS)) if m not in SKIP_IN_ACCURACY]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise GraspError(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(METHODS)}")
+    return methods
+
+
+def run_pair(cfg: BenchConfig, output: Path, domain: int, seed: int) -> list[RunResult]:
+    """Every run for one (target domain, seed): methods (± BN recalibration), τ sweep, source orders."""
+    methods = _methods(cfg)
+    root = _sources(cfg, output, seed)
+    refs = [str(root / f"d{d}") for d in _source_order(domain)[: cfg.max_sources]]
+    base = root / "base"
     results: list[RunResult] = []
-    for domain in cfg.domains:
-        for seed in cfg.seeds:
-            root = output / "sources" / f"{cfg.arch.replace(':', '-')}-target{domain}-seed{seed}"
-            if not (root / "base").is_dir():
-                make_sources(root, arch=cfg.arch, target_domain=domain, seed=seed,
-                             pretrain_epochs=cfg.pretrain_epochs, source_epochs=cfg.source_epochs)
-            order = _source_order(domain)[: cfg.max_sources]
-            refs = [str(root / f"d{d}") for d in order]
-            base = root / "base"
-            for method in methods:
-                tau = 0.3 if method == "grasp" else None
-                results.append(_run(refs, domain, seed, method, cfg, base=base, tau=tau))
-                if METHODS[method].parameter_space:
-                    results.append(_run(refs, domain, seed, method, cfg, base=base, tau=tau, recal=True))
-            for tau in cfg.taus:
-                if tau != 0.3 or "grasp" not in methods:
-                    results.append(_run(refs, domain, seed, "grasp", cfg, base=base, tau=tau))
-            rng = random.Random(seed)
-            for _ in range(cfg.n_orders - 1):
-                perm = list(range(len(refs)))
-                rng.shuffle(perm)
-                results.append(_run(refs, domain, seed, "grasp", cfg, base=base, tau=0.3,
-                                    order=",".join(map(str, perm))))
-            _write_csv(results, output / "results.csv")  # after every (domain, seed): partial results survive
+    for method in methods:
+        tau = 0.3 if method == "grasp" else None
+        results.append(_run(refs, domain, seed, method, cfg, base=base, tau=tau))
+        if METHODS[method].parameter_space:
+            results.append(_run(refs, domain, seed, method, cfg, base=base, tau=tau, recal=True))
+    for tau in cfg.taus:
+        if tau != 0.3 or "grasp" not in methods:
+            results.append(_run(refs, domain, seed, "grasp", cfg, base=base, tau=tau))
+    rng = random.Random(seed)
+    for _ in range(cfg.n_orders - 1):
+        perm = list(range(len(refs)))
+        rng.shuffle(perm)
+        results.append(_run(refs, domain, seed, "grasp", cfg, base=base, tau=0.3, order=",".join(map(str, perm))))
     return results
+
+
+def _worker_init(threads: int, log_dir: str) -> None:
+    """A bench worker: its share of the cores, heavy imports frozen, progress bars to its own log."""
+    import torch
+
+    from . import merger  # noqa: F401
+    from ._memory import freeze_long_lived_objects
+
+    torch.set_num_threads(threads)
+    freeze_long_lived_objects()
+    log = open(Path(log_dir) / f"worker-{os.getpid()}.log", "a", buffering=1)
+    os.dup2(log.fileno(), 2)
+
+
+def _each(fn, jobs: list[tuple], workers: int, output: Path):
+    """Yield ``(job, fn(*job))`` as jobs finish: in this process, or over ``workers`` spawned processes."""
+    if workers <= 1:
+        for job in jobs:
+            yield job, fn(*job)
+        return
+    (output / "logs").mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads, str(output / "logs"))) as pool:
+        futures = {pool.submit(fn, *job): job for job in jobs}
+        for fut in as_completed(futures):
+            yield futures[fut], fut.result()
+
+
+def run_accuracy(cfg: BenchConfig, output: Path, *, done: list[RunResult] = (), workers: int = 1) -> list[RunResult]:
+    """All accuracy runs of every (domain, seed) not already in ``done``; ``results.csv`` after each."""
+    _methods(cfg)  # unknown names fail before hours of work
+    results = list(done)
+    finished = {(r.domain, r.seed) for r in results}
+    pairs = [(d, s) for d in cfg.domains for s in cfg.seeds if (d, s) not in finished]
+    # sources first (one set per seed), so parallel pairs never build the same set twice
+    seeds = sorted({s for _, s in pairs})
+    for _ in _each(_sources, [(cfg, output, s) for s in seeds], workers, output):
+        pass
+    bar = tqdm(total=len(pairs), desc="bench: (domain, seed) pairs", unit="pair", disable=not pairs)
+    for (_, _, domain, seed), runs in _each(run_pair, [(cfg, output, d, s) for d, s in pairs], workers, output):
+        results += runs
+        results.sort(key=lambda r: (r.domain, r.seed))  # stable: runs keep their order within a pair
+        _write_csv(results, output / "results.csv")  # after every pair: an interrupted bench resumes from here
+        bar.update()
+        bar.write(f"bench: target domain {domain}, seed {seed} done ({len(runs)} runs, "
+                  f"{sum(r.seconds for r in runs) / 60:.1f} min)")
+    bar.close()
+    return results
+
+
+def read_csv(path: Path) -> list[RunResult]:
+    """The runs a previous bench wrote to ``results.csv``."""
+    def parse(row: dict) -> RunResult:
+        return RunResult(int(row["domain"]), int(row["seed"]), row["method"],
+                         float(row["tau"]) if row["tau"] else None, row["order"], row["recalibrate_bn"] == "True",
+                         float(row["test_accuracy"]), float(row["val_accuracy"]), int(row["epochs"]),
+                         float(row["seconds"]))
+
+    with open(path, newline="") as f:
+        try:
+            return [parse(row) for row in csv.DictReader(f)]
+        except (KeyError, ValueError) as e:
+            raise GraspError(f"{path}: not a results.csv written by hf-grasp bench ({e})") from None
 
 
 MEMORY_CHILD = """
@@ -187,10 +263,12 @@ def run_memory(cfg: BenchConfig) -> list[dict]:
 
 def _write_csv(results: list[RunResult], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(asdict(results[0])))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[f.name for f in fields(RunResult)])
         w.writeheader()
         w.writerows(asdict(r) for r in results)
+    os.replace(tmp, path)  # never a half-written results.csv to resume from
 
 
 def _label(r: RunResult) -> str:
@@ -329,22 +407,48 @@ def plot(results: list[RunResult], memory: list[dict], figures: dict, output: Pa
         plt.close(fig)
 
 
-def bench(cfg: BenchConfig, output: str | Path) -> dict:
-    """Run the whole bench into ``output``; returns the paths and the printed texts."""
+def _check_resumable(cfg: BenchConfig, output: Path, resume: bool) -> list[RunResult]:
+    """The runs to keep from an earlier bench in ``output``: none, or all of them if it had the same settings."""
+    csv_path, cfg_path = output / "results.csv", output / "config.json"
+    if not csv_path.exists():
+        return []
+    if not resume:
+        raise GraspError(f"{csv_path} exists: pass --resume to continue that bench, or choose another --output")
+    # domains and seeds may grow between runs; everything else must match what made the earlier rows
+    same = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in ("domains", "seeds")}
+    before = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    changed = sorted(k for k in same if before.get(k) != same[k])
+    if changed:
+        raise GraspError(f"--resume: {cfg_path} was written with other settings ({', '.join(changed)}); "
+                         "rerun with the same settings or choose another --output")
+    return read_csv(csv_path)
+
+
+def bench(cfg: BenchConfig, output: str | Path, *, resume: bool = False, workers: int = 1) -> dict:
+    """Run the whole bench into ``output``; returns the paths and the printed texts.
+
+    ``resume=True`` keeps the (domain, seed) pairs an earlier, interrupted or
+    smaller bench with the same settings finished in ``output`` and runs the
+    rest; ``workers`` runs that many pairs at once, each in its own process.
+    """
     if cfg.recipe != digits_eras.DIGITS_ERAS:
         raise GraspError(f"bench --recipe {cfg.recipe}: only digits-eras makes its own sources offline so far")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    done = _check_resumable(cfg, output, resume)
+    (output / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     start = time.time()
-    results = run_accuracy(cfg, output)
+    results = run_accuracy(cfg, output, done=done, workers=workers)
     memory = run_memory(cfg) if cfg.memory_k else []
     table, figures = summarise(results, memory)
     claim_text = claims(figures, memory)
     plot(results, memory, figures, output)
     seconds = time.time() - start
-    header = (f"hf-grasp bench --recipe {cfg.recipe}: arch {cfg.arch}, domains {cfg.domains}, seeds {cfg.seeds}, "
+    domains, seeds = sorted({r.domain for r in results}), sorted({r.seed for r in results})
+    header = (f"hf-grasp bench --recipe {cfg.recipe}: arch {cfg.arch}, target domains {domains}, seeds {seeds}, "
               f"K = {cfg.max_sources or 'all'}; every method that trains gets the same fine-tuning epochs "
-              f"(column 2); {seconds / 60:.1f} min")
+              f"(column 2). {len(results)} runs, {sum(r.seconds for r in results) / 3600:.1f} h of run time in all "
+              f"({workers} worker(s) on {os.cpu_count()} CPU cores); this invocation {seconds / 60:.1f} min")
     (output / "table.md").write_text(header + "\n\n" + table + "\n")
     (output / "claims.md").write_text(claim_text + "\n")
     (output / "memory.json").write_text(json.dumps(memory, indent=2))
@@ -368,6 +472,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-k", type=int, nargs="+", help="K values for the memory runs (default 2 4 8).")
     p.add_argument("--source-epochs", type=int, help="Epochs for the base and for each source in make-sources.")
     p.add_argument("--output", type=Path, default=Path("bench"), help="Directory for sources, CSV, tables, plots.")
+    p.add_argument("--resume", action="store_true",
+                   help="Keep the (domain, seed) pairs already in OUTPUT/results.csv and run only the rest.")
+    p.add_argument("--workers", type=int, default=1,
+                   help="Run this many (domain, seed) pairs at once, each process with its share of the cores.")
 
 
 def run_from_args(args: argparse.Namespace) -> dict:
@@ -390,4 +498,4 @@ def run_from_args(args: argparse.Namespace) -> dict:
         cfg.max_sources = args.max_sources
     if args.source_epochs:
         cfg.pretrain_epochs = cfg.source_epochs = args.source_epochs
-    return bench(cfg, args.output)
+    return bench(cfg, args.output, resume=args.resume, workers=args.workers)

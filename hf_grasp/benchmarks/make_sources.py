@@ -72,7 +72,7 @@ def make_sources(
     output: str | Path,
     *,
     arch: str = "resnet",
-    target_domain: int = digits_eras.RECIPE["target_domain"],
+    target_domain: int | None = digits_eras.RECIPE["target_domain"],
     org: str | None = None,
     pretrain_epochs: int = digits_eras.RECIPE["pretrain_epochs"],
     source_epochs: int = digits_eras.RECIPE["source_epochs"],
@@ -83,13 +83,17 @@ def make_sources(
 ) -> dict[str, Path]:
     """Train ``base`` and one source per non-target domain; returns name -> directory.
 
+    ``target_domain=None`` trains a source for every domain (the bench picks the
+    K that exclude its target). A source depends only on its domain and
+    ``seed``, so the two give identical files for the domains they share.
+
     Everything is written to a temporary directory and renamed into ``output``
     on success.
     """
     output = Path(output)
     if output.exists() and any(output.iterdir()):
         raise GraspError(f"output {output} exists and is not empty")
-    if not 0 <= target_domain < digits_eras.NUM_DOMAINS:
+    if target_domain is not None and not 0 <= target_domain < digits_eras.NUM_DOMAINS:
         raise GraspError(f"--target-domain {target_domain}: digits-eras has domains 0..{digits_eras.NUM_DOMAINS - 1}")
     set_seed(seed)
     ds = digits_eras.load_digits_eras()
