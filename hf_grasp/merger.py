@@ -183,6 +183,8 @@ class GraspMerger:
             })
         last = ctx.records[-1]
         param_bytes = sum(p.numel() * p.element_size() for p in ctx.merged.parameters())
+        # what the saved result holds at inference: one model, or every member of an ensemble
+        result_models = len(getattr(ctx.artifact, "members", None) or [None])
         return {
             "method": self.method.name,
             "method_pretty_name": self.method.pretty_name,
@@ -199,7 +201,8 @@ class GraspMerger:
             "notes": [rec["note"] for rec in ctx.records if rec.get("note")],
             "baselines": {s["ref"]: {"test": s["metrics_alone"]} for s in sources if s.get("metrics_alone")},
             "timings": {"total_seconds": seconds},
-            "memory": {"peak_rss_bytes": report_mod.peak_rss_bytes(), "param_bytes": param_bytes},
+            "memory": {"peak_rss_bytes": report_mod.peak_rss_bytes(), "param_bytes": param_bytes,
+                       "result_param_bytes": result_models * param_bytes},
         }
 
 

@@ -15,7 +15,7 @@ the same tables (:func:`summary_tables`) so they cannot disagree. Its shape::
      "steps": [{"step": "init" | "source 2" | ..., "val_accuracy", "test_accuracy"}],
      "final": {"validation": {"accuracy": ...}, "test": {"accuracy": ...}},
      "baselines": {source ref: {"test": {"accuracy": ...}}},  # optional: each source alone
-     "timings": {"total_seconds": ...}, "memory": {"peak_rss_bytes", "param_bytes"}}
+     "timings": {"total_seconds": ...}, "memory": {"peak_rss_bytes", "param_bytes", "result_param_bytes"}}
 
 Steps pair with sources by their ``"ref"`` key when they have one, else by
 position; steps beyond the sources (a final fine-tune) get rows of their own.
@@ -317,6 +317,9 @@ def _footer(report: dict) -> list[str]:
         if params:
             text += f" ({peak / params:.1f}× the model's {params / 2**20:.1f} MiB of parameters)"
         lines.append(text)
+    result = memory.get("result_param_bytes")
+    if params and result and result != params:
+        lines.append(f"The result holds {result // params} models at inference ({result / 2**20:.1f} MiB of parameters)")
     return lines
 
 

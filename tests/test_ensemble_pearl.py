@@ -60,6 +60,9 @@ def test_ensemble_is_the_mean_of_the_sources_probabilities(checkpoints, tmp_path
     assert [s["step"] for s in result.report["steps"]] == ["source 1", "source 2", "source 3"]
     two = torch.stack(per_source[:2]).mean(0)
     assert result.report["steps"][1]["test_accuracy"] == pytest.approx((two.argmax(-1) == labels).float().mean().item())
+    # the run held one model at a time; the result serves all three
+    memory = result.report["memory"]
+    assert memory["result_param_bytes"] == 3 * memory["param_bytes"]
 
     # saved as a predictor: references, no weights
     out = tmp_path / "ens"
