@@ -41,6 +41,8 @@ from .methods import METHODS
 TAUS = (0.1, 0.3, 0.5, 0.7, 0.9)
 N_ORDERS = 5
 MEMORY_K = (2, 4, 8)
+# the methods drawn in accuracy_by_domain.png (all of them are in the table)
+BY_DOMAIN_PLOT = ("grasp", "finetune-only", "ensemble", "multi-source", "pearl", "fisher", "task-arithmetic +bn")
 # multi-source-naive only exists for the memory comparison; it equals multi-source in accuracy
 SKIP_IN_ACCURACY = {"multi-source-naive"}
 
@@ -279,9 +281,9 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def _pm(xs: list[float], scale: float = 100.0) -> str:
+def _pm(xs: list[float], scale: float = 100.0, *, signed: bool = False) -> str:
     m, s = _mean_std(xs)
-    return f"{scale * m:.1f} ± {scale * s:.1f}"
+    return f"{scale * m:{'+' if signed else ''}.1f} ± {scale * s:.1f}"
 
 
 def summarise(results: list[RunResult], memory: list[dict]) -> tuple[str, dict]:
@@ -298,7 +300,7 @@ def summarise(results: list[RunResult], memory: list[dict]) -> tuple[str, dict]:
         acc = [r.test_accuracy for r in runs]
         diffs = [r.test_accuracy - ref[(r.domain, r.seed)] for r in runs if (r.domain, r.seed) in ref]
         figures[label] = acc
-        lines.append(f"| {label} | {runs[0].epochs} | {_pm(acc)} | {_pm(diffs) if diffs else '–'} | {len(runs)} |")
+        lines.append(f"| {label} | {runs[0].epochs} | {_pm(acc)} | {_pm(diffs, signed=True) if diffs else '–'} | {len(runs)} |")
     taus = sorted({r.tau for r in results if r.method == "grasp" and r.order == "given" and not r.recalibrate_bn})
     lines += ["", "| τ | GRASP test accuracy % |", "|---|---|"]
     for t in taus:
@@ -315,6 +317,17 @@ def summarise(results: list[RunResult], memory: list[dict]) -> tuple[str, dict]:
     figures["_tau"] = {t: [r.test_accuracy for r in results if r.method == "grasp" and r.tau == t
                            and r.order == "given" and not r.recalibrate_bn] for t in taus}
     figures["_order_spread"] = spreads
+    domains = sorted({r.domain for r in main})
+    lines += ["", "Test accuracy % by target domain (mean over seeds):", "",
+              "| method | " + " | ".join(f"d{d}" for d in domains) + " |", "|---|" + "---|" * len(domains)]
+    for label in [k for k in figures if not k.startswith("_")]:
+        per = [[r.test_accuracy for r in by_label[label] if r.domain == d] for d in domains]
+        lines.append(f"| {label} | " + " | ".join(f"{100 * statistics.mean(x):.1f}" if x else "–" for x in per) + " |")
+    figures["_by_domain"] = {label: {d: [r.test_accuracy for r in runs if r.domain == d] for d in domains}
+                             for label, runs in by_label.items()}
+    grasp = {(r.domain, r.seed): r.test_accuracy for r in by_label.get("grasp", [])}
+    figures["_paired_vs_grasp"] = {label: [grasp[(r.domain, r.seed)] - r.test_accuracy for r in runs
+                                           if (r.domain, r.seed) in grasp] for label, runs in by_label.items()}
     return "\n".join(lines), figures
 
 
@@ -326,7 +339,12 @@ def claims(figures: dict, memory: list[dict]) -> str:
 
     def vs(other):
         g, o = mean("grasp"), mean(other)
-        return "not run" if g is None or o is None else f"GRASP {g:.1f}% vs {o:.1f}% ({g - o:+.1f} points)"
+        if g is None or o is None:
+            return "not run"
+        paired = figures["_paired_vs_grasp"].get(other) or []
+        wins = sum(d > 0 for d in paired)
+        return (f"GRASP {g:.1f}% vs {o:.1f}% (paired {_pm(paired, signed=True)} points; GRASP ahead in {wins} of "
+                f"{len(paired)} (domain, seed) pairs)")
 
     taus = {t: statistics.mean(v) * 100 for t, v in figures["_tau"].items() if v and 0.3 <= t <= 0.9}
     tau_text = (f"τ 0.3–0.9: {min(taus.values()):.1f}%–{max(taus.values()):.1f}% "
@@ -334,8 +352,8 @@ def claims(figures: dict, memory: list[dict]) -> str:
     spread = figures["_order_spread"]
     order_text = f"max − min over orders: {_pm(spread)} points" if spread else "not run"
     g = mean("grasp")
-    abl = {k: (f"{g - mean(k):+.1f} points for GRASP" if g is not None and mean(k) is not None else "not run")
-           for k in ("no-align", "no-finetune")}
+    abl = {k: (f"{g - mean(k):+.1f} points for GRASP (paired {_pm(figures['_paired_vs_grasp'][k], signed=True)})"
+               if g is not None and mean(k) is not None else "not run") for k in ("no-align", "no-finetune")}
     mem_text = "not run"
     by = {(m["k"], m["method"]): m["peak_rss_bytes"] for m in memory}
     ks = sorted({m["k"] for m in memory})
@@ -393,6 +411,21 @@ def plot(results: list[RunResult], memory: list[dict], figures: dict, output: Pa
         fig.savefig(output / "accuracy_vs_tau.png", dpi=120)
         plt.close(fig)
 
+    by_domain = {k: v for k, v in figures["_by_domain"].items() if k in BY_DOMAIN_PLOT}
+    if by_domain:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, per in sorted(by_domain.items()):
+            ds = [d for d, xs in sorted(per.items()) if xs]
+            ax.plot(ds, [100 * statistics.mean(per[d]) for d in ds], marker="o", label=label,
+                    linewidth=2.5 if label == "grasp" else 1.2)
+        ax.set_xlabel("target domain (rotation 15·d degrees)")
+        ax.set_ylabel("test accuracy (%, mean over seeds)")
+        ax.set_title("accuracy by target domain")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(output / "accuracy_by_domain.png", dpi=120)
+        plt.close(fig)
+
     if memory:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for method in sorted({m["method"] for m in memory}):
@@ -415,7 +448,9 @@ def _check_resumable(cfg: BenchConfig, output: Path, resume: bool) -> list[RunRe
     if not resume:
         raise GraspError(f"{csv_path} exists: pass --resume to continue that bench, or choose another --output")
     # domains and seeds may grow between runs; everything else must match what made the earlier rows
-    same = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in ("domains", "seeds")}
+    # (the memory runs are redone by every invocation, so their settings may differ too)
+    same = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items()
+            if k not in ("domains", "seeds", "memory_k", "memory_arch")}
     before = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     changed = sorted(k for k in same if before.get(k) != same[k])
     if changed:
@@ -439,16 +474,29 @@ def bench(cfg: BenchConfig, output: str | Path, *, resume: bool = False, workers
     (output / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     start = time.time()
     results = run_accuracy(cfg, output, done=done, workers=workers)
-    memory = run_memory(cfg) if cfg.memory_k else []
+    if cfg.memory_k:
+        memory = run_memory(cfg)
+    else:  # a resumed bench without memory runs keeps the figures of the one before
+        earlier = output / "memory.json"
+        memory = json.loads(earlier.read_text()) if done and earlier.exists() else []
     table, figures = summarise(results, memory)
     claim_text = claims(figures, memory)
     plot(results, memory, figures, output)
     seconds = time.time() - start
+    # every invocation on this output, so a resumed bench still says how long the whole took
+    history_path = output / "history.json"
+    history = json.loads(history_path.read_text()) if done and history_path.exists() else []
+    history.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "minutes": round(seconds / 60, 1),
+                    "pairs_run": len({(r.domain, r.seed) for r in results}) - len({(r.domain, r.seed) for r in done}),
+                    "workers": workers, "cpu_cores": os.cpu_count(), "memory_runs": bool(cfg.memory_k)})
+    history_path.write_text(json.dumps(history, indent=2))
     domains, seeds = sorted({r.domain for r in results}), sorted({r.seed for r in results})
+    runs_text = "; ".join(f"{h['pairs_run']} pairs{' + memory' if h['memory_runs'] else ''} in {h['minutes']} min "
+                          f"({h['workers']} worker(s), {h['cpu_cores']} CPU cores)" for h in history)
     header = (f"hf-grasp bench --recipe {cfg.recipe}: arch {cfg.arch}, target domains {domains}, seeds {seeds}, "
               f"K = {cfg.max_sources or 'all'}; every method that trains gets the same fine-tuning epochs "
-              f"(column 2). {len(results)} runs, {sum(r.seconds for r in results) / 3600:.1f} h of run time in all "
-              f"({workers} worker(s) on {os.cpu_count()} CPU cores); this invocation {seconds / 60:.1f} min")
+              f"(column 2). {len(results)} runs ({sum(r.seconds for r in results) / 3600:.1f} h summed over runs); "
+              f"wall clock by invocation: {runs_text}")
     (output / "table.md").write_text(header + "\n\n" + table + "\n")
     (output / "claims.md").write_text(claim_text + "\n")
     (output / "memory.json").write_text(json.dumps(memory, indent=2))

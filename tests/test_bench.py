@@ -32,7 +32,9 @@ def test_bench_quick_smaller(tmp_path):
     for claim in ("GRASP vs Ensemble", "τ robustness", "order spread", "memory"):
         assert claim in claims
     assert "multi-source-naive" in (out / "memory.json").read_text()
-    for png in ("accuracy_by_method.png", "accuracy_vs_tau.png", "memory_vs_k.png"):
+    assert "by target domain" in table and "| grasp | " in table.split("by target domain")[1]
+    assert "paired" in claims and "GRASP ahead in" in claims
+    for png in ("accuracy_by_method.png", "accuracy_vs_tau.png", "accuracy_by_domain.png", "memory_vs_k.png"):
         assert (out / png).stat().st_size > 5000
 
 
