@@ -8,6 +8,7 @@ returns the free pages; elsewhere (macOS, musl, Windows) this is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -33,6 +34,24 @@ def freeze_long_lived_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+@contextlib.contextmanager
+def frozen_heap():
+    """Within the block, full collections skip every object that existed when it began.
+
+    What :func:`freeze_long_lived_objects` does for the entry points, scoped to
+    one merge for library callers: on leaving, the objects go back to the
+    oldest generation (garbage among them is collected later as usual). When
+    something froze objects before (the CLI does), they stay frozen.
+    """
+    already = gc.get_freeze_count() > 0
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if not already:
+            gc.unfreeze()
 
 
 def release_freed_memory() -> None:

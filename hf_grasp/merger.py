@@ -24,6 +24,7 @@ from .methods import MergeContext, get_method
 from .options import MergeOptions
 from .recipes import resolve_target
 from .sources import ResolvedSource, SourceRef, expected_specs, hash_files, preflight, resolve
+from ._memory import frozen_heap
 from .training import make_accelerator, recalibrate_batchnorm
 
 
@@ -125,6 +126,10 @@ class GraspMerger:
 
     def merge(self) -> "MergeResult":
         """Run the merge; returns the merged model with its report."""
+        with frozen_heap():  # the merge collects garbage between phases: skip what existed before it
+            return self._merge()
+
+    def _merge(self) -> "MergeResult":
         o = self.options
         start = time.time()
         set_seed(o.seed)

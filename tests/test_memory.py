@@ -21,3 +21,36 @@ def test_peak_rss_flat_in_k(checkpoints):
     ratio = peaks[8] / peaks[2]
     print(f"peak RSS K=2 {peaks[2] / 2**20:.0f} MiB, K=8 {peaks[8] / 2**20:.0f} MiB, ratio {ratio:.3f}")
     assert ratio < 1.05
+
+
+FROZEN = """
+import gc, json, weakref
+from hf_grasp._memory import frozen_heap
+
+gc.disable()  # only the explicit collections below
+
+class Node:
+    pass
+
+def cycle():
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+before = cycle()                      # garbage from before the block: frozen, so kept
+with frozen_heap():
+    inside_count = gc.get_freeze_count()
+    during = cycle()                  # garbage made inside: still collected
+    gc.collect()
+    kept, collected = before() is not None, during() is None
+after_count = gc.get_freeze_count()
+gc.collect()
+print(json.dumps([inside_count > 0, kept, collected, after_count, before() is None]))
+"""
+
+
+def test_frozen_heap_skips_older_objects_and_restores():
+    inside, kept, collected, after, freed_later = last_json(run_python(FROZEN))
+    assert inside and kept and collected
+    # on leaving, the older objects are collectable again
+    assert after == 0 and freed_later
