@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from accelerate.utils import set_seed
 from huggingface_hub import ModelCard, ModelHubMixin
 from torch import nn
@@ -23,7 +24,8 @@ from .families.base import ModelFamily
 from .methods import MergeContext, get_method
 from .options import MergeOptions
 from .recipes import resolve_target
-from .sources import ResolvedSource, SourceRef, expected_specs, hash_files, preflight, resolve
+from .sources import (ResolvedSource, SourceRef, check_specs, expected_specs, hash_files, preflight, remote_header,
+                      resolve)
 from ._memory import frozen_heap
 from .training import make_accelerator, recalibrate_batchnorm
 
@@ -44,6 +46,20 @@ def _ordered(items: list, order: str, seed: int) -> list:
     if sorted(idx) != list(range(len(items))):
         raise GraspError(f"option order={order!r}: must be a permutation of 0..{len(items) - 1}")
     return [items[i] for i in idx]
+
+
+def _check_hub_headers(refs: list[SourceRef], lead: ResolvedSource, num_labels: int, options: MergeOptions,
+                       token: str | bool | None) -> None:
+    """Pre-flight of Hub sources on their remote safetensors headers (a few KB each), before downloading."""
+    remote = {r.text: found for r in refs if (found := remote_header(r, token=token)) is not None}
+    if not remote:
+        return
+    family = family_for(read_config(lead.path), source=lead.name)
+    with torch.device("meta"):  # shapes and dtypes only: no memory, no init
+        expected = expected_specs(family.build(lead.path, trust_remote_code=options.trust_remote_code).float())
+    for name, found in remote.items():
+        check_specs(name, found, expected, num_labels=num_labels,
+                    skip_mismatched_heads=options.skip_mismatched_heads)
 
 
 class GraspMerger:
@@ -80,7 +96,10 @@ class GraspMerger:
         token: str | bool | None = None,
         **options: Any,
     ) -> "GraspMerger":
-        """Resolve ``sources`` and load the ``target`` dataset.
+        """Load the ``target`` dataset and resolve ``sources``.
+
+        Hub sources are checked against the architecture on their remote
+        safetensors headers before any of their weights are downloaded.
 
         Args:
             sources: references — ``org/name``, ``org/name@revision``, ``hf-hub:org/name``
@@ -103,22 +122,27 @@ class GraspMerger:
         opts = MergeOptions.build(recipe_layer, options)
         if len(sources) < 1:
             raise GraspError("no sources given")
-        refs = [SourceRef.parse(s) for s in sources]
-        resolved = [resolve(r, allow_pickle=opts.allow_pickle, token=token) for r in refs]
-        resolved = _ordered(resolved, opts.order, opts.seed)
-        init_source = base_source = None
-        if opts.init not in ("first", "random"):
-            init_source = resolve(opts.init, allow_pickle=opts.allow_pickle, token=token)
-        elif opts.init == "first" and len(resolved) < 2:
-            raise GraspError("GRASP with init=first needs at least 2 sources")
-        if opts.base:
-            base_source = resolve(opts.base, allow_pickle=opts.allow_pickle, token=token)
         data = load_target(
             dataset, domain=opts.target_domain, domain_column=opts.domain_column,
             image_column=opts.image_column, label_column=opts.label_column,
             validation_fraction=opts.validation_fraction, seed=opts.seed,
             trust_remote_code=opts.trust_remote_code,
         )
+        refs = _ordered([SourceRef.parse(s) for s in sources], opts.order, opts.seed)
+        init_ref = None if opts.init in ("first", "random") else SourceRef.parse(opts.init)
+        if opts.init == "first" and len(refs) < 2:
+            raise GraspError("GRASP with init=first needs at least 2 sources")
+        base_ref = SourceRef.parse(opts.base) if opts.base else None
+        # the checkpoint that defines the architecture comes first; every other Hub source's headers are
+        # checked against it before any of their weights are downloaded
+        lead = init_ref or refs[0]
+        lead_source = resolve(lead, allow_pickle=opts.allow_pickle, token=token)
+        _check_hub_headers([r for r in (*refs, base_ref) if r is not None and r is not lead], lead_source,
+                           data.num_labels, opts, token)
+        resolved = [lead_source if r is lead else resolve(r, allow_pickle=opts.allow_pickle, token=token)
+                    for r in refs]
+        init_source = lead_source if init_ref else None
+        base_source = resolve(base_ref, allow_pickle=opts.allow_pickle, token=token) if base_ref else None
         return cls(resolved, data, opts, method=method, init_source=init_source, base_source=base_source)
 
     def _build(self) -> nn.Module:

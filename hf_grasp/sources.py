@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
-from huggingface_hub import snapshot_download
+from huggingface_hub import constants, get_safetensors_metadata, snapshot_download
 from huggingface_hub.errors import (
+    HfHubHTTPError,
+    NotASafetensorsRepoError,
+    SafetensorsParsingError,
     EntryNotFoundError,
     GatedRepoError,
     HFValidationError,
@@ -209,17 +212,51 @@ def preflight(
     A head mismatch is a tensor whose leading dimension is the target's label
     count in the architecture but something else in the source.
     """
-    found = read_header(source)
+    return check_specs(source.name, read_header(source), expected, num_labels=num_labels,
+                       skip_mismatched_heads=skip_mismatched_heads)
+
+
+def remote_header(ref: SourceRef, *, token: str | bool | None = None) -> dict[str, tuple[tuple[int, ...], torch.dtype]] | None:
+    """Names, shapes and dtypes of a Hub source's tensors, from its safetensors headers on the Hub.
+
+    ``get_safetensors_metadata`` reads only the headers (HTTP range requests,
+    nothing downloaded), so a merge can refuse a mismatched source before it
+    fetches anyone's weights. ``None`` when there is nothing to ask or no
+    answer (a local directory, offline mode, a repo without safetensors, an
+    unreachable or refusing Hub): the same checks then run on the downloaded
+    headers, and the download reports what is wrong with the repo.
+    """
+    if ref.local_path is not None or constants.is_offline_mode():
+        return None
+    try:
+        meta = get_safetensors_metadata(ref.repo_id, revision=ref.revision, token=token)
+    except SafetensorsParsingError as e:
+        raise SourceError(f"source {ref.text!r}: cannot read its safetensors header on the Hub: {e}") from e
+    except (NotASafetensorsRepoError, HfHubHTTPError, OSError):
+        return None
+    return {name: (tuple(info.shape), _DTYPES.get(info.dtype, info.dtype))
+            for file_meta in meta.files_metadata.values() for name, info in file_meta.tensors.items()}
+
+
+def check_specs(
+    source_name: str,
+    found: dict[str, tuple[tuple[int, ...], torch.dtype]],
+    expected: dict[str, tuple[tuple[int, ...], torch.dtype]],
+    *,
+    num_labels: int,
+    skip_mismatched_heads: bool = False,
+) -> list[str]:
+    """:func:`preflight` on tensor specs already read (locally or from the Hub) for source ``source_name``."""
     missing = [k for k in expected if k not in found]
     if missing:
         raise ShapeMismatchError(
-            f"source {source.name!r}: tensor {missing[0]!r} of the target architecture is missing"
+            f"source {source_name!r}: tensor {missing[0]!r} of the target architecture is missing"
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
     extra = [k for k in found if k not in expected]
     if extra:
         raise ShapeMismatchError(
-            f"source {source.name!r}: tensor {extra[0]!r} is not in the target architecture"
+            f"source {source_name!r}: tensor {extra[0]!r} is not in the target architecture"
             + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
         )
     skipped = []
@@ -236,11 +273,11 @@ def preflight(
                 "(pass --skip-mismatched-heads to keep the target's head)"
             ) if is_head else ""
             raise ShapeMismatchError(
-                f"source {source.name!r}: tensor {name!r} expected shape {list(shape)}, found {list(fshape)}{hint}"
+                f"source {source_name!r}: tensor {name!r} expected shape {list(shape)}, found {list(fshape)}{hint}"
             )
         if fdtype != dtype and not (fdtype.is_floating_point and dtype.is_floating_point):
             raise ShapeMismatchError(
-                f"source {source.name!r}: tensor {name!r} expected dtype {dtype}, found {fdtype}"
+                f"source {source_name!r}: tensor {name!r} expected dtype {dtype}, found {fdtype}"
             )
     return skipped
 
