@@ -43,15 +43,18 @@ def frozen_heap():
     What :func:`freeze_long_lived_objects` does for the entry points, scoped to
     one merge for library callers: on leaving, the objects go back to the
     oldest generation (garbage among them is collected later as usual). When
-    something froze objects before (the CLI does), they stay frozen.
+    something froze the long-lived objects already (the CLI, bench workers),
+    it does nothing: freezing more there would keep an earlier merge's cyclic
+    garbage for good.
     """
-    already = gc.get_freeze_count() > 0
+    if gc.get_freeze_count() > 0:
+        yield
+        return
     gc.freeze()
     try:
         yield
     finally:
-        if not already:
-            gc.unfreeze()
+        gc.unfreeze()
 
 
 def release_freed_memory() -> None:

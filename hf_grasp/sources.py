@@ -18,15 +18,15 @@ from typing import Iterable, Iterator
 import torch
 from huggingface_hub import constants, get_safetensors_metadata, snapshot_download
 from huggingface_hub.errors import (
-    HfHubHTTPError,
-    NotASafetensorsRepoError,
-    SafetensorsParsingError,
     EntryNotFoundError,
     GatedRepoError,
+    HfHubHTTPError,
     HFValidationError,
     LocalEntryNotFoundError,
+    NotASafetensorsRepoError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
+    SafetensorsParsingError,
 )
 from huggingface_hub.utils import sha
 from safetensors import safe_open
@@ -275,6 +275,9 @@ def check_specs(
             raise ShapeMismatchError(
                 f"source {source_name!r}: tensor {name!r} expected shape {list(shape)}, found {list(fshape)}{hint}"
             )
+        if not isinstance(fdtype, torch.dtype):  # a safetensors dtype torch has no counterpart for
+            raise ShapeMismatchError(f"source {source_name!r}: tensor {name!r} has dtype {fdtype}, which torch "
+                                     f"cannot load (expected {dtype})")
         if fdtype != dtype and not (fdtype.is_floating_point and dtype.is_floating_point):
             raise ShapeMismatchError(
                 f"source {source_name!r}: tensor {name!r} expected dtype {dtype}, found {fdtype}"

@@ -45,12 +45,21 @@ with frozen_heap():
     kept, collected = before() is not None, during() is None
 after_count = gc.get_freeze_count()
 gc.collect()
-print(json.dumps([inside_count > 0, kept, collected, after_count, before() is None]))
+freed_later = before() is None
+gc.freeze()                           # an entry point froze its imports already
+frozen = gc.get_freeze_count()
+earlier = cycle()                     # garbage of an earlier merge
+with frozen_heap():
+    gc.collect()
+print(json.dumps([inside_count > 0, kept, collected, after_count, freed_later,
+                  gc.get_freeze_count() == frozen, earlier() is None]))
 """
 
 
 def test_frozen_heap_skips_older_objects_and_restores():
-    inside, kept, collected, after, freed_later = last_json(run_python(FROZEN))
+    inside, kept, collected, after, freed_later, unchanged, earlier_freed = last_json(run_python(FROZEN))
     assert inside and kept and collected
     # on leaving, the older objects are collectable again
     assert after == 0 and freed_later
+    # under an entry point's freeze it freezes nothing more: an earlier merge's garbage is still collected
+    assert unchanged and earlier_freed
