@@ -1,0 +1,157 @@
+"""Sources by Hub repo id, online, against a hub-compatible server on 127.0.0.1.
+
+The server answers the read side of the Hub API that huggingface_hub uses —
+``GET /api/models/{id}/revision/{rev}``, ``GET /api/models/{id}/tree/{sha}``,
+``HEAD|GET /{id}/resolve/{rev}/{file}`` (ranged too) — from checkpoint
+directories the tests build, one directory per (repo, revision), and records
+every request. So the real code path runs: pre-flight on remote safetensors
+headers, downloads through the HF cache, revision pinning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import last_json, run_cli, run_python
+
+
+def _commit(repo_id: str, revision: str) -> str:
+    return hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+
+
+@pytest.fixture
+def hub(tmp_path):
+    """Start the server; returns ``(serve, env, log)``: ``serve(repo_id, dir, revision="main")`` publishes a dir."""
+    repos: dict[str, dict[str, Path]] = {}  # repo id -> revision name or commit -> directory
+    log = []
+
+    def serve(repo_id: str, path: Path, revision: str = "main") -> str:
+        repos.setdefault(repo_id, {})[revision] = repos[repo_id][_commit(repo_id, revision)] = Path(path)
+        return _commit(repo_id, revision)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self._answer(with_body=False)
+
+        def do_GET(self):
+            self._answer(with_body=True)
+
+        def _send(self, status: int, data: bytes = b"", with_body: bool = True, **headers):
+            self.send_response(status)
+            for k, v in {"Content-Length": str(len(data)), **headers}.items():
+                self.send_header(k.replace("_", "-"), v)
+            self.end_headers()
+            if with_body:
+                self.wfile.write(data)
+
+        def _answer(self, with_body: bool):
+            path = urlparse(self.path).path
+            log.append((self.command, path, self.headers.get("range")))
+            api = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(revision|tree)/([^/]+)", path)
+            resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+            repo_id, rev = (api or resolve or [None] * 4)[1], (api[3] if api else resolve[2] if resolve else None)
+            if repo_id not in repos:
+                return self._send(404, with_body=with_body, X_Error_Code="RepoNotFound")
+            if rev not in repos[repo_id]:
+                return self._send(404, with_body=with_body, X_Error_Code="RevisionNotFound")
+            root, commit = repos[repo_id][rev], _commit(repo_id, rev) if len(rev) != 40 else rev
+            files = sorted(f.relative_to(root).as_posix() for f in root.rglob("*") if f.is_file())
+            if api and api[2] == "revision":
+                body = {"id": repo_id, "sha": commit, "siblings": [{"rfilename": f} for f in files]}
+                return self._send(200, json.dumps(body).encode(), Content_Type="application/json")
+            if api:
+                body = [{"type": "file", "path": f, "size": (root / f).stat().st_size,
+                         "oid": hashlib.sha1((root / f).read_bytes()).hexdigest()} for f in files]
+                return self._send(200, json.dumps(body).encode(), Content_Type="application/json")
+            f = root / resolve[3]
+            if not f.is_file():
+                return self._send(404, with_body=with_body, X_Error_Code="EntryNotFound")
+            data = f.read_bytes()
+            headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X_Repo_Commit": commit}
+            if self.headers.get("range"):
+                start, end = map(int, re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers["range"]).groups())
+                return self._send(206, data[start:end + 1], with_body, **headers)
+            return self._send(200, data, with_body, **headers)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}", "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}
+    yield serve, env, log
+    server.shutdown()
+
+
+def _downloads(log):
+    """Requests that fetched a whole repo file rather than a header range."""
+    return [(m, p) for m, p, r in log if m == "GET" and "/resolve/" in p and r is None]
+
+
+SAME_AS_LOCAL = """
+import json, sys
+from hf_grasp.sources import SourceRef, read_header, remote_header, resolve
+as_text = lambda specs: {k: [list(shape), str(dtype)] for k, (shape, dtype) in specs.items()}
+remote = remote_header(SourceRef.parse("org/good"))
+print(json.dumps([remote is not None and as_text(remote) == as_text(read_header(resolve(sys.argv[1]))),
+                  remote_header(SourceRef.parse("org/missing"))]))
+"""
+
+
+def test_remote_header_matches_the_local_one_without_downloading(hub, checkpoints):
+    serve, env, log = hub
+    good = checkpoints("resnet", 1)[0]
+    serve("org/good", good)
+    same, missing = last_json(run_python(SAME_AS_LOCAL, good, env=env))
+    assert same and missing is None  # an unknown repo: no answer here, the download reports it
+    assert any(p == "/org/good/resolve/main/model.safetensors" and r for _, p, r in log)
+    assert not _downloads(log)
+
+
+def test_mismatched_hub_source_is_refused_before_any_download(hub, checkpoints, tmp_path):
+    serve, env, log = hub
+    good = checkpoints("resnet", 1)[0]
+    five = checkpoints("resnet", 1, seed0=50, num_labels=5)[0]
+    serve("org/five-labels", five)
+    out = tmp_path / "merged"
+    proc = run_cli("merge", "--target", "digits-eras", "--sources", str(good), "org/five-labels",
+                   "--output", str(out), "--initial-epochs", "0", "--finetune-epochs", "0", env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()[-1]
+    assert "org/five-labels" in err and "classifier" in err and "--skip-mismatched-heads" in err
+    assert any(p.startswith("/org/five-labels/resolve/") for _, p, _ in log)  # the check did ask the server
+    assert not _downloads(log) and not out.exists()
+    assert not list((tmp_path / "hf").glob("hub/models--org--five-labels/blobs/*"))
+
+
+def test_merge_by_repo_id_online_pins_revisions(hub, checkpoints, tmp_path):
+    serve, env, log = hub
+    a, b_main, b_v1 = checkpoints("resnet", 3, seed0=60)
+    serve("org/a", a)
+    serve("org/b", b_main)
+    v1 = serve("org/b", b_v1, revision="v1")
+    out = tmp_path / "merged"
+    # tau above 1: nothing transferred, so the output is org/a itself; the report names every revision
+    proc = run_cli("merge", "--target", "digits-eras", "--sources", "org/a", "org/b@v1", "--output", str(out),
+                   "--initial-epochs", "0", "--finetune-epochs", "0", "--tau", "1.5", "--no-eval-sources", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "grasp_report.json").read_text())
+    by_ref = {s["ref"]: s for s in report["sources"]}
+    assert by_ref["org/b@v1"]["commit"] == v1 and by_ref["org/a"]["commit"] == _commit("org/a", "main")
+    # the file hashes recorded are those of the pinned revision's weights, not main's
+    pinned = hashlib.sha256((b_v1 / "model.safetensors").read_bytes()).hexdigest()
+    assert by_ref["org/b@v1"]["files"]["model.safetensors"] == pinned
+    assert not any(p.startswith("/org/b/resolve/main/") for _, p, _ in log)
+    merged, first = load_file(str(out / "model.safetensors")), load_file(str(a / "model.safetensors"))
+    assert all(torch.equal(merged[k], first[k]) for k in first)
