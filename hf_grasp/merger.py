@@ -133,14 +133,17 @@ class GraspMerger:
         if opts.init == "first" and len(refs) < 2:
             raise GraspError("GRASP with init=first needs at least 2 sources")
         base_ref = SourceRef.parse(opts.base) if opts.base else None
+        if opts.evict_sources and get_method(method).reads_across_sources:
+            raise GraspError(f"--evict-sources: method {method!r} reads one tensor of every source at a time, so all "
+                             "sources must be on disk together")
         # the checkpoint that defines the architecture comes first; every other Hub source's headers are
         # checked against it before any of their weights are downloaded
         lead = init_ref or refs[0]
         lead_source = resolve(lead, allow_pickle=opts.allow_pickle, token=token)
         _check_hub_headers([r for r in (*refs, base_ref) if r is not None and r is not lead], lead_source,
                            data.num_labels, opts, token)
-        resolved = [lead_source if r is lead else resolve(r, allow_pickle=opts.allow_pickle, token=token)
-                    for r in refs]
+        resolved = [lead_source if r is lead else resolve(r, allow_pickle=opts.allow_pickle, token=token,
+                                                          defer_weights=opts.evict_sources) for r in refs]
         init_source = lead_source if init_ref else None
         base_source = resolve(base_ref, allow_pickle=opts.allow_pickle, token=token) if base_ref else None
         return cls(resolved, data, opts, method=method, init_source=init_source, base_source=base_source)

@@ -73,6 +73,10 @@ class MergeOptions:
     allow_pickle: bool = _opt(False, "Allow pickle weight files (.bin/.pth) when a source has no safetensors.",
                               group="runtime")
     trust_remote_code: bool = _opt(False, "Allow model or dataset code from the Hub to run.", group="runtime")
+    evict_sources: bool = _opt(False, "Download each Hub source's weights only when it is streamed, into a scratch "
+                               "directory deleted right after: disk holds one source checkpoint whatever K "
+                               "(online; not the first source, not methods that read every source at once).",
+                               group="runtime")
     mixed_precision: str = _opt("no", "accelerate mixed precision.", choices=("no", "fp16", "bf16"), group="runtime")
     cpu: bool = _opt(False, "Force the CPU even when an accelerator is present.", group="runtime")
 

@@ -9,8 +9,11 @@ model that already exists (the "probe"), so no second model is ever built.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -77,13 +80,40 @@ class SourceRef:
 
 @dataclass
 class ResolvedSource:
-    """A source whose files are on local disk, ready to be read."""
+    """A source whose files are on local disk, ready to be read.
+
+    A *deferred* source (``--evict-sources``) has only its config files on
+    disk; :meth:`present` fetches its weights for the duration of a block.
+    """
 
     ref: SourceRef
     path: Path
     weight_files: list[Path]
     commit: str | None = None
     hashes: dict[str, str] = field(default_factory=dict)
+    remote_specs: dict | None = None   # tensor specs read on the Hub, when they were
+    deferred: bool = False
+    token: str | bool | None = field(default=None, repr=False, compare=False)  # for a deferred fetch
+
+    @contextlib.contextmanager
+    def present(self):
+        """Within the block the weights are on disk: a deferred source's are downloaded
+        (pinned to the resolved commit) into a scratch directory, hashed, and deleted on leaving."""
+        if not self.deferred:
+            yield self
+            return
+        scratch = Path(tempfile.mkdtemp(prefix="hf-grasp-fetch-"))
+        try:
+            ref = SourceRef(self.ref.text, repo_id=self.ref.repo_id, revision=self.commit or self.ref.revision)
+            _snapshot(ref, ["*.safetensors", SAFE_INDEX], self.token, local_dir=scratch)
+            self.weight_files = _weight_files(scratch, self.name)
+            if not self.weight_files:
+                raise SourceError(f"source {self.name!r}: no *.safetensors at commit {self.commit}")
+            hash_files(self)
+            yield self
+        finally:
+            self.weight_files = []
+            shutil.rmtree(scratch, ignore_errors=True)
 
     @property
     def name(self) -> str:
@@ -101,9 +131,10 @@ class ResolvedSource:
         }
 
 
-def _snapshot(ref: SourceRef, patterns: list[str], token: str | bool | None) -> Path:
+def _snapshot(ref: SourceRef, patterns: list[str], token: str | bool | None, local_dir: Path | None = None) -> Path:
     try:
-        return Path(snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=patterns, token=token))
+        return Path(snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=patterns, token=token,
+                                      local_dir=local_dir))
     except HFValidationError as e:
         raise SourceError(f"source {ref.text!r}: not a valid Hub repo id or revision ({e})") from e
     except (RepositoryNotFoundError, GatedRepoError) as e:
@@ -133,14 +164,26 @@ def _weight_files(root: Path, source: str) -> list[Path]:
     return sorted(root.glob("*.safetensors"))
 
 
-def resolve(ref: SourceRef | str | os.PathLike, *, allow_pickle: bool = False, token: str | bool | None = None) -> ResolvedSource:
+def resolve(ref: SourceRef | str | os.PathLike, *, allow_pickle: bool = False, token: str | bool | None = None,
+            defer_weights: bool = False) -> ResolvedSource:
     """Bring a source's config and safetensors weights to local disk (through the HF cache).
+
+    ``defer_weights``: for a Hub source whose safetensors headers can be read on
+    the Hub, bring only its config files now; the weights come with
+    :meth:`ResolvedSource.present`. Elsewhere (local, offline) it has no effect.
 
     Pickle weights are refused unless ``allow_pickle`` (unpickling can run code);
     with it, a pickle-only checkpoint is converted by loading it with
     ``weights_only=True`` only at streaming time.
     """
     ref = ref if isinstance(ref, SourceRef) else SourceRef.parse(str(ref))
+    specs = remote_header(ref, token=token) if defer_weights else None
+    if specs is not None:
+        root = _snapshot(ref, META_PATTERNS, token)
+        if not (root / "config.json").is_file():
+            raise SourceError(f"source {ref.text!r}: no config.json in {root}")
+        return ResolvedSource(ref=ref, path=root, weight_files=[], remote_specs=specs, deferred=True, token=token,
+                              commit=root.name if root.parent.name == "snapshots" else None)
     if ref.local_path is not None:
         root = ref.local_path
         if not root.is_dir():
@@ -212,7 +255,8 @@ def preflight(
     A head mismatch is a tensor whose leading dimension is the target's label
     count in the architecture but something else in the source.
     """
-    return check_specs(source.name, read_header(source), expected, num_labels=num_labels,
+    found = source.remote_specs if source.deferred else read_header(source)
+    return check_specs(source.name, found, expected, num_labels=num_labels,
                        skip_mismatched_heads=skip_mismatched_heads)
 
 

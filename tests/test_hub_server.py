@@ -155,3 +155,63 @@ def test_merge_by_repo_id_online_pins_revisions(hub, checkpoints, tmp_path):
     assert not any(p.startswith("/org/b/resolve/main/") for _, p, _ in log)
     merged, first = load_file(str(out / "model.safetensors")), load_file(str(a / "model.safetensors"))
     assert all(torch.equal(merged[k], first[k]) for k in first)
+
+
+EVICT = """
+import json, sys, tempfile
+from pathlib import Path
+import hf_grasp.methods.base as base
+from hf_grasp import GraspMerger
+
+seen, stream = [], base.stream_into
+
+def spy(model, source, skip=()):  # what is on disk whenever a source is streamed
+    scratch = list(Path(tempfile.gettempdir()).glob("hf-grasp-fetch-*"))
+    seen.append([source.name, len(scratch), sum(1 for d in scratch for _ in d.rglob("*.safetensors"))])
+    return stream(model, source, skip)
+
+base.stream_into = spy
+result = GraspMerger.from_pretrained(["org/a", "org/b", "org/c"], target="digits-eras", initial_epochs=0,
+                                     finetune_epochs=0, eval_sources=False, tau=0.0,
+                                     evict_sources=sys.argv[1] == "1").merge()
+result.save_pretrained(sys.argv[2])
+print(json.dumps({"seen": seen, "left": len(list(Path(tempfile.gettempdir()).glob("hf-grasp-fetch-*"))),
+                  "files": {s["ref"]: s["files"] for s in result.report["sources"]}}))
+"""
+
+
+def test_evict_sources_keeps_one_source_on_disk_and_merges_the_same(hub, checkpoints, tmp_path):
+    serve, env, log = hub
+    srcs = checkpoints("resnet", 3, seed0=70)
+    for name, path in zip("abc", srcs):
+        serve(f"org/{name}", path)
+    runs = {}
+    for evict in ("1", "0"):
+        tmp = tmp_path / f"tmp{evict}"
+        tmp.mkdir()
+        run_env = {**env, "HF_HOME": str(tmp_path / f"hf{evict}"), "TMPDIR": str(tmp)}
+        runs[evict] = last_json(run_python(EVICT, evict, tmp_path / f"out{evict}", env=run_env))
+
+    evicted = runs["1"]
+    # the first source defines the model and stays; each other one is alone on disk while it is streamed
+    assert [s[0] for s in evicted["seen"]] == ["org/a", "org/b", "org/c"]
+    assert evicted["seen"][0][1:] == [0, 0] and all(s[1:] == [1, 1] for s in evicted["seen"][1:])
+    assert evicted["left"] == 0
+    assert all(s[1:] == [0, 0] for s in runs["0"]["seen"])
+    # hashed when fetched, as without eviction; nothing of theirs but configs in the HF cache
+    assert evicted["files"] == runs["0"]["files"]
+    assert evicted["files"]["org/b"]["model.safetensors"] == hashlib.sha256(
+        (srcs[1] / "model.safetensors").read_bytes()).hexdigest()
+    for name in ("b", "c"):
+        cached = list((tmp_path / "hf1").glob(f"hub/models--org--{name}/snapshots/*/*"))
+        assert cached and not [f for f in cached if f.suffix == ".safetensors"]
+    # and the merge is the same model
+    one, other = load_file(str(tmp_path / "out1" / "model.safetensors")), load_file(str(tmp_path / "out0" / "model.safetensors"))
+    assert one.keys() == other.keys() and all(torch.equal(one[k], other[k]) for k in one)
+
+
+def test_evict_sources_refused_for_methods_reading_every_source_at_once(hub, checkpoints, tmp_path):
+    serve, env, _ = hub
+    proc = run_cli("merge", "--target", "digits-eras", "--sources", "org/a", "org/b", "--method", "ties",
+                   "--base", "org/a", "--evict-sources", "--output", str(tmp_path / "out"), env=env)
+    assert proc.returncode == 2 and "--evict-sources" in proc.stderr and "'ties'" in proc.stderr

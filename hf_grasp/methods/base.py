@@ -52,7 +52,9 @@ class MethodInfo:
 
     ``parameter_space``: the result is one model whose parameters were merged
     (``--recalibrate-bn`` applies). ``needs_base``: the method works on task
-    vectors relative to ``options.base``.
+    vectors relative to ``options.base``. ``reads_across_sources``: it reads one
+    tensor of every source at a time, so all K sources' files must be on disk
+    together (no ``--evict-sources``).
     """
 
     name: str
@@ -61,17 +63,19 @@ class MethodInfo:
     paper: str | None = None
     parameter_space: bool = True
     needs_base: bool = False
+    reads_across_sources: bool = False
 
 
 METHODS: dict[str, MethodInfo] = {}
 
 
 def register_method(name: str, *, pretty_name: str | None = None, paper: str | None = None,
-                    parameter_space: bool = True, needs_base: bool = False):
+                    parameter_space: bool = True, needs_base: bool = False, reads_across_sources: bool = False):
     """Decorator registering ``fn(ctx)`` as merge method ``name``."""
 
     def wrap(fn):
-        METHODS[name] = MethodInfo(name, fn, pretty_name or name, paper, parameter_space, needs_base)
+        METHODS[name] = MethodInfo(name, fn, pretty_name or name, paper, parameter_space, needs_base,
+                                   reads_across_sources)
         return fn
 
     return wrap
@@ -114,7 +118,8 @@ class MergeContext:
 
     def load(self, model: nn.Module, source: ResolvedSource) -> None:
         """Stream ``source`` into ``model`` in place (the only way weights enter a model)."""
-        stream_into(model, source, self.skips.get(source.name, ()))
+        with source.present():
+            stream_into(model, source, self.skips.get(source.name, ()))
 
     def alignment_batches(self, step: int) -> list[dict]:
         """Target-train batches for one alignment step, moved to the device; never val or test."""

@@ -73,7 +73,7 @@ def _record(ctx: MergeContext, start: float) -> None:
 
 
 @register_method("task-arithmetic", pretty_name="Task Arithmetic (Ilharco et al., 2023)",
-                 paper=TASK_ARITHMETIC_PAPER, needs_base=True)
+                 paper=TASK_ARITHMETIC_PAPER, needs_base=True, reads_across_sources=True)
 def task_arithmetic(ctx: MergeContext) -> None:
     """``merged = base + λ Σ_k (S_k - base)`` per parameter, λ = :data:`SCALING`; no training.
 
@@ -87,7 +87,8 @@ def task_arithmetic(ctx: MergeContext) -> None:
     _record(ctx, start)
 
 
-@register_method("ties", pretty_name="TIES-Merging (Yadav et al., 2023)", paper=TIES_PAPER, needs_base=True)
+@register_method("ties", pretty_name="TIES-Merging (Yadav et al., 2023)", paper=TIES_PAPER, needs_base=True,
+                 reads_across_sources=True)
 def ties(ctx: MergeContext) -> None:
     """TIES-merging: trim each task vector to its top ``--density``, elect signs, disjoint mean, × λ.
 
