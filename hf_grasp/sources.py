@@ -177,13 +177,16 @@ def resolve(ref: SourceRef | str | os.PathLike, *, allow_pickle: bool = False, t
     ``weights_only=True`` only at streaming time.
     """
     ref = ref if isinstance(ref, SourceRef) else SourceRef.parse(str(ref))
-    specs = remote_header(ref, token=token) if defer_weights else None
-    if specs is not None:
+    if defer_weights and ref.local_path is None and not constants.is_offline_mode():
         root = _snapshot(ref, META_PATTERNS, token)
-        if not (root / "config.json").is_file():
-            raise SourceError(f"source {ref.text!r}: no config.json in {root}")
-        return ResolvedSource(ref=ref, path=root, weight_files=[], remote_specs=specs, deferred=True, token=token,
-                              commit=root.name if root.parent.name == "snapshots" else None)
+        commit = root.name if root.parent.name == "snapshots" else None
+        # headers of the very commit the configs came from, and later the weights
+        specs = remote_header(SourceRef(ref.text, repo_id=ref.repo_id, revision=commit or ref.revision), token=token)
+        if specs is not None:
+            if not (root / "config.json").is_file():
+                raise SourceError(f"source {ref.text!r}: no config.json in {root}")
+            return ResolvedSource(ref=ref, path=root, weight_files=[], commit=commit, remote_specs=specs,
+                                  deferred=True, token=token)
     if ref.local_path is not None:
         root = ref.local_path
         if not root.is_dir():
