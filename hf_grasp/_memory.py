@@ -24,28 +24,16 @@ def _malloc_trim():
         return None
 
 
-def freeze_long_lived_objects() -> None:
-    """Exclude everything alive now (imported modules, mostly) from future garbage collections.
-
-    torch, transformers and datasets leave ~500k gc-tracked objects behind at
-    import; every full ``gc.collect()`` walks them (~0.3 s here), and a merge
-    collects between phases. Entry points (CLI, bench workers) call this once
-    after importing: those objects live until exit anyway.
-    """
-    gc.collect()
-    gc.freeze()
-
-
 @contextlib.contextmanager
 def frozen_heap():
     """Within the block, full collections skip every object that existed when it began.
 
-    What :func:`freeze_long_lived_objects` does for the entry points, scoped to
-    one merge for library callers: on leaving, the objects go back to the
-    oldest generation (garbage among them is collected later as usual). When
-    something froze the long-lived objects already (the CLI, bench workers),
-    it does nothing: freezing more there would keep an earlier merge's cyclic
-    garbage for good.
+    torch, transformers and datasets leave ~500k gc-tracked objects behind at
+    import; every full ``gc.collect()`` walks them (~0.3 s here), and a merge or
+    a training run collects between phases. On leaving, the objects go back to
+    the oldest generation (garbage among them is collected later as usual).
+    When the caller froze objects already it does nothing: freezing more there
+    would keep an earlier block's cyclic garbage for good.
     """
     if gc.get_freeze_count() > 0:
         yield

@@ -165,14 +165,10 @@ def run_pair(cfg: BenchConfig, output: Path, domain: int, seed: int) -> list[Run
 
 
 def _worker_init(threads: int, log_dir: str) -> None:
-    """A bench worker: its share of the cores, heavy imports frozen, progress bars to its own log."""
+    """A bench worker: its share of the cores, progress bars to its own log."""
     import torch
 
-    from . import merger  # noqa: F401
-    from ._memory import freeze_long_lived_objects
-
     torch.set_num_threads(threads)
-    freeze_long_lived_objects()
     log = open(Path(log_dir) / f"worker-{os.getpid()}.log", "a", buffering=1)
     os.dup2(log.fileno(), 2)
 

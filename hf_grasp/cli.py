@@ -101,10 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hf-grasp`` console script."""
     args = build_parser().parse_args(argv)
-    from . import merger  # noqa: F401  (the heavy imports, before freezing them)
-    from ._memory import freeze_long_lived_objects
-
-    freeze_long_lived_objects()
     try:
         return args.func(args)
     except GraspError as e:

@@ -151,12 +151,9 @@ class GraspMerger:
     def _build(self) -> nn.Module:
         return self.family.build(self.model_dir, trust_remote_code=self.options.trust_remote_code).float()
 
+    @frozen_heap()  # the merge collects garbage between phases: skip what existed before it
     def merge(self) -> "MergeResult":
         """Run the merge; returns the merged model with its report."""
-        with frozen_heap():  # the merge collects garbage between phases: skip what existed before it
-            return self._merge()
-
-    def _merge(self) -> "MergeResult":
         o = self.options
         start = time.time()
         set_seed(o.seed)

@@ -36,7 +36,7 @@ from accelerate.utils import release_memory
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._memory import release_freed_memory
+from ._memory import frozen_heap, release_freed_memory
 from .errors import DataError, GraspError
 
 #: directory of the local ``evaluate`` accuracy module
@@ -130,6 +130,7 @@ def evaluate_model(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict]
     return classification_metrics(logits.softmax(dim=-1), labels)
 
 
+@frozen_heap()  # collects garbage when done: skip what existed before (also outside a merge)
 def fine_tune(
     model: nn.Module,
     logits_fn: LogitsFn,
