@@ -48,10 +48,9 @@ def _ordered(items: list, order: str, seed: int) -> list:
     return [items[i] for i in idx]
 
 
-def _check_hub_headers(refs: list[SourceRef], lead: ResolvedSource, num_labels: int, options: MergeOptions,
-                       token: str | bool | None) -> None:
-    """Pre-flight of Hub sources on their remote safetensors headers (a few KB each), before downloading."""
-    remote = {r.text: found for r in refs if (found := remote_header(r, token=token)) is not None}
+def _check_hub_headers(remote: dict[str, dict], lead: ResolvedSource, num_labels: int,
+                       options: MergeOptions) -> None:
+    """Pre-flight of Hub sources on the tensor specs read from their remote safetensors headers."""
     if not remote:
         return
     family = family_for(read_config(lead.path), source=lead.name)
@@ -140,10 +139,18 @@ class GraspMerger:
         # checked against it before any of their weights are downloaded
         lead = init_ref or refs[0]
         lead_source = resolve(lead, allow_pickle=opts.allow_pickle, token=token)
-        _check_hub_headers([r for r in (*refs, base_ref) if r is not None and r is not lead], lead_source,
-                           data.num_labels, opts, token)
-        resolved = [lead_source if r is lead else resolve(r, allow_pickle=opts.allow_pickle, token=token,
-                                                          defer_weights=opts.evict_sources) for r in refs]
+        # with --evict-sources the others bring only their configs now, their headers read on the Hub already
+        deferred = {id(r): resolve(r, allow_pickle=opts.allow_pickle, token=token, defer_weights=True)
+                    for r in refs if r is not lead} if opts.evict_sources else {}
+        remote = {}
+        for r in (*refs, base_ref):
+            if r is not None and r is not lead:
+                found = deferred[id(r)].remote_specs if id(r) in deferred else remote_header(r, token=token)
+                if found is not None:
+                    remote[r.text] = found
+        _check_hub_headers(remote, lead_source, data.num_labels, opts)
+        resolved = [lead_source if r is lead else deferred[id(r)] if id(r) in deferred
+                    else resolve(r, allow_pickle=opts.allow_pickle, token=token) for r in refs]
         init_source = lead_source if init_ref else None
         base_source = resolve(base_ref, allow_pickle=opts.allow_pickle, token=token) if base_ref else None
         return cls(resolved, data, opts, method=method, init_source=init_source, base_source=base_source)
