@@ -71,11 +71,14 @@ def test_multi_source_fine_tunes_the_same_budget(srcs):
 # --- task arithmetic and TIES ---------------------------------------------------------
 
 
+def _task_vector_run(srcs, base, method):
+    """A task-vector merge and what to check it against: result, base and source weights, state, parameter names."""
+    result = _run(srcs, method, base=base)
+    return result, _weights(base), [_weights(s) for s in srcs], result.model.state_dict(), _param_names(result)
+
+
 def test_task_arithmetic_by_hand(srcs, base):
-    result = _run(srcs, "task-arithmetic", base=base)
-    b, sds = _weights(base), [_weights(s) for s in srcs]
-    state = result.model.state_dict()
-    params = _param_names(result)
+    result, b, sds, state, params = _task_vector_run(srcs, base, "task-arithmetic")
     for name in params:
         expected = b[name] + 0.3 * sum(sd[name] - b[name] for sd in sds)
         torch.testing.assert_close(state[name], expected, rtol=0, atol=1e-6, msg=name)
@@ -101,10 +104,7 @@ def test_ties_by_hand():
 
 
 def test_ties_method_matches_peft_per_tensor(srcs, base):
-    result = _run(srcs, "ties", base=base)
-    b, sds = _weights(base), [_weights(s) for s in srcs]
-    state = result.model.state_dict()
-    params = _param_names(result)
+    _, b, sds, state, params = _task_vector_run(srcs, base, "ties")
     for name in params:
         tvs = [sd[name] - b[name] for sd in sds]
         expected = b[name] + merge_utils.ties(tvs, torch.ones(3), 0.2, majority_sign_method="total")
