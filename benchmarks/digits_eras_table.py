@@ -22,8 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from hf_grasp import GraspMerger  # noqa: E402
-from hf_grasp.benchmarks.demo import source_dirs  # noqa: E402
-from hf_grasp.benchmarks.make_sources import make_sources  # noqa: E402
+from hf_grasp.bench.demo import source_dirs  # noqa: E402
+from hf_grasp.bench.make_sources import make_sources  # noqa: E402
 
 METHODS = {"fine-tune only (τ=∞)": {"tau": float("inf")}, "GRASP τ=0.3": {"tau": 0.3}}
 
@@ -37,10 +37,10 @@ def run_seed(root: Path, arch: str, seed: int) -> dict[str, float]:
     for name, opts in METHODS.items():
         report = GraspMerger.from_pretrained(refs, target="digits-eras", seed=seed,
                                              eval_sources=(name == "GRASP τ=0.3"), **opts).merge().report
-        row[name] = report["final"]["test"]["accuracy"]
-        for src in report["sources"]:
-            if src.get("metrics_alone"):
-                row[f"source {Path(src['ref']).name} alone"] = src["metrics_alone"]["accuracy"]
+        row[name] = report.final["test"]["accuracy"]
+        for src in report.sources:
+            if src.metrics_alone:
+                row[f"source {Path(src.ref).name} alone"] = src.metrics_alone["accuracy"]
     return row
 
 

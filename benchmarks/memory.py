@@ -33,8 +33,8 @@ merger = GraspMerger.from_pretrained(args["sources"], target="digits-eras", tau=
                                      lr=1e-3)
 floor = psutil.Process().memory_info().rss
 result = merger.merge()
-print(json.dumps({"floor": floor, "peak": peak_rss_bytes(), "param_bytes": result.report["memory"]["param_bytes"],
-                  "test_accuracy": result.report["final"]["test"]["accuracy"]}))
+print(json.dumps({"floor": floor, "peak": peak_rss_bytes(), "param_bytes": result.report.memory.param_bytes,
+                  "test_accuracy": result.report.final["test"]["accuracy"]}))
 """
 
 
@@ -47,7 +47,7 @@ def measure(sources: list[str], *, initial_epochs: int, finetune_epochs: int, en
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="resnet18", help="Architecture (see hf_grasp.archs).")
+    p.add_argument("--arch", default="resnet18", help="Architecture (see hf_grasp.bench.archs).")
     p.add_argument("--k", type=int, nargs="+", default=[2, 8], help="Numbers of sources to measure.")
     p.add_argument("--initial-epochs", type=int, default=1)
     p.add_argument("--finetune-epochs", type=int, default=1)
@@ -57,7 +57,7 @@ def main() -> None:
     args = p.parse_args()
     env = {"MALLOC_MMAP_THRESHOLD_": str(args.mmap_threshold)} if args.mmap_threshold else None
 
-    from hf_grasp import archs
+    from hf_grasp.bench import archs
 
     with tempfile.TemporaryDirectory() as tmp:
         dirs = []

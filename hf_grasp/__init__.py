@@ -11,11 +11,12 @@ Public API::
 from .errors import GraspError
 
 __version__ = "0.1.0"
-__all__ = ["GraspMerger", "MergeResult", "MergeOptions", "GraspError", "register_method", "__version__"]
+__all__ = ["GraspMerger", "MergeResult", "MergeReport", "MergeOptions", "GraspError", "register_method", "__version__"]
 
 # Heavy imports (torch, transformers, datasets) wait until the API is used, so
 # `hf-grasp --help` and the pure-math modules stay quick to import.
-_LAZY = {"GraspMerger": "merger", "MergeResult": "merger", "MergeOptions": "options", "register_method": "methods"}
+_LAZY = {"GraspMerger": "merger", "MergeResult": "merger", "MergeReport": "report", "MergeOptions": "options",
+         "register_method": "methods"}
 
 
 def __getattr__(name):

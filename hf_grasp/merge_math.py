@@ -6,73 +6,17 @@ or a running buffer and one new tensor), in the style of
 tensors small enough to check by hand. TIES and task arithmetic call peft's
 own functions rather than re-deriving them.
 
-The one non-arithmetic piece, :func:`iter_across`, reads tensor ``j`` of
-several checkpoints at once (memory-mapped, one tensor name at a time), which
-is what lets a method that needs all K values of a tensor together (TIES's
-sign election) stream without ever holding K models.
+Reading checkpoints is not done here: :func:`hf_grasp.sources.iter_across`
+hands these functions one tensor of every source at a time.
 """
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-from typing import Iterable, Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 from peft.utils import merge_utils
-from safetensors import safe_open
 from torch import Tensor
-
-from .errors import SourceError
-from .sources import ResolvedSource
-
-# --- reading one tensor of every checkpoint at a time ---------------------------
-
-
-def iter_across(
-    sources: Sequence[ResolvedSource],
-    names: Iterable[str],
-    skips: Sequence[Iterable[str]] | None = None,
-    *,
-    dtype: torch.dtype | None = torch.float32,
-    device: torch.device | str = "cpu",
-) -> Iterator[tuple[str, list[Tensor | None]]]:
-    """Yield ``(name, [tensor of source 0, tensor of source 1, ...])`` for each of ``names``.
-
-    Each source's safetensors files (shards included) are opened once with
-    ``safe_open`` (memory-mapped headers; nothing is read up front) and only the
-    K slices of the current tensor are ever materialised. An entry is ``None``
-    where that source's ``skips`` list names the tensor (a mismatched head left
-    out by pre-flight). Tensors are cast to ``dtype`` (None keeps the stored one).
-
-    Raises :class:`SourceError` for a source whose weights are pickle files:
-    they cannot be read one tensor at a time.
-    """
-    skip_sets = [set(s) for s in skips] if skips is not None else [set() for _ in sources]
-    with ExitStack() as stack:
-        where: list[dict[str, object]] = []
-        for src in sources:
-            handles: dict[str, object] = {}
-            for f in src.weight_files:
-                if f.suffix != ".safetensors":
-                    raise SourceError(
-                        f"source {src.name!r}: {f.name} is a pickle file, but this method reads one tensor of "
-                        "every source at a time, which needs safetensors — convert the checkpoint"
-                    )
-                h = stack.enter_context(safe_open(f, framework="pt", device="cpu"))
-                handles.update(dict.fromkeys(h.keys(), h))
-            where.append(handles)
-        for name in names:
-            row: list[Tensor | None] = []
-            for src, handles, skip in zip(sources, where, skip_sets):
-                if name in skip:
-                    row.append(None)
-                    continue
-                if name not in handles:
-                    raise SourceError(f"source {src.name!r}: tensor {name!r} is missing")
-                t = handles[name].get_tensor(name)  # type: ignore[attr-defined]
-                row.append(t.to(device=device, dtype=dtype) if dtype is not None else t.to(device))
-            yield name, row
-
 
 # --- averaging ----------------------------------------------------------------
 
@@ -98,7 +42,7 @@ def task_vectors(base: Tensor, tensors: Sequence[Tensor]) -> list[Tensor]:
     return [t - base for t in tensors]
 
 
-def task_arithmetic(base: Tensor, tensors: Sequence[Tensor], scaling: float = 0.3) -> Tensor:
+def task_arithmetic(base: Tensor, tensors: Sequence[Tensor], scaling: float) -> Tensor:
     """Task arithmetic (Ilharco et al., 2023): ``base + scaling * sum_k (tensors[k] - base)``.
 
     The sum of task vectors is peft's ``task_arithmetic`` with every weight
@@ -114,8 +58,8 @@ def ties(
     base: Tensor,
     tensors: Sequence[Tensor],
     *,
-    scaling: float = 1.0,
-    density: float = 0.2,
+    scaling: float,
+    density: float,
     majority_sign_method: Literal["total", "frequency"] = "total",
 ) -> Tensor:
     """TIES-merging (Yadav et al., 2023) of one parameter: ``base + scaling * ties(task vectors)``.
@@ -204,7 +148,7 @@ def as_matrix(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def opcm_split_rank(singular_values: Tensor, alpha: float = 0.5) -> int:
+def opcm_split_rank(singular_values: Tensor, alpha: float) -> int:
     """OPCM's split rank as FusionBench computes it.
 
     The 0-based index of the first singular value at which the cumulative share
@@ -219,7 +163,7 @@ def opcm_split_rank(singular_values: Tensor, alpha: float = 0.5) -> int:
     return int((singular_values.cumsum(0) / total > alpha).float().argmax())
 
 
-def opcm_project(previous: Tensor, task: Tensor, alpha: float = 0.5) -> Tensor:
+def opcm_project(previous: Tensor, task: Tensor, alpha: float) -> Tensor:
     """OPCM's projection of a new task vector against the merged task vector so far (2-D).
 
     With ``previous = U S V^T`` and ``r = opcm_split_rank(S, alpha)``, removes
@@ -245,7 +189,7 @@ def opcm_project(previous: Tensor, task: Tensor, alpha: float = 0.5) -> Tensor:
     return (t - u @ removed @ v.mT).to(task.dtype)
 
 
-def opcm_update(previous_sum: Tensor, task: Tensor, alpha: float = 0.5) -> Tensor:
+def opcm_update(previous_sum: Tensor, task: Tensor, alpha: float) -> Tensor:
     """One OPCM step for one parameter, on the unnormalised running sum of projected task vectors.
 
     Weights with 2 or more dimensions are projected (:func:`opcm_project`, convs
@@ -269,7 +213,7 @@ def opcm_scale(sum_norm: float, task_vector_norms: Sequence[float]) -> float:
 
 
 __all__ = [
-    "as_matrix", "fisher_accumulate_", "fisher_coefficient", "fisher_merge", "fisher_objective", "iter_across",
+    "as_matrix", "fisher_accumulate_", "fisher_coefficient", "fisher_merge", "fisher_objective",
     "opcm_project", "opcm_scale", "opcm_split_rank", "opcm_update", "running_mean_", "task_arithmetic",
     "task_vectors", "ties",
 ]

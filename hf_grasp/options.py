@@ -1,145 +1,360 @@
-"""Every merge option, declared once.
+"""Every merge option, declared once, with pydantic.
 
-:class:`MergeOptions` is the single declaration: its field names are the
-Python keyword arguments of :meth:`GraspMerger.from_pretrained`, the CLI flags
-(``--align-batches`` for ``align_batches``) and the recipe keys; its help
-strings are the CLI help and the README's option table; the whole dataclass is
-recorded in the report and the model card.
+Two kinds of option, both pydantic models whose fields carry their default,
+help text, help group and valid range:
+
+- :class:`MergeOptions`: what every method shares (the target data, the
+  fine-tuning budget, loading and runtime);
+- each method's own parameters, a :class:`MethodParams` subclass given to the
+  method at registration (``hf_grasp.methods.catalog``): τ and granularity for
+  GRASP, density for TIES, and so on.
+
+Field names are the Python keyword arguments of ``GraspMerger.from_pretrained``,
+the recipe keys, and (with dashes) the CLI flags. Values from any of the three
+go through the same pydantic validation: ``--scaling 0.5`` arrives as the float
+0.5, ``target_domain: 2`` in YAML as the text ``"2"``, ``--lr -1`` or
+``--tau nan`` is refused with a line naming the option and where it came from.
+
+pydantic rather than ``transformers.HfArgumentParser``: it validates ranges and
+types the same way for the CLI, YAML and Python (HfArgumentParser only parses
+the command line), and it imports in ~50 ms, where HfArgumentParser pulls in
+transformers (~0.7 s here), which ``hf-grasp --help`` must not pay for.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from dataclasses import dataclass, field, fields
-from typing import Any
+import types
+from dataclasses import dataclass
+import typing
+from typing import Any, Literal, Mapping, Sequence
 
-from .alignment import GRANULARITIES
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from .errors import GraspError
 
 
-def _opt(default, help: str, *, choices=None, flag: str | None = None, group: str = "merge"):
-    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag, "group": group})
+def option(default: Any, help: str, *, group: str | None = None, **constraints: Any) -> Any:
+    """A declared option: its default, help text, help group (shared options) and pydantic constraints."""
+    return Field(default, description=help, json_schema_extra={"group": group} if group else None, **constraints)
 
 
-@dataclass
-class MergeOptions:
-    """Options of a GRASP merge. Defaults follow DESIGN.md §1 (the paper and its released code)."""
+#: learning-rate schedules (names of ``transformers.get_scheduler``)
+Schedule = Literal["cosine", "linear", "constant"]
 
-    # --- target data
-    target_domain: str | None = _opt(None, "Keep only target rows whose domain column equals this value.", group="data")
-    domain_column: str = _opt("domain", "Column holding the domain of each row.", group="data")
-    image_column: str = _opt("image", "Column holding the images.", group="data")
-    label_column: str = _opt("label", "Column holding the integer class labels.", group="data")
-    validation_fraction: float = _opt(
-        0.1, "Fraction of train carved (stratified, seeded) as validation when the dataset has none.", group="data")
 
-    # --- the algorithm
-    tau: float = _opt(0.3, "Alignment threshold: a unit is transferred when its gradient cosine is strictly above tau.")
-    granularity: str = _opt("tensor", "Unit that gets one score: a whole parameter tensor, an output row, or an element.",
-                            choices=GRANULARITIES)
-    align_batches: int = _opt(1, "Number of target-train batches whose summed gradients are compared.")
-    batch_size: int = _opt(32, "Batch size for alignment, fine-tuning and evaluation.")
-    initial_epochs: int = _opt(3, "Epochs fine-tuning the initial model on the target before the first transfer.")
-    finetune_epochs: int = _opt(3, "Epochs fine-tuning after each source's transfer (Stage 5); 0 disables it.")
-    lr: float = _opt(5e-5, "AdamW learning rate.")
-    weight_decay: float = _opt(0.01, "AdamW weight decay.")
-    schedule: str = _opt("cosine", "Learning-rate schedule over each fine-tuning round.",
-                         choices=("cosine", "linear", "constant"))
-    init: str = _opt("first", "Initial merged model: 'first' (the first source), 'random', or a model reference "
-                     "(e.g. an earlier merge); with the last two the loop starts at the first source.")
-    order: str = _opt("given", "Source order: 'given', 'reverse', 'random' (seeded) or a comma list of 0-based indices.")
-    seed: int = _opt(0, "Seed for batches, shuffling, random init and random order.")
-    buffers: str = _opt("keep", "BatchNorm running statistics: 'keep' the merged model's (released code), or "
-                        "'follow' the module's transferred weight.", choices=("keep", "follow"))
-    skip_mismatched_heads: bool = _opt(False, "Skip (and report) source heads whose size differs from the target's "
-                                       "label count instead of failing.")
-    augment: bool = _opt(False, "Train with the model library's own augmentation (timm's training transform); off "
-                         "by default so both families train on the same deterministic preprocessing.")
-    base: str | None = _opt(None, "The sources' shared starting point (a model reference), for methods on task "
-                            "vectors (task-arithmetic, ties).")
-    recalibrate_bn: bool = _opt(False, "After a parameter-space merge, re-estimate BatchNorm running statistics on "
-                                "target train images (forward passes only, cumulative average).")
-    scaling: float | None = _opt(None, "Task-vector scaling λ (task-arithmetic 0.3, ties 1.0 when unset).",
-                                 group="baselines")
-    density: float = _opt(0.2, "TIES: fraction of each task vector's entries kept by magnitude.", group="baselines")
-    fisher_examples: int = _opt(256, "Fisher merging: target-train examples for each source's diagonal Fisher.",
-                                group="baselines")
-    opcm_alpha: float = _opt(0.5, "OPCM: fraction of the singular-value energy whose subspace a new task vector "
-                             "is projected away from.", group="baselines")
-    eval_sources: bool = _opt(True, "Also evaluate each source alone on the target test split for the report.")
+class _Options(BaseModel):
+    """Common validation: unknown names refused, NaN/inf refused unless a field allows them,
+    numbers accepted for text (YAML's ``target_domain: 2``)."""
 
-    # --- loading and runtime
-    allow_pickle: bool = _opt(False, "Allow pickle weight files (.bin/.pth) when a source has no safetensors.",
-                              group="runtime")
-    trust_remote_code: bool = _opt(False, "Allow model or dataset code from the Hub to run.", group="runtime")
-    evict_sources: bool = _opt(False, "Download each Hub source's weights only when it is streamed, into a scratch "
-                               "directory deleted right after: disk holds one source checkpoint whatever K "
-                               "(online; not the first source, not methods that read every source at once).",
-                               group="runtime")
-    mixed_precision: str = _opt("no", "accelerate mixed precision.", choices=("no", "fp16", "bf16"), group="runtime")
-    cpu: bool = _opt(False, "Force the CPU even when an accelerator is present.", group="runtime")
-
-    def __post_init__(self):
-        if self.granularity not in GRANULARITIES:
-            raise GraspError(f"option granularity={self.granularity!r}: choose from {', '.join(GRANULARITIES)}")
-        for f in fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise GraspError(f"option {f.name}={getattr(self, f.name)!r}: choose from {', '.join(choices)}")
-        for name in ("align_batches", "batch_size"):
-            if getattr(self, name) < 1:
-                raise GraspError(f"option {name} must be at least 1")
-        for name in ("initial_epochs", "finetune_epochs"):
-            if getattr(self, name) < 0:
-                raise GraspError(f"option {name} must not be negative")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, coerce_numbers_to_str=True,
+                              validate_assignment=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
+
+class MethodParams(_Options):
+    """Base of a merge method's own parameters (declare fields with :func:`option`)."""
+
+
+class NoParams(MethodParams):
+    """A method that takes no parameters of its own."""
+
+
+class MergeOptions(_Options):
+    """Options every merge method shares. Defaults follow DESIGN.md §1 (the paper and its released code)."""
+
+    # --- target data
+    target_domain: str | None = option(None, "Keep only target rows whose domain column equals this value.",
+                                       group="data")
+    domain_column: str = option("domain", "Column holding the domain of each row.", group="data")
+    image_column: str = option("image", "Column holding the images.", group="data")
+    label_column: str = option("label", "Column holding the integer class labels.", group="data")
+    validation_fraction: float = option(
+        0.1, "Fraction of train carved (stratified, seeded) as validation when the dataset has none.", group="data",
+        gt=0, lt=1)
+
+    # --- sources and training budget
+    batch_size: int = option(32, "Batch size for alignment, fine-tuning and evaluation.", group="training", ge=1)
+    initial_epochs: int = option(3, "Epochs fine-tuning the initial model on the target before the first "
+                                 "transfer.", group="training", ge=0)
+    finetune_epochs: int = option(3, "Epochs fine-tuning after each source's transfer (Stage 5); 0 disables it. "
+                                  "Every method that trains gets initial + (K-1) x this many epochs.",
+                                  group="training", ge=0)
+    lr: float = option(5e-5, "AdamW learning rate.", group="training", gt=0)
+    weight_decay: float = option(0.01, "AdamW weight decay.", group="training", ge=0)
+    schedule: Schedule = option(
+        "cosine", "Learning-rate schedule over each fine-tuning round.", group="training")
+    init: str = option("first", "Initial merged model: 'first' (the first source), 'random', or a model reference "
+                       "(e.g. an earlier merge); with the last two the loop starts at the first source.",
+                       group="training")
+    order: str = option("given", "Source order: 'given', 'reverse', 'random' (seeded) or a comma list of 0-based "
+                        "indices.", group="training")
+    seed: int = option(0, "Seed for batches, shuffling, random init and random order.", group="training", ge=0)
+    skip_mismatched_heads: bool = option(False, "Skip (and report) source heads whose size differs from the "
+                                         "target's label count instead of failing.", group="training")
+    augment: bool = option(False, "Train with the model library's own augmentation (timm's training transform); "
+                           "off by default so both families train on the same deterministic preprocessing.",
+                           group="training")
+    base: str | None = option(None, "The sources' shared starting point (a model reference), for methods on task "
+                              "vectors (task-arithmetic, ties, opcm; pearl optionally).", group="training")
+    recalibrate_bn: bool = option(False, "After a parameter-space merge, re-estimate BatchNorm running statistics "
+                                  "on target train images (forward passes only, cumulative average).",
+                                  group="training")
+    eval_sources: bool = option(True, "Also evaluate each source alone on the target test split for the report.",
+                                group="training")
+
+    # --- loading and runtime
+    allow_pickle: bool = option(False, "Allow pickle weight files (.bin/.pth) when a source has no safetensors.",
+                                group="runtime")
+    trust_remote_code: bool = option(False, "Allow model or dataset code from the Hub to run.", group="runtime")
+    evict_sources: bool = option(False, "Download each Hub source's weights only when it is streamed, into a "
+                                 "scratch directory deleted right after: disk holds one source checkpoint whatever "
+                                 "K (online; not the first source, not methods that read every source at once).",
+                                 group="runtime")
+    mixed_precision: Literal["no", "fp16", "bf16"] = option("no", "accelerate mixed precision.", group="runtime")
+    cpu: bool = option(False, "Force the CPU even when an accelerator is present.", group="runtime")
+
+    @field_validator("order")
     @classmethod
-    def build(cls, *layers: dict[str, Any]) -> "MergeOptions":
-        """Options from layered dicts, later layers winning; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        merged: dict[str, Any] = {}
-        for layer in layers:
-            for key, value in layer.items():
-                if key not in known:
-                    raise GraspError(f"unknown option {key!r}; known options: {', '.join(sorted(known))}")
-                if value is not None:
-                    merged[key] = value
-        return cls(**merged)
+    def _order_form(cls, value: str) -> str:
+        if value not in ("given", "reverse", "random"):
+            try:
+                [int(i) for i in value.split(",")]
+            except ValueError:
+                raise ValueError("use given, reverse, random or a comma list of 0-based indices") from None
+        return value
+
+
+# --------------------------------------------------------------------------- resolving layers
+
+@dataclass(frozen=True)
+class Layer:
+    """Option values from one place, and how to treat them.
+
+    ``origin`` names the place in error messages ("recipe recipes/x.yaml"; empty
+    for the caller's own arguments). ``text``: values are command-line text for
+    pydantic to convert (``"0.5"`` -> 0.5); otherwise a text value for a number
+    or a flag is refused (YAML reads ``5e-5`` as text). ``lenient``: a parameter of
+    another method is ignored rather than refused (a recipe states the paper's
+    τ whatever method runs on it).
+    """
+
+    values: Mapping[str, Any]
+    origin: str = ""
+    text: bool = False
+    lenient: bool = False
+
+
+def resolve(method: str, layers: Sequence[Layer]) -> tuple[MergeOptions, MethodParams]:
+    """The shared options and ``method``'s parameters from ``layers`` (later layers win; ``None`` means unset).
+
+    A name that is neither a shared option nor any method's parameter is an
+    error, and so is a parameter of another method (outside lenient layers).
+    Invalid values raise :class:`GraspError` naming the option, the value and
+    the layer it came from.
+    """
+    from .methods import METHODS, find_method
+
+    params_cls = find_method(method).params
+    owners = _param_owners(METHODS)
+    shared: dict[str, Any] = {}
+    own: dict[str, Any] = {}
+    origin: dict[str, tuple[str, Any]] = {}
+    for layer in layers:
+        for name, value in layer.values.items():
+            if name in MergeOptions.model_fields:
+                target, model = shared, MergeOptions
+            elif name in params_cls.model_fields:
+                target, model = own, params_cls
+            elif name in owners:
+                if layer.lenient:
+                    continue
+                raise GraspError(f"option {name}{_where(layer.origin)} is a parameter of "
+                                 f"{', '.join(owners[name])}, not of method {method!r}")
+            else:
+                raise GraspError(f"unknown option {name!r}{_where(layer.origin)}; {_known_hint()}")
+            if value is None:
+                continue
+            if not layer.text:
+                _refuse_wrong_kind(model, name, value, layer.origin)
+            target[name], origin[name] = value, (layer.origin, value)
+    return _validated(MergeOptions, shared, origin), _validated(params_cls, own, origin)
+
+
+def parse_text(method: str, values: Mapping[str, str]) -> dict[str, Any]:
+    """Command-line text converted to each option's type for ``method`` (``"0.5"`` -> 0.5), checked."""
+    shared, own = resolve(method, [Layer(values, origin="", text=True)])
+    return {name: getattr(shared if name in MergeOptions.model_fields else own, name) for name in values}
+
+
+def check_layer(layer: Layer) -> dict[str, Any]:
+    """Validate a layer on its own, whatever method will run (a recipe at load time): every name known,
+    every value valid for every model that declares it. Returns the values as validated (``2`` -> ``"2"``
+    for a text option)."""
+    from .methods import METHODS
+
+    models = [MergeOptions, *{info.params for info in METHODS.values()}]
+    out: dict[str, Any] = {}
+    for name, value in layer.values.items():
+        declaring = [m for m in models if name in m.model_fields]
+        if not declaring:
+            raise GraspError(f"unknown option {name!r}{_where(layer.origin)}; {_known_hint()}")
+        out[name] = value
+        for model in declaring:
+            if value is not None:
+                if not layer.text:
+                    _refuse_wrong_kind(model, name, value, layer.origin)
+                out[name] = getattr(_validated(model, {name: value}, {name: (layer.origin, value)}), name)
+    return out
+
+
+def all_option_names() -> list[str]:
+    """Every shared option and every registered method's parameters."""
+    from .methods import METHODS
+
+    return [*MergeOptions.model_fields, *_param_owners(METHODS)]
+
+
+def _refuse_wrong_kind(model: type[_Options], name: str, value: Any, origin: str) -> None:
+    """Typed values (YAML, Python) must be of the option's kind: pydantic's lax mode would take the text
+    "5e-5" or the number 1 for a flag, which in a recipe are mistakes, not conversions."""
+    annotation = model.model_fields[name].annotation
+    kinds = _leaf_types(annotation)
+    wrong = (isinstance(value, str) and str not in kinds) or (isinstance(value, bool) and bool not in kinds) \
+        or (kinds == (bool,) and not isinstance(value, bool))
+    if wrong:
+        hint = " (YAML reads 5e-5 as text: write 5.0e-5)" if isinstance(value, str) and _is_number(value) else ""
+        raise GraspError(f"option {name}={value!r}{_where(origin)} should be {_type_name(annotation)}{hint}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _where(origin: str) -> str:
+    return f" (in {origin})" if origin else ""
+
+
+def _validated(model: type[_Options], values: dict[str, Any], origin: dict[str, tuple[str, Any]]) -> Any:
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else next(iter(values), "?")
+        where, value = origin.get(name, ("", values.get(name)))
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise GraspError(f"option {name}={value!r}{_where(where)}: {msg[0].lower() + msg[1:]}") from None
+
+
+def _param_owners(methods: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Parameter name -> the methods that take it."""
+    owners: dict[str, list[str]] = {}
+    for info in methods.values():
+        for name in info.params.model_fields:
+            owners.setdefault(name, []).append(info.name)
+    return owners
+
+
+def _known_hint() -> str:
+    return "`hf-grasp merge --help` lists every option and method parameter"
+
+
+# --------------------------------------------------------------------------- types, for help and checks
+
+
+def _leaf_types(annotation: Any) -> tuple:
+    """The concrete types an annotation admits (``float | None`` -> ``(float, NoneType)``; a Literal -> str)."""
+    if typing.get_origin(annotation) is Literal:
+        return tuple(type(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return tuple(t for a in typing.get_args(annotation) for t in _leaf_types(a))
+    return (annotation,)
+
+
+def _type_name(annotation: Any) -> str:
+    names = [t.__name__ for t in _leaf_types(annotation) if t is not type(None)]
+    return " or ".join(dict.fromkeys(names))
+
+
+def _choices(annotation: Any) -> tuple | None:
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    return None
+
+
+# --------------------------------------------------------------------------- the command line
 
 
 def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _add_flag(group, name: str, annotation: Any, help_text: str) -> None:
+    kwargs: dict[str, Any] = {"default": None, "dest": name, "help": help_text}
+    if bool in _leaf_types(annotation):
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        # argparse passes the text through; pydantic converts and checks it, as it does YAML values
+        kwargs["metavar"] = _type_name(annotation).upper().replace(" OR ", "|")
+        choices = _choices(annotation)
+        if choices:
+            kwargs["choices"] = choices
+            del kwargs["metavar"]
+    group.add_argument(flag_name(name), **kwargs)
+
+
 def add_option_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one CLI flag per option. Unset flags parse to None so recipes and defaults can fill them."""
-    groups = {}
-    for f in fields(MergeOptions):
-        group = f.metadata["group"]
-        if group not in groups:
-            groups[group] = parser.add_argument_group(f"{group} options")
-        kwargs: dict[str, Any] = {"default": None, "help": f"{f.metadata['help']} (default: {f.default})"}
-        if f.type in ("bool", bool):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = {"int": int, "float": float}.get(str(f.type), str)
-            if f.metadata["choices"]:
-                kwargs["choices"] = f.metadata["choices"]
-        groups[group].add_argument(flag_name(f.name), dest=f.name, **kwargs)
+    """One flag per shared option (in its group) and per method parameter (in a group naming its methods).
+
+    Unset flags parse to None, so recipe values and defaults fill them. A
+    parameter several methods take (``--scaling``) is one flag whose help gives
+    each method's default.
+    """
+    from .methods import METHODS
+
+    groups: dict[str, argparse._ArgumentGroup] = {}
+
+    def group(title: str):
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        return groups[title]
+
+    for name, f in MergeOptions.model_fields.items():
+        _add_flag(group(f"{f.json_schema_extra['group']} options"), name, f.annotation,
+                  f"{f.description} (default: {f.default})")
+    for name, owners in _param_owners(METHODS).items():
+        fields = [(m, METHODS[m].params.model_fields[name]) for m in owners]
+        defaults = {repr(f.default) for _, f in fields}
+        default = (f"default: {fields[0][1].default}" if len(defaults) == 1
+                   else "defaults: " + ", ".join(f"{m} {f.default}" for m, f in fields))
+        title = f"parameters of --method {', '.join(owners)}"
+        _add_flag(group(title), name, fields[0][1].annotation, f"{fields[0][1].description} ({default})")
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The options the user actually set on the command line."""
-    return {f.name: getattr(args, f.name) for f in fields(MergeOptions) if getattr(args, f.name, None) is not None}
+    """The options and method parameters the user actually set on the command line."""
+    from .methods import METHODS
+
+    names = [*MergeOptions.model_fields, *_param_owners(METHODS)]
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
 def option_table_markdown() -> str:
-    """The README's option table, generated from the declarations."""
+    """The README's option tables (shared options, then each method's parameters), from the declarations."""
+    from .methods import METHODS
+
     rows = ["| option (Python / CLI) | default | meaning |", "|---|---|---|"]
-    for f in fields(MergeOptions):
-        rows.append(f"| `{f.name}` / `{flag_name(f.name)}` | `{f.default}` | {f.metadata['help']} |")
+    rows += [f"| `{n}` / `{flag_name(n)}` | `{f.default}` | {f.description} |"
+             for n, f in MergeOptions.model_fields.items()]
+    rows += ["", "| method parameter (Python / CLI) | method: default | meaning |", "|---|---|---|"]
+    for name, owners in _param_owners(METHODS).items():
+        fields = [(m, METHODS[m].params.model_fields[name]) for m in owners]
+        defaults = ", ".join(f"{m}: `{f.default}`" for m, f in fields)
+        rows.append(f"| `{name}` / `{flag_name(name)}` | {defaults} | {fields[0][1].description} |")
     return "\n".join(rows)

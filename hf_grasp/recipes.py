@@ -1,11 +1,11 @@
 """Experiment recipes: one YAML file per experiment of the paper (and the offline benchmark).
 
 A recipe names the dataset, the models and the paper's hyperparameters. Its
-``options:`` mapping uses exactly the field names of
-:class:`~hf_grasp.options.MergeOptions` (the data options ``target_domain``,
-``domain_column``, ``image_column``, ``label_column`` among them), so it is one
-more options layer: engine defaults < recipe < what the user sets. Every other
-top-level key (``dataset``, ``domains``, ``models``, ``image_size``,
+``options:`` mapping uses exactly the option names of :mod:`hf_grasp.options`
+(shared options such as ``target_domain`` or ``lr``, and method parameters such
+as ``tau``), so it is one more options layer: engine defaults < recipe < what
+the user sets; a method parameter the running method does not take is ignored.
+Every other top-level key (``dataset``, ``domains``, ``models``, ``image_size``,
 ``normalisation``, ``prepare``, ...) is documentation kept in :attr:`Recipe.meta`.
 
 The built-in recipes live in ``recipes/`` at the repository root; an editable
@@ -16,14 +16,14 @@ install (what the README and CI use) finds them there, a wheel finds them under
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .errors import DataError, GraspError
-from .options import MergeOptions
+from .options import Layer, check_layer
 
 BUILTIN_RECIPES = {
     "yearbook": "yearbook.yaml",
@@ -38,13 +38,9 @@ RECIPE_DIRS = (
     Path(sys.prefix) / "share" / "hf-grasp" / "recipes",
 )
 
-# MergeOptions field type (as written in options.py) -> the Python types a YAML value may have.
-_YAML_TYPES = {"float": (int, float), "int": (int,), "bool": (bool,), "str": (str,), "str | None": (str,)}
-
-
 @dataclass
 class Recipe:
-    """A loaded recipe: ``options`` is a MergeOptions layer, ``meta`` everything else in the file."""
+    """A loaded recipe: ``options`` is an options layer, ``meta`` everything else in the file."""
 
     name: str
     path: Path
@@ -79,8 +75,8 @@ def load_recipe(name_or_path: str) -> Recipe:
     """Load a built-in recipe by name (``yearbook``, ``clear10``, ``clear100``, ``digits-eras``) or a YAML file.
 
     Raises :class:`GraspError` naming the file for invalid YAML, a missing
-    ``dataset``, an ``options`` key that is not a MergeOptions field, or an
-    option value of the wrong type or outside its choices.
+    ``dataset``, an ``options`` key that is no option, or an option value of the
+    wrong type or outside its range.
     """
     path = recipe_path(name_or_path)
     try:
@@ -97,44 +93,13 @@ def load_recipe(name_or_path: str) -> Recipe:
         raise GraspError(f"recipe {path} has no 'dataset' (a Hub dataset id, local path or built-in name)")
     options = data.pop("options", None) or {}
     if not isinstance(options, dict):
-        raise GraspError(f"recipe {path}: 'options' must be a mapping of MergeOptions fields")
-    _check_options(options, path)
+        raise GraspError(f"recipe {path}: 'options' must be a mapping of option names to values")
+    options = check_layer(Layer(options, f"recipe {path}"))
     models = data.pop("models", None) or []
     if isinstance(models, str) or not isinstance(models, list):
         models = [models]
     name = name_or_path if name_or_path in BUILTIN_RECIPES else path.stem
     return Recipe(name=name, path=path, dataset=dataset, options=options, models=list(models), meta=data)
-
-
-def _check_options(options: dict[str, Any], path: Path) -> None:
-    """Names and value types, in place: a number given for a text option (``target_domain: 2``) becomes text."""
-    types = {f.name: str(f.type) for f in fields(MergeOptions)}
-    for key, value in list(options.items()):
-        if key not in types:
-            raise GraspError(f"recipe {path}: unknown option {key!r} (options must be MergeOptions fields)")
-        allowed = _YAML_TYPES.get(types[key])
-        if allowed is None or value is None:
-            continue
-        if str in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
-            options[key] = value = str(value)  # as the same value arrives from the command line
-        # bool is an int subclass: "lr: true" must not pass as a number
-        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-            hint = " (YAML reads 5e-5 as text: write 5.0e-5)" if _is_number(value) else ""
-            raise GraspError(f"recipe {path}: option {key}={value!r} should be {types[key]}{hint}")
-    try:
-        MergeOptions.build(options)  # choices and ranges, checked where they are declared
-    except GraspError as e:
-        raise GraspError(f"recipe {path}: {e}") from None
-
-
-def _is_number(value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
 
 
 def resolve_target(target: str | None, recipe: str | None) -> tuple[str, dict[str, Any]]:
@@ -146,7 +111,7 @@ def resolve_target(target: str | None, recipe: str | None) -> tuple[str, dict[st
     - ``target`` None: ``recipe``'s dataset and options.
 
     Pass the dataset to :func:`hf_grasp.data.load_target` and put the options layer
-    under the user's options (``MergeOptions.build(layer, user_options)``).
+    under the user's options (``hf_grasp.options.resolve``).
     A recipe dataset that is a Hub id neither in the local datasets cache
     (offline) nor on the Hub raises :class:`DataError` naming the dataset and the
     ``hf-grasp prepare`` command that makes it.
@@ -169,10 +134,10 @@ def _require_available(rec: Recipe) -> None:
     """Fail early, with the command that makes it, when a recipe's Hub dataset cannot be loaded."""
     import datasets
 
-    from .benchmarks import BUILTIN_DATASETS
+    from .data import builtin_dataset
 
     dataset = rec.dataset
-    if dataset in BUILTIN_DATASETS or Path(dataset).expanduser().exists():
+    if builtin_dataset(dataset) is not None or Path(dataset).expanduser().exists():
         return
     make = f"make it with: {rec.prepare} (then --target DIR --recipe {rec.name})" if rec.prepare else ""
     try:

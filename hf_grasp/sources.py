@@ -16,7 +16,8 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from contextlib import ExitStack
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from huggingface_hub import constants, get_safetensors_metadata, snapshot_download
@@ -369,3 +370,49 @@ def stream_into(model: nn.Module, source: ResolvedSource, skip: Iterable[str] = 
         for name, tensor in iter_tensors(source, skip):
             state[name].copy_(tensor)
             del tensor
+
+
+def iter_across(
+    sources: Sequence[ResolvedSource],
+    names: Iterable[str],
+    skips: Sequence[Iterable[str]] | None = None,
+    *,
+    dtype: torch.dtype | None = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[str, list[Tensor | None]]]:
+    """Yield ``(name, [tensor of source 0, tensor of source 1, ...])`` for each of ``names``.
+
+    Each source's safetensors files (shards included) are opened once with
+    ``safe_open`` (memory-mapped headers; nothing is read up front) and only the
+    K slices of the current tensor are ever materialised. An entry is ``None``
+    where that source's ``skips`` list names the tensor (a mismatched head left
+    out by pre-flight). Tensors are cast to ``dtype`` (None keeps the stored one).
+
+    Raises :class:`SourceError` for a source whose weights are pickle files:
+    they cannot be read one tensor at a time.
+    """
+    skip_sets = [set(s) for s in skips] if skips is not None else [set() for _ in sources]
+    with ExitStack() as stack:
+        where: list[dict[str, object]] = []
+        for src in sources:
+            handles: dict[str, object] = {}
+            for f in src.weight_files:
+                if f.suffix != ".safetensors":
+                    raise SourceError(
+                        f"source {src.name!r}: {f.name} is a pickle file, but this method reads one tensor of "
+                        "every source at a time, which needs safetensors — convert the checkpoint"
+                    )
+                h = stack.enter_context(safe_open(f, framework="pt", device="cpu"))
+                handles.update(dict.fromkeys(h.keys(), h))
+            where.append(handles)
+        for name in names:
+            row: list[Tensor | None] = []
+            for src, handles, skip in zip(sources, where, skip_sets):
+                if name in skip:
+                    row.append(None)
+                    continue
+                if name not in handles:
+                    raise SourceError(f"source {src.name!r}: tensor {name!r} is missing")
+                t = handles[name].get_tensor(name)  # type: ignore[attr-defined]
+                row.append(t.to(device=device, dtype=dtype) if dtype is not None else t.to(device))
+            yield name, row

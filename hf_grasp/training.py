@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import typing
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -34,16 +35,17 @@ import transformers
 from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 from accelerate.utils import release_memory
 from torch import nn
-from tqdm.auto import tqdm
 
 from ._memory import frozen_heap, release_freed_memory
 from .errors import DataError, GraspError
+from .options import Schedule
+from .progress import log, progress
 
 #: directory of the local ``evaluate`` accuracy module
 ACCURACY_METRIC_DIR = Path(__file__).parent / "metrics" / "accuracy"
 
 #: learning-rate schedules ``fine_tune`` accepts (names of ``transformers.get_scheduler``)
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = typing.get_args(Schedule)
 
 LogitsFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
@@ -178,73 +180,31 @@ def fine_tune(
     steps_per_epoch = len(train_loader)  # before prepare: the scheduler counts global batches
     if steps_per_epoch == 0:
         raise DataError("the train split is empty: nothing to fine-tune on")
-    total_steps = epochs * steps_per_epoch
-    warmup_steps = int(round(warmup_ratio * total_steps))
-    if schedule == "constant" and warmup_steps:
-        schedule = "constant_with_warmup"  # plain "constant" ignores warmup
 
     was_training = model.training
     _move_to(model, accelerator.device)  # in place, before the optimizer sees the parameters
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    scheduler = transformers.get_scheduler(
-        schedule, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps
-    )
+    scheduler = _make_scheduler(optimizer, schedule, warmup_ratio, total_steps=epochs * steps_per_epoch)
     train_model, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler
     )
     if accelerator.unwrap_model(train_model, keep_torch_compile=False) is not model:
         raise RuntimeError("accelerate replaced the model object; hf_grasp needs it trained in place")
 
-    best_state = _StateKeeper(model, best_store)
+    best = _BestEpoch(_StateKeeper(model, best_store), epochs)
     history: list[dict] = []
-    best_epoch, best_accuracy = 0, -math.inf
     try:
         for epoch in range(1, epochs + 1):
-            train_model.train()
-            total_loss, n_batches, last_lr = 0.0, 0, float("nan")
-            bar = tqdm(
-                train_dl,
-                desc=f"{desc} {epoch}/{epochs}",
-                leave=False,
-                disable=not accelerator.is_local_main_process,
-            )
-            for batch in bar:
-                logits = logits_fn(train_model, batch["pixel_values"])
-                loss = F.cross_entropy(logits.float(), batch["labels"])
-                accelerator.backward(loss)
-                last_lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                total_loss += loss.item()
-                n_batches += 1
-                bar.set_postfix(loss=f"{total_loss / n_batches:.4f}")
-            bar.close()
-            # Gradients are not needed for evaluation: free them before it allocates activations.
-            optimizer.zero_grad(set_to_none=True)
-            train_loss = accelerator.reduce(
-                torch.tensor(total_loss / max(n_batches, 1), device=accelerator.device), reduction="mean"
-            ).item()
-            val = evaluate_model(model, logits_fn, val_dl, accelerator)
-            if val["n"] == 0:
-                raise DataError("the validation split is empty: fine-tuning needs it to pick the best epoch")
-            history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": train_loss,
-                    "val_accuracy": val["accuracy"],
-                    "val_loss": val["loss"],
-                    "lr": last_lr,
-                    "kept": False,
-                }
-            )
-            if val["accuracy"] > best_accuracy:  # strictly better: ties keep the earlier epoch
-                best_epoch, best_accuracy = epoch, val["accuracy"]
-                if epoch < epochs:  # the last epoch's state is already in the model
-                    best_state.save()
-        if best_epoch != epochs:
-            best_state.restore()
-        history[best_epoch - 1]["kept"] = True
+            train_loss, last_lr = _train_epoch(train_model, logits_fn, train_dl, optimizer, scheduler, accelerator,
+                                               desc=f"{desc} {epoch}/{epochs}")
+            val = _validate(model, logits_fn, val_dl, accelerator)
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_accuracy": val["accuracy"],
+                            "val_loss": val["loss"], "lr": last_lr, "kept": False})
+            improved = best.offer(epoch, val["accuracy"])
+            if accelerator.is_local_main_process:
+                log.info("%s epoch %d/%d: train loss %.4f, val acc %.2f%%%s", desc, epoch, epochs, train_loss,
+                         100 * val["accuracy"], " (best so far)" if improved else "")
+        best.restore_into_model(history)
     finally:
         # Release the optimizer's moments and accelerate's references to this round's objects.
         _forget(accelerator, model, train_model, optimizer, train_dl, val_dl, scheduler)
@@ -252,6 +212,71 @@ def fine_tune(
         release_freed_memory()
         model.train(was_training)
     return history
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_ratio: float, *, total_steps: int):
+    """The ``transformers.get_scheduler`` schedule spanning ``total_steps`` (warmup a fraction of them)."""
+    warmup_steps = int(round(warmup_ratio * total_steps))
+    if schedule == "constant" and warmup_steps:
+        schedule = "constant_with_warmup"  # plain "constant" ignores warmup
+    return transformers.get_scheduler(schedule, optimizer, num_warmup_steps=warmup_steps,
+                                      num_training_steps=total_steps)
+
+
+def _train_epoch(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], optimizer: torch.optim.Optimizer,
+                 scheduler: Any, accelerator: accelerate.Accelerator, *, desc: str) -> tuple[float, float]:
+    """One pass of prepared ``model`` over prepared ``loader``.
+
+    Returns the mean batch loss (averaged across processes) and the learning
+    rate of the last step. Gradients are freed at the end.
+    """
+    model.train()
+    total_loss, n_batches, last_lr = 0.0, 0, float("nan")
+    for batch in progress(loader, desc=desc, unit="batch", leave=False):
+        logits = logits_fn(model, batch["pixel_values"])
+        loss = F.cross_entropy(logits.float(), batch["labels"])
+        accelerator.backward(loss)
+        last_lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        total_loss += loss.item()
+        n_batches += 1
+    # Gradients are not needed for evaluation: free them before it allocates activations.
+    optimizer.zero_grad(set_to_none=True)
+    mean = torch.tensor(total_loss / max(n_batches, 1), device=accelerator.device)
+    return accelerator.reduce(mean, reduction="mean").item(), last_lr
+
+
+def _validate(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], accelerator: accelerate.Accelerator) -> dict:
+    """:func:`evaluate_model` on the validation loader, which must not be empty."""
+    val = evaluate_model(model, logits_fn, loader, accelerator)
+    if val["n"] == 0:
+        raise DataError("the validation split is empty: fine-tuning needs it to pick the best epoch")
+    return val
+
+
+class _BestEpoch:
+    """The best-validation epoch so far; its state is kept in a :class:`_StateKeeper`."""
+
+    def __init__(self, keeper: "_StateKeeper", epochs: int):
+        self.keeper, self.epochs = keeper, epochs
+        self.epoch, self.accuracy = 0, -math.inf
+
+    def offer(self, epoch: int, accuracy: float) -> bool:
+        """Keep the model's state if ``accuracy`` is strictly the best so far (ties keep the earlier epoch)."""
+        if not accuracy > self.accuracy:
+            return False
+        self.epoch, self.accuracy = epoch, accuracy
+        if epoch < self.epochs:  # the last epoch's state is already in the model
+            self.keeper.save()
+        return True
+
+    def restore_into_model(self, history: list[dict]) -> None:
+        """After the last epoch: put the best state back into the model and mark its epoch ``kept``."""
+        if self.epoch != self.epochs:
+            self.keeper.restore()
+        history[self.epoch - 1]["kept"] = True
 
 
 class _StateKeeper:

@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 
-from hf_grasp import archs
+from hf_grasp.bench import archs
 
 LABELS = [str(i) for i in range(10)]
 
@@ -25,6 +26,20 @@ def make_checkpoints(root: Path, arch: str, n: int, *, seed0: int = 0, num_label
                                  image_size=32, seed=seed0 + i)
         out.append(d)
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def datasets_cache(tmp_path_factory):
+    """Point the datasets cache (read at call time) at a per-session temp dir, for every test.
+
+    In-process loads (digits-eras is built once per session) then never read or
+    write the user's cache; subprocesses keep their own environment's cache.
+    """
+    root = tmp_path_factory.getbasetemp() / "hf-datasets-cache"
+    root.mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(datasets.config, "HF_DATASETS_CACHE", root)
+        yield root
 
 
 @pytest.fixture(scope="session")

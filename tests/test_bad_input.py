@@ -86,13 +86,13 @@ def test_head_mismatch_errors_or_is_skipped(tmp_path, checkpoints):
     with pytest.raises(ShapeMismatchError, match="--skip-mismatched-heads"):
         GraspMerger.from_pretrained([str(good), str(five)], **kw).merge()
     result = GraspMerger.from_pretrained([str(good), str(five)], skip_mismatched_heads=True, **kw).merge()
-    rec = result.report["sources"][1]
-    assert rec["skipped"], "the head tensors are reported as skipped"
+    rec = result.report.sources[1]
+    assert rec.skipped, "the head tensors are reported as skipped"
     first, other = load_file(str(good / "model.safetensors")), load_file(str(five / "model.safetensors"))
     state = result.model.state_dict()
-    for name in rec["skipped"]:
+    for name in rec.skipped:
         assert torch.equal(state[name], first[name])  # the target's head stays
-        assert rec["scores"][name] is None
-    body = next(n for n in state if n not in rec["skipped"] and n.endswith("weight") and state[n].dim() == 4)
+        assert rec.scores[name] is None
+    body = next(n for n in state if n not in rec.skipped and n.endswith("weight") and state[n].dim() == 4)
     assert torch.equal(state[body], other[body])  # tau < -1: everything else came from the 5-class source
-    json.dumps(result.report)
+    json.dumps(result.report.to_dict())

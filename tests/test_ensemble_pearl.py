@@ -13,8 +13,10 @@ from hf_grasp import GraspMerger
 from hf_grasp.data import load_target
 from hf_grasp.ensemble_model import EnsembleClassifier
 from hf_grasp.recipes import resolve_target
-from hf_grasp.methods import METHODS
-from hf_grasp.methods.pearl import RANK
+from hf_grasp.methods import METHODS, get_method
+from hf_grasp.methods.catalog import PearlParams
+
+RANK = PearlParams().pearl_rank
 
 
 def _merge(srcs, method, **opts):
@@ -49,20 +51,20 @@ def test_ensemble_is_the_mean_of_the_sources_probabilities(checkpoints, tmp_path
     per_source = [_probabilities(s, test["image"]) for s in srcs]
     mean = torch.stack(per_source).mean(0)
 
-    final = result.report["final"]["test"]
+    final = result.report.final["test"]
     assert final["n"] == len(labels)
     assert final["accuracy"] == pytest.approx((mean.argmax(-1) == labels).float().mean().item())
     assert final["loss"] == pytest.approx(-mean[torch.arange(len(labels)), labels].log().mean().item(), rel=1e-4)
     # each source alone, from the same pass
-    for rec, probs in zip(result.report["sources"], per_source):
-        assert rec["metrics_alone"]["accuracy"] == pytest.approx((probs.argmax(-1) == labels).float().mean().item())
+    for rec, probs in zip(result.report.sources, per_source):
+        assert rec.metrics_alone["accuracy"] == pytest.approx((probs.argmax(-1) == labels).float().mean().item())
     # the step table shows the ensemble growing one source at a time
-    assert [s["step"] for s in result.report["steps"]] == ["source 1", "source 2", "source 3"]
+    assert [s.step for s in result.report.steps] == ["source 1", "source 2", "source 3"]
     two = torch.stack(per_source[:2]).mean(0)
-    assert result.report["steps"][1]["test_accuracy"] == pytest.approx((two.argmax(-1) == labels).float().mean().item())
+    assert result.report.steps[1].test_accuracy == pytest.approx((two.argmax(-1) == labels).float().mean().item())
     # the run held one model at a time; the result serves all three
-    memory = result.report["memory"]
-    assert memory["result_param_bytes"] == 3 * memory["param_bytes"]
+    memory = result.report.memory
+    assert memory.result_param_bytes == 3 * memory.param_bytes
 
     # saved as a predictor: references, no weights
     out = tmp_path / "ens"
@@ -135,7 +137,7 @@ def test_pearl_untrained_is_the_average_of_rank16_task_vectors(checkpoints, tmp_
 def test_pearl_trains_adapters_and_composition(checkpoints, monkeypatch):
     srcs = checkpoints("resnet", 3)
     seen = {}
-    run = METHODS["pearl"].fn
+    run = get_method("pearl").fn
     monkeypatch.setattr(METHODS["pearl"], "fn", lambda ctx: (seen.setdefault("ctx", ctx), run(ctx))[1])
     result = _merge(srcs, "pearl", initial_epochs=2, eval_sources=False)
     final = seen["ctx"].records[-1]

@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from hf_grasp import archs
+from hf_grasp.bench import archs
 from hf_grasp.errors import GraspError, SourceError
 from hf_grasp.families import FAMILIES, TimmFamily, TransformersFamily, family_for, read_config, register_family
 from hf_grasp.families.base import ModelFamily

@@ -160,23 +160,23 @@ def test_merge_by_repo_id_online_pins_revisions(hub, checkpoints, tmp_path):
 EVICT = """
 import json, sys, tempfile
 from pathlib import Path
-import hf_grasp.methods.base as base
+import hf_grasp.methods.context as context
 from hf_grasp import GraspMerger
 
-seen, stream = [], base.stream_into
+seen, stream = [], context.stream_into
 
 def spy(model, source, skip=()):  # what is on disk whenever a source is streamed
     scratch = list(Path(tempfile.gettempdir()).glob("hf-grasp-fetch-*"))
     seen.append([source.name, len(scratch), sum(1 for d in scratch for _ in d.rglob("*.safetensors"))])
     return stream(model, source, skip)
 
-base.stream_into = spy
+context.stream_into = spy
 result = GraspMerger.from_pretrained(["org/a", "org/b", "org/c"], target="digits-eras", initial_epochs=0,
                                      finetune_epochs=0, eval_sources=False, tau=0.0,
                                      evict_sources=sys.argv[1] == "1").merge()
 result.save_pretrained(sys.argv[2])
 print(json.dumps({"seen": seen, "left": len(list(Path(tempfile.gettempdir()).glob("hf-grasp-fetch-*"))),
-                  "files": {s["ref"]: s["files"] for s in result.report["sources"]}}))
+                  "files": {s.ref: s.files for s in result.report.sources}}))
 """
 
 

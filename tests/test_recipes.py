@@ -1,4 +1,4 @@
-"""Experiment recipes: every built-in loads into valid MergeOptions with the paper's values; bad recipes fail
+"""Experiment recipes: every built-in loads into valid options with the paper's values; bad recipes fail
 with one line naming the file; a recipe's Hub dataset that is not available offline names the prepare command."""
 
 from __future__ import annotations
@@ -6,19 +6,25 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import fields
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
 
-from hf_grasp.benchmarks import digits_eras
+from hf_grasp.bench import digits_eras
 from hf_grasp.converters import clear, yearbook
 from hf_grasp.errors import GraspError
-from hf_grasp.options import MergeOptions
+from hf_grasp.options import Layer, all_option_names, resolve
 from hf_grasp.recipes import BUILTIN_RECIPES, load_recipe, resolve_target
 
-OPTION_NAMES = {f.name for f in fields(MergeOptions)}
+OPTION_NAMES = set(all_option_names())
 PAPER = ("yearbook", "clear10", "clear100")
+
+
+def _built(options: dict) -> SimpleNamespace:
+    """A recipe's options as a GRASP merge would run with them (shared options and GRASP's parameters)."""
+    shared, params = resolve("grasp", [Layer(options, "recipe", lenient=True)])
+    return SimpleNamespace(**shared.to_dict(), **params.to_dict())
 PAPER_MODELS = ["apple/mobilevit-xx-small", "apple/mobilevit-x-small", "google/efficientnet-b1",
                 "microsoft/resnet-50"]
 # DESIGN.md section 1 and the paper's appendix (GRASP settings).
@@ -31,7 +37,7 @@ def test_builtin_recipe_builds_valid_options(name):
     rec = load_recipe(name)
     assert rec.name == name and rec.path.name == BUILTIN_RECIPES[name]
     assert set(rec.options) <= OPTION_NAMES
-    opts = MergeOptions.build(rec.options)
+    opts = _built(rec.options)
     for key, value in rec.options.items():
         assert getattr(opts, key) == value, key
     # every recipe states its data columns and a target that is one of its domains
@@ -144,7 +150,7 @@ def test_a_yaml_file_is_a_recipe_too(tmp_path):
                             "  target_domain: 3\n")
     rec = load_recipe(str(path))
     assert (rec.name, rec.dataset, rec.models, rec.meta) == ("mine", "./data", ["org/m"], {"note": "mine"})
-    opts = MergeOptions.build(rec.options)
+    opts = _built(rec.options)
     # a number for a text option arrives as text, as it would from the command line
     assert (opts.tau, opts.lr, opts.target_domain) == (0.5, 1e-4, "3")
 

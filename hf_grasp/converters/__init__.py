@@ -23,12 +23,14 @@ import shutil
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Hashable, Sequence
+from typing import TYPE_CHECKING, Hashable, Sequence
 
-import datasets
 import numpy as np
 
 from ..errors import DataError, GraspError
+
+if TYPE_CHECKING:  # datasets is imported where it is used: `hf-grasp prepare --help` stays quick
+    import datasets
 
 SPLITS = ("train", "validation", "test")
 KINDS = ("yearbook", "clear")
@@ -84,6 +86,8 @@ def run_prepare(args: argparse.Namespace) -> datasets.DatasetDict:
                          seed=args.seed)
 
     save_atomically(dd, Path(args.output), overwrite=getattr(args, "overwrite", False))
+    import datasets
+
     written = datasets.load_from_disk(str(args.output))
     if getattr(args, "push_to_hub", None):
         written.push_to_hub(args.push_to_hub, private=getattr(args, "private", False))
@@ -120,6 +124,8 @@ def split_indices(groups: Sequence[Hashable], seed: int) -> dict[str, list[int]]
 def build_splits(columns: dict[str, list], features: datasets.Features, groups: Sequence[Hashable], *,
                  seed: int, description: str, citation: str, homepage: str) -> datasets.DatasetDict:
     """A DatasetDict of ``columns`` (image column as file paths) split by :func:`split_indices`."""
+    import datasets
+
     parts = {}
     for split, rows in split_indices(groups, seed).items():
         if not rows:

@@ -1,17 +1,12 @@
 """Merge methods behind one interface.
 
-Every module in this package registers its methods with ``@register_method``
-when imported; importing the package imports them all, so a new method is one
-new module and nothing else.
+:mod:`.registry` names the methods (torch-free), :mod:`.catalog` declares the
+built-in ones with their parameters, and each method's code is one module here
+(``grasp.py``, ``task_arithmetic.py``, ...), imported when the method first runs.
+:class:`~hf_grasp.methods.context.MergeContext` is what every method receives.
 """
 
-import importlib
-import pkgutil
+from . import catalog  # noqa: F401  (declares the built-in methods)
+from .registry import METHODS, MethodInfo, declare_method, find_method, get_method, register_method
 
-from .base import METHODS, MergeContext, MethodInfo, get_method, register_method
-
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "base":
-        importlib.import_module(f"{__name__}.{_module.name}")
-
-__all__ = ["METHODS", "MergeContext", "MethodInfo", "get_method", "register_method"]
+__all__ = ["METHODS", "MethodInfo", "declare_method", "find_method", "get_method", "register_method"]

@@ -8,26 +8,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
-from .base import MergeContext, register_method
-from .grasp import PAPER, grasp
+from .context import MergeContext
+from .grasp import grasp
 
 
-def _with_options(ctx: MergeContext, **changes) -> None:
-    ctx.options = dataclasses.replace(ctx.options, **changes)
-
-
-@register_method("no-align", pretty_name="GRASP without alignment (every tensor transferred)", paper=PAPER)
 def no_align(ctx: MergeContext) -> None:
-    _with_options(ctx, tau=float("-inf"))
+    ctx.params = ctx.params.model_copy(update={"tau": float("-inf")})
     grasp(ctx)
 
 
-@register_method("no-finetune", pretty_name="GRASP without Stage 5 fine-tuning", paper=PAPER)
 def no_finetune(ctx: MergeContext) -> None:
-    _with_options(ctx, finetune_epochs=0)
+    ctx.options = ctx.options.model_copy(update={"finetune_epochs": 0})
     grasp(ctx)
 
 
@@ -40,14 +33,12 @@ def _train_alone(ctx: MergeContext, init_name: str) -> None:
                seconds=time.time() - start)
 
 
-@register_method("finetune-only", pretty_name="Fine-tune the first source only (no transfer)")
 def finetune_only(ctx: MergeContext) -> None:
     first = ctx.init_source or ctx.sources[0]
     ctx.load(ctx.merged, first)
     _train_alone(ctx, first.name)
 
 
-@register_method("scratch", pretty_name="Random init trained on the target alone")
 def scratch(ctx: MergeContext) -> None:
     # ctx.merged was allocated with seeded random weights and nothing is streamed in
     _train_alone(ctx, "random")

@@ -20,20 +20,18 @@ from __future__ import annotations
 import time
 
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import progress
 from ..ensemble_model import EnsembleSpec
 from ..errors import SourceError
 from ..training import classification_metrics, predict_logits
-from .base import MergeContext, register_method
+from .context import MergeContext
 
 NOTE = ("Ensemble is a predictor of K models (the uniform average of the sources' softmax probabilities), "
         "not one merged model: it is saved as ensemble.json (the sources' references) and reloaded with "
         "hf_grasp.ensemble_model.EnsembleClassifier, which holds all K models at inference time.")
 
 
-@register_method("ensemble", pretty_name="Ensemble (uniform average of the sources' predicted probabilities)",
-                 parameter_space=False)
 def ensemble(ctx: MergeContext) -> None:
     """Average the sources' predicted probabilities on validation and test, one source resident at a time."""
     for s in ctx.sources:
@@ -43,7 +41,7 @@ def ensemble(ctx: MergeContext) -> None:
     loaders = {"validation": ctx.val_loader, "test": ctx.test_loader}
     sums: dict[str, torch.Tensor] = {}
     labels: dict[str, torch.Tensor] = {}
-    for k, source in enumerate(tqdm(ctx.sources, desc="Ensemble: predict", unit="source"), start=1):
+    for k, source in enumerate(progress(ctx.sources, desc="Ensemble: predict", unit="source"), start=1):
         start = time.time()
         ctx.load(ctx.probe, source)
         alone = None

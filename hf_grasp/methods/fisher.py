@@ -24,23 +24,20 @@ import time
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from ..progress import progress
 from .. import merge_math
 from ..data import make_loader
-from .base import MergeContext, register_method
-from .multi_source import fold_mean, parameter_names, unique_state
+from .context import MergeContext
+from .state import fold_mean, parameter_names, unique_state
 
-# --fisher-examples defaults to FusionBench's num_fisher_examples (256): GRASP's alignment
-# batches (one batch of 32 by default) are too few for a Fisher estimate.
 MINIMAL_FISHER_WEIGHT = 1e-6
-PAPER = "https://arxiv.org/abs/2111.09832"
 
 
 def fisher_loader(ctx: MergeContext) -> torch.utils.data.DataLoader:
     """The same seeded ``--fisher-examples`` target-train rows for every source, eval preprocessing."""
     train = ctx.data.splits["train"]
-    n = min(ctx.options.fisher_examples, len(train))
+    n = min(ctx.params.fisher_examples, len(train))
     rows = np.random.default_rng(ctx.options.seed).permutation(len(train))[:n]
     return make_loader(train.select(sorted(rows.tolist())), ctx.eval_transform,
                        batch_size=ctx.options.batch_size, shuffle=False)
@@ -70,7 +67,6 @@ def diagonal_fisher(ctx: MergeContext, model: nn.Module, loader) -> dict[str, Te
     return fisher
 
 
-@register_method("fisher", pretty_name="Fisher Merging (Matena & Raffel, 2022)", paper=PAPER)
 def fisher(ctx: MergeContext) -> None:
     """Diagonal-Fisher-weighted average of the sources' parameters; no training.
 
@@ -96,7 +92,7 @@ def fisher(ctx: MergeContext) -> None:
         for n in names:
             params[n].zero_()
     denominator = {n: torch.zeros_like(params[n]) for n in names}
-    for source in tqdm(ctx.sources, desc="Fisher merging", unit="source"):
+    for source in progress(ctx.sources, desc="Fisher merging", unit="source"):
         ctx.load(ctx.probe, source)
         skipped = skips[source.name]
         fisher_k = diagonal_fisher(ctx, ctx.probe, loader)

@@ -22,19 +22,16 @@ import time
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..progress import progress
 from .._memory import release_freed_memory
 from ..alignment import alignment_scores, apply_transfer, row_partners, transfer_mask
-from .base import MergeContext, register_method
-
-PAPER = "https://arxiv.org/abs/2606.14900"
+from .context import MergeContext
 
 
-@register_method("grasp", pretty_name="GRASP (Gradient-Aligned Sequential Parameter Transfer)", paper=PAPER)
 def grasp(ctx: MergeContext) -> None:
-    """Merge ``ctx.sources`` into ``ctx.merged`` by gradient-aligned transfer."""
-    o = ctx.options
+    """Merge ``ctx.sources`` into ``ctx.merged`` by gradient-aligned transfer (``ctx.params``: GraspParams)."""
+    o, p = ctx.options, ctx.params
     sources = list(ctx.sources)
     start = time.time()
     if ctx.init_source is not None:
@@ -52,9 +49,9 @@ def grasp(ctx: MergeContext) -> None:
                validation=ctx.evaluate(split="validation"), test=ctx.evaluate(split="test"),
                seconds=time.time() - start)
 
-    for k, source in enumerate(tqdm(sources, desc="GRASP: align + transfer", unit="source"), start=1):
+    for k, source in enumerate(progress(sources, desc="GRASP: align + transfer", unit="source"), start=1):
         start = time.time()
-        batches = ctx.alignment_batches(step=k)
+        batches = ctx.alignment_batches(step=k, n_batches=p.align_batches)
         ctx.gradients(ctx.merged, batches)
         ctx.load(ctx.probe, source)
         skipped = set(ctx.skips.get(source.name, ()))
@@ -63,8 +60,8 @@ def grasp(ctx: MergeContext) -> None:
             _copy_tensors(ctx.probe, ctx.merged, skipped)
         source_alone = ctx.evaluate(ctx.probe, split="test") if o.eval_sources and not skipped else None
         ctx.gradients(ctx.probe, batches)
-        scores, transferred = transfer_aligned(ctx.merged, ctx.probe, tau=o.tau, granularity=o.granularity,
-                                               buffers=o.buffers, skip=skipped)
+        scores, transferred = transfer_aligned(ctx.merged, ctx.probe, tau=p.tau, granularity=p.granularity,
+                                               buffers=p.buffers, skip=skipped)
         ctx.merged.zero_grad(set_to_none=True)
         ctx.probe.zero_grad(set_to_none=True)
         release_freed_memory()  # both gradient sets, before fine-tuning allocates its own

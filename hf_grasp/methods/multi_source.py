@@ -6,66 +6,19 @@ spends (``ctx.total_epochs``; the paper used 3). ``multi-source`` streams the
 average (one source resident in the probe); ``multi-source-naive`` holds all K
 sources at once and exists only so the memory benchmark can show the
 difference.
-
-Also home to the small streaming helpers the other baselines share.
 """
 
 from __future__ import annotations
 
 import gc
 import time
-from typing import Any, Iterable
 
 import torch
-from torch import Tensor, nn
-from tqdm.auto import tqdm
+from torch import Tensor
 
-from ..merge_math import running_mean_
-from .base import MergeContext, register_method
-from .grasp import PAPER
-
-# --- shared helpers for the baselines ------------------------------------------
-
-
-def unique_state(model: nn.Module) -> dict[str, Tensor]:
-    """The model's state dict without aliases: a tied tensor appears once (in-place updates apply once)."""
-    seen, out = set(), {}
-    for name, t in model.state_dict().items():
-        key = (t.data_ptr(), tuple(t.shape), t.dtype)
-        if t.numel() and key in seen:
-            continue
-        seen.add(key)
-        out[name] = t
-    return out
-
-
-def parameter_names(model: nn.Module) -> set[str]:
-    return {n for n, _ in model.named_parameters()}
-
-
-def fold_mean(target: dict[str, Tensor], source: dict[str, Tensor], counts: dict[str, int],
-              skipped: Iterable[str] = ()) -> None:
-    """Fold one source into a per-tensor running mean held in ``target``'s tensors, in place.
-
-    ``counts`` names the tensors to average and how many sources each has seen.
-    Float tensors: ``mean += (new - mean) / k``. Integer tensors (BatchNorm's
-    ``num_batches_tracked``) are not averaged: the first source's is kept.
-    Tensors in ``skipped`` (a head pre-flight left out) do not count.
-    """
-    skipped = set(skipped)
-    with torch.no_grad():
-        for name in counts:
-            if name in skipped:
-                continue
-            t = target[name]
-            if not t.is_floating_point():
-                if counts[name] == 0:
-                    t.copy_(source[name])
-                    counts[name] = 1
-                continue
-            counts[name] += 1
-            running_mean_(t, source[name], counts[name])
-
+from ..progress import progress
+from .context import MergeContext
+from .state import fold_mean, unique_state
 
 def finish_training_method(ctx: MergeContext, start: float, what: str) -> None:
     """Record the merge as is (step ``average``), fine-tune for ``ctx.total_epochs``, record again.
@@ -86,7 +39,6 @@ def finish_training_method(ctx: MergeContext, start: float, what: str) -> None:
 # --- the methods ----------------------------------------------------------------
 
 
-@register_method("multi-source", pretty_name="Multi-Source (uniform parameter average, then fine-tuning)", paper=PAPER)
 def multi_source(ctx: MergeContext) -> None:
     """Uniform average of the sources' parameters and buffers, then ``ctx.total_epochs`` of fine-tuning.
 
@@ -101,7 +53,7 @@ def multi_source(ctx: MergeContext) -> None:
     start = time.time()
     merged = unique_state(ctx.merged)
     counts = dict.fromkeys(merged, 0)
-    for k, source in enumerate(tqdm(ctx.sources, desc="Multi-Source: average", unit="source")):
+    for k, source in enumerate(progress(ctx.sources, desc="Multi-Source: average", unit="source")):
         skipped = set(ctx.skips.get(source.name, ()))
         if k == 0:
             ctx.load(ctx.merged, source)  # merged = S1
@@ -112,8 +64,6 @@ def multi_source(ctx: MergeContext) -> None:
     finish_training_method(ctx, start, "average")
 
 
-@register_method("multi-source-naive",
-                 pretty_name="Multi-Source, naive (all K sources resident; memory comparison only)", paper=PAPER)
 def multi_source_naive(ctx: MergeContext) -> None:
     """The same average as ``multi-source``, computed by holding all K sources as K full models.
 
@@ -126,7 +76,7 @@ def multi_source_naive(ctx: MergeContext) -> None:
     skips = [set(ctx.skips.get(s.name, ())) for s in ctx.sources]
     with torch.random.fork_rng(devices=[]):  # building K models must not shift the seeded RNG stream
         models = []
-        for source in tqdm(ctx.sources, desc="Multi-Source (naive): load all", unit="source"):
+        for source in progress(ctx.sources, desc="Multi-Source (naive): load all", unit="source"):
             model = ctx.family.build(ctx.model_dir, trust_remote_code=ctx.options.trust_remote_code).float()
             ctx.load(model, source)
             models.append(model)
@@ -143,4 +93,4 @@ def multi_source_naive(ctx: MergeContext) -> None:
     finish_training_method(ctx, start, "average")
 
 
-__all__ = ["fold_mean", "multi_source", "multi_source_naive", "parameter_names", "unique_state"]
+__all__ = ["finish_training_method", "multi_source", "multi_source_naive"]

@@ -37,19 +37,15 @@ import math
 import time
 
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import progress
 from .. import merge_math
-from .base import MergeContext, register_method
-from .multi_source import fold_mean, unique_state
-
-# --opcm-alpha (share of the singular-value mass defining the principal subspace) defaults to
-# FusionBench's alpha: 0.5.
-PAPER = "https://arxiv.org/abs/2501.09522"
+from ..sources import iter_across
+from .context import MergeContext
+from .state import fold_mean, unique_state
 
 
-@register_method("opcm", pretty_name="OPCM: Merging Models on the Fly Without Retraining (Tang et al., 2025)",
-                 paper=PAPER, needs_base=True)
+
 def opcm(ctx: MergeContext) -> None:
     """Sequential, data-free OPCM merge relative to ``--base``; no training.
 
@@ -60,7 +56,7 @@ def opcm(ctx: MergeContext) -> None:
     count) is the running mean of the sources'.
     """
     start = time.time()
-    alpha = ctx.options.opcm_alpha
+    alpha = ctx.params.opcm_alpha
     base = ctx.base_source
     base_skips = set(ctx.skips.get(base.name, ()))
     dev = ctx.accelerator.device
@@ -72,12 +68,12 @@ def opcm(ctx: MergeContext) -> None:
     headless = dict.fromkeys((n for n in merged if n in params and n in base_skips), 0)
     norms: list[float] = []
     sum_sq = 0.0
-    for t, source in enumerate(tqdm(ctx.sources, desc="OPCM", unit="source")):
+    for t, source in enumerate(progress(ctx.sources, desc="OPCM", unit="source")):
         ctx.load(ctx.probe, source)
         skipped = set(ctx.skips.get(source.name, ()))
         tv_sq, sum_sq = 0.0, 0.0
         with torch.no_grad():
-            for name, (b,) in merge_math.iter_across([base], names, device=dev):
+            for name, (b,) in iter_across([base], names, device=dev):
                 m = params[name]
                 tau = probe_params[name] - b if name not in skipped else torch.zeros_like(b)
                 tv_sq += float(tau.double().square().sum())
@@ -88,7 +84,7 @@ def opcm(ctx: MergeContext) -> None:
         norms.append(math.sqrt(tv_sq))
     scale = merge_math.opcm_scale(math.sqrt(sum_sq), norms)
     with torch.no_grad():
-        for name, (b,) in merge_math.iter_across([base], names, device=dev):
+        for name, (b,) in iter_across([base], names, device=dev):
             m = params[name]
             m.copy_(b + (m - b) * scale)
     ctx.record(step="merge", source=None, validation=ctx.evaluate(split="validation"),

@@ -27,7 +27,7 @@ concrete, streaming reading of that, built with ``peft``'s LoRA layers:
 4. **Training.** Adapters (A_k, B_k) and composition weights are trained jointly
    on the target train split, everything of the base frozen (its BatchNorm
    running statistics do follow the target in train mode), with AdamW at
-   ``lr = 1e-3`` (the paper's PEARL rate, :data:`PEARL_LR`, not ``--lr``) for
+   ``lr = 1e-3`` (the paper's PEARL rate, ``--pearl-lr``, not ``--lr``) for
    ``ctx.total_epochs`` epochs: the budget every training method of the bench
    gets (GRASP's initial plus per-source epochs), not the paper's 3, so methods
    are compared at equal training cost. The best validation epoch is kept (in
@@ -51,25 +51,20 @@ import torch
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer, LoraModel
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..progress import progress
 from ..errors import GraspError
-from .base import MergeContext, register_method
+from .context import MergeContext
 
-#: adapter rank (the paper's PEARL setting)
-RANK = 16
-#: learning rate of adapters and composition weights (the paper's PEARL setting)
-PEARL_LR = 1e-3
 #: attribute under which the composition weights are registered while training
 COMPOSITION = "pearl_composition"
 #: above this many singular values a randomized truncated SVD is used (exact SVD below)
 EXACT_SVD_MAX = 512
 
 
-@register_method("pearl", pretty_name="PEARL-style per-source low-rank adapters composed with learned weights")
 def pearl(ctx: MergeContext) -> None:
     """Per-source LoRA adapters from truncated task vectors, composed with learned weights, merged at the end."""
-    o = ctx.options
+    o, rank, lr = ctx.options, ctx.params.pearl_rank, ctx.params.pearl_lr
     start = time.time()
     base = ctx.base_source or ctx.sources[0]
     ctx.load(ctx.merged, base)
@@ -82,12 +77,12 @@ def pearl(ctx: MergeContext) -> None:
     ctx.record(step="init", source=base.name, source_alone=test if o.eval_sources and base_is_source else None,
                validation=ctx.evaluate(split="validation"), test=test, seconds=time.time() - start)
 
-    config = LoraConfig(r=RANK, lora_alpha=RANK, target_modules=targets, lora_dropout=0.0, bias="none")
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, lora_dropout=0.0, bias="none")
     composition = nn.ParameterDict()
     tuner: LoraModel | None = None
     n_sources = len(ctx.sources)
     adapted = [(i, s) for i, s in enumerate(ctx.sources, start=1) if s.name != base.name]
-    for i, source in tqdm(adapted, desc="PEARL: adapters from task vectors", unit="source"):
+    for i, source in progress(adapted, desc="PEARL: adapters from task vectors", unit="source"):
         start = time.time()
         name = f"src{i}"
         skipped = set(ctx.skips.get(source.name, ()))
@@ -116,20 +111,20 @@ def pearl(ctx: MergeContext) -> None:
         merge_adapters(tuner, composition)
     for p in ctx.merged.parameters():
         p.requires_grad_(True)  # peft froze the base; the result is an ordinary model again
-    ctx.record(step="compose + merge", source=None, history=history, composition=learned, lr=PEARL_LR,
+    ctx.record(step="compose + merge", source=None, history=history, composition=learned, lr=lr,
                validation=ctx.evaluate(split="validation"), test=ctx.evaluate(split="test"),
                seconds=time.time() - start,
-               note=f"PEARL-style: rank-{RANK} LoRA adapters initialised from each source's truncated task vector, "
+               note=f"PEARL-style: rank-{rank} LoRA adapters initialised from each source's truncated task vector, "
                     f"composed with learned per-adapter weights (init 1/K), trained {ctx.total_epochs} epochs at "
-                    f"lr {PEARL_LR:g}, then merged into the weights (one plain model).")
+                    f"lr {lr:g}, then merged into the weights (one plain model).")
 
 
 def _train(ctx: MergeContext, composition: nn.ParameterDict) -> list[dict]:
-    """Train adapters + composition weights with :meth:`MergeContext.fine_tune` at :data:`PEARL_LR`,
+    """Train adapters + composition weights with :meth:`MergeContext.fine_tune` at ``--pearl-lr``,
     the composition weights registered on the model meanwhile."""
     ctx.merged.add_module(COMPOSITION, composition)  # registered: the optimizer and the best-epoch copy see them
     try:
-        return ctx.fine_tune(ctx.total_epochs, desc="PEARL: train adapters + composition", lr=PEARL_LR)
+        return ctx.fine_tune(ctx.total_epochs, desc="PEARL: train adapters + composition", lr=ctx.params.pearl_lr)
     finally:
         delattr(ctx.merged, COMPOSITION)
 

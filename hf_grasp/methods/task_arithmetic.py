@@ -2,7 +2,7 @@
 
 Both run tensor by tensor across the sources: for each parameter name, the
 base's tensor and the K sources' tensors of that one name are read
-memory-mapped from their safetensors files (:func:`hf_grasp.merge_math.iter_across`),
+memory-mapped from their safetensors files (:func:`hf_grasp.sources.iter_across`),
 merged with peft's ``merge_utils`` and written into ``ctx.merged``. So at any
 moment K+1 slices of a single tensor are resident — never K models — and no
 model-sized buffer besides ``ctx.merged`` (the probe is idle). TIES needs all
@@ -21,22 +21,12 @@ from typing import Callable
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from ..progress import progress
 from .. import merge_math
-from .base import MergeContext, register_method
-from .multi_source import parameter_names, unique_state
-
-#: Task arithmetic's λ: FusionBench's default (``scaling_factor: 0.3``), in the range
-#: "Editing models with task arithmetic" tunes over. ``ctx.options.scaling`` overrides it when set.
-SCALING = 0.3
-#: TIES's λ (the TIES paper's default; FusionBench's config uses 0.3). ``ctx.options.scaling`` overrides it.
-TIES_SCALING = 1.0
-# --density (fraction of each task vector kept by TIES's trim step) defaults to the paper's top-20%
-# (FusionBench's threshold: 20).
-
-TASK_ARITHMETIC_PAPER = "https://arxiv.org/abs/2212.04089"
-TIES_PAPER = "https://arxiv.org/abs/2306.01708"
+from ..sources import iter_across
+from .context import MergeContext
+from .state import parameter_names, unique_state
 
 
 def merge_task_vectors(ctx: MergeContext, merge_one: Callable[[Tensor, list[Tensor]], Tensor], desc: str) -> None:
@@ -55,8 +45,8 @@ def merge_task_vectors(ctx: MergeContext, merge_one: Callable[[Tensor, list[Tens
     everyone = [base, *ctx.sources]
     skips = [ctx.skips.get(s.name, ()) for s in everyone]
     with torch.no_grad():
-        rows = merge_math.iter_across(everyone, names, skips, device=ctx.accelerator.device)
-        for name, (b, *tensors) in tqdm(rows, total=len(names), desc=desc, unit="tensor"):
+        rows = iter_across(everyone, names, skips, device=ctx.accelerator.device)
+        for name, (b, *tensors) in progress(rows, total=len(names), desc=desc, unit="tensor"):
             have = [t for t in tensors if t is not None]
             if not have:
                 continue
@@ -72,38 +62,33 @@ def _record(ctx: MergeContext, start: float) -> None:
                test=ctx.evaluate(split="test"), seconds=time.time() - start)
 
 
-@register_method("task-arithmetic", pretty_name="Task Arithmetic (Ilharco et al., 2023)",
-                 paper=TASK_ARITHMETIC_PAPER, needs_base=True, reads_across_sources=True)
 def task_arithmetic(ctx: MergeContext) -> None:
-    """``merged = base + λ Σ_k (S_k - base)`` per parameter, λ = :data:`SCALING`; no training.
+    """``merged = base + λ Σ_k (S_k - base)`` per parameter, λ = ``ctx.params.scaling``; no training.
 
     Memory: ``ctx.merged`` and ``ctx.probe`` (idle) plus the K+1 slices of one
     tensor being merged — no extra model-sized buffer.
     """
     start = time.time()
-    scaling = SCALING if ctx.options.scaling is None else ctx.options.scaling
+    scaling = ctx.params.scaling
     merge_task_vectors(ctx, lambda b, ts: merge_math.task_arithmetic(b, ts, scaling),
                        desc=f"task arithmetic (λ={scaling:g})")
     _record(ctx, start)
 
 
-@register_method("ties", pretty_name="TIES-Merging (Yadav et al., 2023)", paper=TIES_PAPER, needs_base=True,
-                 reads_across_sources=True)
 def ties(ctx: MergeContext) -> None:
     """TIES-merging: trim each task vector to its top ``--density``, elect signs, disjoint mean, × λ.
 
     peft's ``ties(task_tensors, weights=λ, density, majority_sign_method="total")``
-    per parameter, λ = :data:`TIES_SCALING`; no training. Differences from the
+    per parameter, λ = ``ctx.params.scaling``; no training. Differences from the
     paper: the trim keeps the top fraction of each tensor (peft), not of the
     whole flattened task vector. Memory: ``ctx.merged`` and ``ctx.probe``
     (idle) plus the K+1 slices of one tensor — no extra model-sized buffer.
     """
     start = time.time()
-    scaling = TIES_SCALING if ctx.options.scaling is None else ctx.options.scaling
-    density = ctx.options.density
+    scaling, density = ctx.params.scaling, ctx.params.density
     merge_task_vectors(ctx, lambda b, ts: merge_math.ties(b, ts, scaling=scaling, density=density),
                        desc=f"TIES (λ={scaling:g}, density={density:g})")
     _record(ctx, start)
 
 
-__all__ = ["SCALING", "TIES_SCALING", "merge_task_vectors", "task_arithmetic", "ties"]
+__all__ = ["merge_task_vectors", "task_arithmetic", "ties"]

@@ -22,7 +22,7 @@ def source_dirs(sources_root: Path) -> list[Path]:
 def run_demo(output: str | Path = "demo", *, arch: str = "resnet", seed: int = 0, **options):
     """Make sources under ``output/sources-ARCH`` and merge them into ``output/merged-ARCH``."""
     from ..merger import GraspMerger
-    from ..report import print_summary
+    from ..summary import print_summary
 
     output = Path(output)
     sources_root = output / f"sources-{arch.replace(':', '-')}"

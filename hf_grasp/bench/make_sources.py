@@ -15,19 +15,17 @@ import argparse
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from accelerate.utils import set_seed
-from datasets import Dataset, concatenate_datasets
 
-from .. import archs
-from ..data import make_loader
 from ..errors import GraspError
-from ..families import family_for, read_config
-from ..hub import publish_to_cache
-from ..sources import resolve, stream_into
-from ..training import evaluate_model, fine_tune, make_accelerator
-from . import digits_eras
+from . import archs, digits_eras
+
+# The training stack (torch, accelerate, datasets) is imported by the functions that train:
+# `hf-grasp make-sources --help` reads only the constants here.
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 README = """---
 library_name: {library}
@@ -55,6 +53,9 @@ def repo_name(arch: str, tag: str) -> str:
 
 def _train_and_save(family, model, like: Path, out: Path, train_ds, val_ds, *, epochs, lr, batch_size, seed,
                     readme: dict) -> float:
+    from ..data import make_loader
+    from ..training import evaluate_model, fine_tune, make_accelerator
+
     accelerator = make_accelerator()
     # no augmentation: timm's training transform flips and crops, which digits do not survive
     eval_tf = family.image_transform(like, train=False)
@@ -90,6 +91,13 @@ def make_sources(
     Everything is written to a temporary directory and renamed into ``output``
     on success.
     """
+    from accelerate.utils import set_seed
+    from datasets import concatenate_datasets
+
+    from ..families import family_for, read_config
+    from ..sources import resolve, stream_into
+    from .hub_cache import publish_to_cache
+
     output = Path(output)
     if output.exists() and any(output.iterdir()):
         raise GraspError(f"output {output} exists and is not empty")

