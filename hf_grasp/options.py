@@ -183,9 +183,9 @@ def resolve(method: str, layers: Sequence[Layer]) -> tuple[MergeOptions, MethodP
     return _validated(MergeOptions, shared, origin), _validated(params_cls, own, origin)
 
 
-def parse_text(method: str, values: Mapping[str, str]) -> dict[str, Any]:
+def parse_text(method: str, values: Mapping[str, str], origin: str = "the command line") -> dict[str, Any]:
     """Command-line text converted to each option's type for ``method`` (``"0.5"`` -> 0.5), checked."""
-    shared, own = resolve(method, [Layer(values, origin="", text=True)])
+    shared, own = resolve(method, [Layer(values, origin=origin, text=True)])
     return {name: getattr(shared if name in MergeOptions.model_fields else own, name) for name in values}
 
 
@@ -238,7 +238,7 @@ def _is_number(text: str) -> bool:
 
 
 def _where(origin: str) -> str:
-    return f" (in {origin})" if origin else ""
+    return f" (from {origin})" if origin else ""
 
 
 def _validated(model: type[_Options], values: dict[str, Any], origin: dict[str, tuple[str, Any]]) -> Any:
