@@ -65,3 +65,42 @@ def last_json(proc: subprocess.CompletedProcess):
 def run_cli(*args: str, env: dict | None = None, cwd=None, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hf_grasp.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+OFFLINE = {"HF_HUB_OFFLINE": "1"}
+
+
+def tree_hashes(*roots: Path) -> dict[str, str]:
+    """sha256 of every file under ``roots`` (directories that do not exist give nothing)."""
+    import hashlib
+
+    out = {}
+    for root in map(Path, roots):
+        if root.is_dir():
+            for f in sorted(p for p in root.rglob("*") if p.is_file()):
+                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def merge_fails(tmp_path: Path, sources, *extra: str, env: dict | None = OFFLINE, output: Path | None = None,
+                code: int = 2) -> str:
+    """Run a 0-epoch ``hf-grasp merge`` that must fail cleanly; returns its one ``error:`` line.
+
+    Asserts: exit status ``code``, exactly one ``error:`` line, no traceback, no output directory or hidden
+    temporary sibling left behind, and every local source's files byte-identical afterwards.
+    """
+    out = output or tmp_path / "merged"
+    local = [Path(s) for s in map(str, sources) if Path(s).exists()]
+    before = tree_hashes(*local)
+    existed = out.exists()
+    proc = run_cli("merge", "--target", "digits-eras", "--sources", *map(str, sources), "--output", str(out),
+                   "--initial-epochs", "0", "--finetune-epochs", "0", *extra, env=env)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    if not existed:
+        assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+    assert tree_hashes(*local) == before, "a source was modified"
+    return errors[0]

@@ -9,23 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli
-
-OFFLINE = {"HF_HUB_OFFLINE": "1"}
-
-
-def _merge_fails(tmp_path, sources, *extra, env=OFFLINE):
-    out = tmp_path / "merged"
-    proc = run_cli("merge", "--target", "digits-eras", "--sources", *map(str, sources), "--output", str(out),
-                   "--initial-epochs", "0", "--finetune-epochs", "0", *extra, env=env)
-    assert proc.returncode != 0, proc.stdout + proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not out.exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".merged")]
-    return errors[0]
-
+from conftest import merge_fails as _merge_fails
 
 def _resized_resnet(src, dst, hidden_last):
     """A ResNet checkpoint like ``src`` but with a wider last stage."""
