@@ -12,8 +12,11 @@ at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -44,17 +47,25 @@ def _merge_parser(sub) -> None:
     p.set_defaults(func=_cmd_merge)
 
 
-def _cmd_merge(args) -> int:
-    if args.output.exists() and any(args.output.iterdir()) and not args.overwrite:
-        raise GraspError(f"output {args.output} exists and is not empty; pass --overwrite to replace it")
-    options = parse_text(args.method, options_from_args(args))  # "0.5" -> 0.5, checked before any work
-    from . import GraspMerger
-    from .summary import print_summary
+def _merge_inputs(args, options: dict) -> list[tuple[str, object]]:
+    """Every reference the merge reads, as ``(what, reference)``: the output must be none of them."""
+    return [*(("source", s) for s in args.sources), ("--base", options.get("base")),
+            ("--init", options.get("init")), ("--target", args.target)]
 
-    merger = GraspMerger.from_pretrained(args.sources, target=args.target, recipe=args.recipe,
-                                         method=args.method, **options)
-    result = merger.merge()
-    result.save_pretrained(args.output, overwrite=args.overwrite)
+
+def _cmd_merge(args) -> int:
+    options = parse_text(args.method, options_from_args(args))  # "0.5" -> 0.5, checked before any work
+    from .workspace import claim_output
+
+    # checked and locked before the minutes of work, held until the output is renamed into place
+    with claim_output(args.output, inputs=_merge_inputs(args, options), overwrite=args.overwrite):
+        from . import GraspMerger
+        from .summary import print_summary
+
+        merger = GraspMerger.from_pretrained(args.sources, target=args.target, recipe=args.recipe,
+                                             method=args.method, **options)
+        result = merger.merge()
+        result.save_pretrained(args.output, overwrite=args.overwrite)
     print_summary(result.report)
     print(f"merged model written to {args.output}")
     if args.push_to_hub:
@@ -128,16 +139,64 @@ def _output_flags() -> argparse.ArgumentParser:
     return common
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP as an exception: ``finally`` blocks, context managers and ``atexit`` then clean up
+    as they do for Ctrl-C (a KeyboardInterrupt, so ``except Exception`` on the way does not swallow it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts():
+    """Within the block, SIGTERM and SIGHUP raise :class:`Terminated`; their handlers are restored after.
+
+    A signal ignored on purpose (``nohup``, ``trap '' TERM``) stays ignored;
+    after the first one, further ones are ignored so that they cannot cut the
+    cleanup short (SIGKILL still ends the process). Only the main thread can
+    set handlers: elsewhere (main() called from a worker thread) nothing changes.
+    """
+    wanted = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.getsignal(s) for s in wanted if signal.getsignal(s) is signal.SIG_DFL}
+
+    def handler(signum, frame):
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``hf-grasp`` console script."""
+    """Entry point of the ``hf-grasp`` console script.
+
+    Exit status: 0, 2 for a user error (one ``error:`` line), 128 + N when
+    signal N (Ctrl-C's SIGINT, SIGTERM, SIGHUP) interrupted the run, after its
+    cleanup ran (one ``error: interrupted ...`` line, no traceback).
+    """
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     configure(progress=args.progress, quiet=args.quiet)
     try:
-        return args.func(args)
+        with _signals_as_interrupts():
+            return args.func(args)
     except GraspError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        how = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"error: interrupted by {how}; the run's temporary files were removed", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ def load_target(
     validation_fraction: float = 0.1,
     seed: int = 0,
     trust_remote_code: bool = False,
+    skip_bad_images: bool = False,
 ) -> TargetData:
     """Load ``target`` as a :class:`TargetData`.
 
@@ -68,7 +69,9 @@ def load_target(
     equals it are kept (``"2"`` matches an integer column's ``2``). A missing
     validation split is carved from train (``validation_fraction``, stratified
     by label when the label is a ClassLabel, ``seed``); a missing train or test
-    split is an error. ``trust_remote_code`` is accepted for compatibility only:
+    split is an error. Every image is decoded once up front: an unreadable one is
+    a :class:`DataError` naming its file, or with ``skip_bad_images`` its row is
+    dropped and noted. ``trust_remote_code`` is accepted for compatibility only:
     datasets 5 no longer runs loading scripts, so it is never passed on.
     """
     if image_column == label_column:
@@ -95,7 +98,8 @@ def load_target(
         renames = {c: n for c, n in ((image_column, IMAGE), (label_column, LABEL)) if c != n}
         if renames:
             ds = ds.rename_columns(renames)
-        splits[split] = _ensure_image_feature(ds, image_column, split, target, notes)
+        ds = _ensure_image_feature(ds, image_column, split, target, notes)
+        splits[split] = _check_images(ds, image_column, split, target, skip=skip_bad_images, notes=notes)
 
     if "validation" not in splits:
         splits["validation"] = _carve_validation(splits, validation_fraction, seed, target, notes)
@@ -182,6 +186,7 @@ def _load_local(path: Path, target: str):
     ).is_file()
     try:
         if path.is_dir() and (saved_dict or saved_dataset):
+            _refuse_empty_saved_splits(path, target)
             return datasets.load_from_disk(str(path))
         if path.is_dir():
             return datasets.load_dataset(str(path))
@@ -196,6 +201,21 @@ def _load_local(path: Path, target: str):
     except (OSError, ValueError, RuntimeError, IndexError) as e:
         # IndexError: datasets 5.2's load_from_disk on a saved split with no rows.
         raise DataError(f"cannot read local dataset {target}: {_first_line(e)}") from e
+
+
+def _refuse_empty_saved_splits(path: Path, target: str) -> None:
+    """A split saved with no rows has no data files, and datasets' ``load_from_disk`` then fails with
+    "list index out of range": name the split instead."""
+    import json
+
+    cfg = datasets.config
+    saved = path / cfg.DATASETDICT_JSON_FILENAME
+    splits = json.loads(saved.read_text()).get("splits", []) if saved.is_file() else [None]
+    for split in splits:
+        state = (path / split if split else path) / cfg.DATASET_STATE_JSON_FILENAME
+        if state.is_file() and not json.loads(state.read_text()).get("_data_files"):
+            raise DataError(f"split '{split or 'the dataset'}' of {target} was saved with no rows (datasets cannot "
+                            "load it back): save it again with rows, or without that split")
 
 
 def _builder_for_file(path: Path):
@@ -311,6 +331,47 @@ def _ensure_image_feature(
             notes.append(note)
         return ds.cast_column(IMAGE, datasets.Image())
     raise DataError(f"column '{image_column}' in split '{split}' of {target} holds {feature}, not images")
+
+
+def _check_images(ds: datasets.Dataset, image_column: str, split: str, target: str, *, skip: bool,
+                  notes: list[str]) -> datasets.Dataset:
+    """Decode every image once, before any training: a corrupt or truncated file fails here, named, not in
+    the middle of fine-tuning. With ``skip``, the rows whose image does not decode are dropped and noted."""
+    raw = ds.cast_column(IMAGE, datasets.Image(decode=False))  # {"path", "bytes"}: decoded here, by PIL
+    bad: list[tuple[int, str, str]] = []
+    for start in range(0, len(raw), 256):
+        for offset, item in enumerate(raw[start:start + 256][IMAGE]):
+            problem = _undecodable(item)
+            if problem:
+                bad.append((start + offset, (item or {}).get("path") or f"row {start + offset}", problem))
+    if not bad:
+        return ds
+    row, name, problem = bad[0]
+    if not skip:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DataError(f"image {name} in split '{split}' of {target} (column '{image_column}') cannot be read: "
+                        f"{problem}{more}; fix or remove it, or pass --skip-bad-images to leave such rows out")
+    dropped = {i for i, _, _ in bad}
+    notes.append(f"split '{split}': {len(bad)} unreadable image(s) skipped (--skip-bad-images), first: {name}")
+    kept = ds.select([i for i in range(len(ds)) if i not in dropped], keep_in_memory=True)
+    if len(kept) == 0:
+        raise DataError(f"split '{split}' of {target}: no readable image left after --skip-bad-images")
+    return kept
+
+
+def _undecodable(item: dict | None) -> str | None:
+    """Why an image entry (``{"path", "bytes"}``) does not decode, or None when it does."""
+    import io
+
+    if not item or (item.get("bytes") is None and not item.get("path")):
+        return "no image data"
+    try:
+        source = io.BytesIO(item["bytes"]) if item.get("bytes") is not None else item["path"]
+        with Image.open(source) as im:
+            im.load()  # decodes every pixel: a truncated file fails here, not at open()
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        return _first_line(e)
+    return None
 
 
 def _carve_validation(

@@ -20,3 +20,27 @@ class ShapeMismatchError(SourceError):
 
 class DataError(GraspError):
     """A target dataset, split or column that cannot be used."""
+
+
+class NumericalError(GraspError):
+    """A NaN or inf where a number must be finite: a loss, a gradient, the merged model's weights."""
+
+    @staticmethod
+    def count(tensor) -> str:
+        """How many of ``tensor``'s entries are NaN and inf, as the messages put it.
+
+        Only called once something was found non-finite, so its cost never
+        matters on the normal path.
+        """
+        nan, inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
+        return f"{nan} NaN and {inf} inf of its {tensor.numel()} entries"
+
+
+class NonFiniteSourceError(SourceError):
+    """A source tensor holding NaN or inf entries: the checkpoint itself is corrupt."""
+
+    @classmethod
+    def of(cls, source: str, name: str, tensor) -> "NonFiniteSourceError":
+        """The error for source ``source``'s tensor ``name`` (the tensor as read)."""
+        return cls(f"source {source!r}: tensor {name!r} has {NumericalError.count(tensor)}; the checkpoint is "
+                   "corrupt: re-download or re-export it, or leave it out of --sources")

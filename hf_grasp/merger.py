@@ -35,6 +35,20 @@ from .sources import expected_specs
 from .training import make_accelerator, recalibrate_batchnorm
 
 
+def _references(sources: Any) -> list[str]:
+    """The source references as text: a list of ``str`` or ``os.PathLike``, never one bare string."""
+    if isinstance(sources, (str, os.PathLike)):
+        raise GraspError(f"sources must be a list of references, got the single {type(sources).__name__} "
+                         f"{os.fspath(sources)!r}: pass [{os.fspath(sources)!r}, ...]")
+    try:
+        refs = [os.fspath(s) for s in sources]
+    except TypeError as e:
+        raise GraspError(f"sources must be repo ids or paths (str or os.PathLike): {e}") from None
+    if not refs:
+        raise GraspError("no sources given")
+    return refs
+
+
 class GraspMerger:
     """Merges K same-architecture classifiers onto a target dataset, one source resident at a time.
 
@@ -59,7 +73,7 @@ class GraspMerger:
     @classmethod
     def from_pretrained(
         cls,
-        sources: Sequence[str],
+        sources: Sequence[str | os.PathLike],
         *,
         target: str | None = None,
         recipe: str | None = None,
@@ -88,11 +102,11 @@ class GraspMerger:
                 (``tau``, ``granularity`` for GRASP; ``density`` for TIES; ...). A recipe's
                 values fill those you leave unset.
         """
+        sources = _references(sources)
+        target = os.fspath(target) if target is not None else None
         dataset, recipe_values = resolve_target(target, recipe)
         opts, params = resolve(method, [Layer(recipe_values, origin=f"recipe {recipe or target}", lenient=True),
                                         Layer(options)])
-        if len(sources) < 1:
-            raise GraspError("no sources given")
         if opts.init == "first" and len(sources) < 2:
             raise GraspError(f"{find_method(method).label} with init=first needs at least 2 sources")
         if opts.evict_sources and find_method(method).reads_across_sources:
@@ -102,9 +116,9 @@ class GraspMerger:
             dataset, domain=opts.target_domain, domain_column=opts.domain_column,
             image_column=opts.image_column, label_column=opts.label_column,
             validation_fraction=opts.validation_fraction, seed=opts.seed,
-            trust_remote_code=opts.trust_remote_code,
+            trust_remote_code=opts.trust_remote_code, skip_bad_images=opts.skip_bad_images,
         )
-        inputs = resolve_inputs(list(sources), opts, num_labels=data.num_labels, token=token)
+        inputs = resolve_inputs(sources, opts, num_labels=data.num_labels, token=token)
         return cls(inputs, data, opts, method=method, params=params)
 
     def _build(self) -> nn.Module:
@@ -120,8 +134,14 @@ class GraspMerger:
         probe = self._build()
         arch_labels = self.family.num_labels(self.model_dir)
         if arch_labels != self.data.num_labels:
-            raise SourceError(f"source {self.inputs.lead.name!r}: head has {arch_labels} outputs but target "
-                              f"{self.data.name!r} has {self.data.num_labels} labels")
+            raise SourceError(
+                f"source {self.inputs.lead.name!r}: head has {arch_labels} outputs but target {self.data.name!r} has "
+                f"{self.data.num_labels} labels, and this checkpoint sets the architecture, head included "
+                "(--skip-mismatched-heads applies only to the others): "
+                + ("" if self.inputs.init_source else f"put a source with a {self.data.num_labels}-output head "
+                   "first (reorder --sources or use --order), or ")
+                + f"pass --init a checkpoint of this architecture with a {self.data.num_labels}-output head, adding "
+                "--skip-mismatched-heads for the sources whose heads differ")
         skips = preflight_inputs(self.inputs, expected_specs(merged), num_labels=self.data.num_labels,
                                  skip_mismatched_heads=o.skip_mismatched_heads)
         accelerator = make_accelerator(cpu=o.cpu or None, mixed_precision=o.mixed_precision)
@@ -138,6 +158,7 @@ class GraspMerger:
             recalibrate_batchnorm(merged, self.family.logits, ctx.train_loader, accelerator)
             ctx.record(step="recalibrate-bn", source=None, validation=ctx.evaluate(split="validation"),
                        test=ctx.evaluate(split="test"), seconds=0.0)
+        ctx.check_finite()  # a NaN/inf model is never returned, so never saved
         del ctx.probe, probe
         accelerator.free_memory()
         report = build_report(ctx, self.method, seconds=time.time() - start)
@@ -181,24 +202,35 @@ class MergeResult(ModelHubMixin):
     def save_pretrained(self, save_directory: str | Path, *, overwrite: bool = False, **kwargs) -> str | None:
         """Write everything to a temporary sibling directory, then rename it into place.
 
-        A failure leaves nothing behind; an existing non-empty directory is
-        refused unless ``overwrite``.
+        The directory is checked and locked first
+        (:func:`~hf_grasp.workspace.claim_output`: not a file, not one of the
+        merge's inputs, writable, not being written by another run); an existing
+        non-empty directory is refused unless ``overwrite``. A failure leaves
+        nothing behind; the temporary sibling carries this process's PID, so a
+        later save removes one a killed run left.
         """
-        out = Path(save_directory)
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise GraspError(f"output {out} exists and is not empty; pass --overwrite to replace it")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
-            super().save_pretrained(tmp, **kwargs)
-            if out.exists():
-                old = out.with_name(f".{out.name}.old-{os.getpid()}")
-                out.rename(old)
-                tmp.rename(out)
-                shutil.rmtree(old)
-            else:
-                tmp.rename(out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
+        from .workspace import claim_output, old_sibling, temp_sibling
+
+        inputs = [("source", s.path) for s in self.report.sources] + [("source", self.model_dir)]
+        inputs += [("--base", self.report.base.path)] if self.report.base else []
+        inputs += [("--target", self.report.target.name)]
+        with claim_output(save_directory, inputs=inputs, overwrite=overwrite) as out:
+            tmp = temp_sibling(out)
+            try:
+                super().save_pretrained(tmp, **kwargs)
+                if out.exists():
+                    old = old_sibling(out)
+                    out.rename(old)
+                    try:
+                        tmp.rename(out)
+                    except BaseException:  # e.g. SIGTERM between the renames: the previous output goes back
+                        if not out.exists():
+                            old.rename(out)
+                        raise
+                    shutil.rmtree(old)
+                else:
+                    tmp.rename(out)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp)
         return None

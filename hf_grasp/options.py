@@ -74,6 +74,8 @@ class MergeOptions(_Options):
     validation_fraction: float = option(
         0.1, "Fraction of train carved (stratified, seeded) as validation when the dataset has none.", group="data",
         gt=0, lt=1)
+    skip_bad_images: bool = option(False, "Leave out (and report) target rows whose image file cannot be decoded "
+                                   "instead of failing; every image is checked before any work.", group="data")
 
     # --- sources and training budget
     batch_size: int = option(32, "Batch size for alignment, fine-tuning and evaluation.", group="training", ge=1)

@@ -84,7 +84,10 @@ def load_recipe(name_or_path: str) -> Recipe:
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" (line {where.line + 1})" if where is not None else ""
-        raise GraspError(f"recipe {path} is not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+        # problem is the one-line reason; a ReaderError (a control character, say) has none, only a
+        # multi-line str: keep its first line
+        reason = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+        raise GraspError(f"recipe {path} is not valid YAML{at}: {reason}") from None
     if not isinstance(data, dict):
         raise GraspError(f"recipe {path} must be a YAML mapping at the top level")
     data = dict(data)

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.utils import httpx  # the HTTP library huggingface_hub itself uses
 
 from .errors import GraspError, SourceError
 from .families import family_for, read_config
@@ -70,41 +74,88 @@ def resolve_inputs(references: list[str], options: MergeOptions, *, num_labels: 
     # with --evict-sources the others bring only their configs now, their headers read on the Hub already
     deferred = {id(r): resolve(r, allow_pickle=o.allow_pickle, token=token, defer_weights=True)
                 for r in refs if r is not lead} if o.evict_sources else {}
-    remote = {}
+    remote = {}  # Hub reference -> the tensor specs its remote headers give
     for r in (*refs, base_ref):
         if r is not None and r is not lead:
             found = deferred[id(r)].remote_specs if id(r) in deferred else remote_header(r, token=token)
             if found is not None:
-                remote[r.text] = found
-    _check_hub_headers(remote, lead_source, num_labels, o)
+                remote[r] = found
+    _check_hub_headers(remote, lead_source, num_labels, o,
+                       config_of=lambda r: _hub_config(r, token, deferred.get(id(r))))
     sources = [lead_source if r is lead else deferred[id(r)] if id(r) in deferred
                else resolve(r, allow_pickle=o.allow_pickle, token=token) for r in refs]
     base = resolve(base_ref, allow_pickle=o.allow_pickle, token=token) if base_ref else None
     return MergeInputs(sources, lead_source if init_ref else None, base)
 
 
-def _check_hub_headers(remote: dict[str, dict], lead: ResolvedSource, num_labels: int, options: MergeOptions) -> None:
-    """Pre-flight of Hub sources on the tensor specs read from their remote safetensors headers."""
+def _check_hub_headers(remote: dict[SourceRef, dict], lead: ResolvedSource, num_labels: int, options: MergeOptions,
+                       *, config_of: Callable[[SourceRef], dict[str, Any] | None]) -> None:
+    """Pre-flight of Hub sources on the tensor specs read from their remote safetensors headers.
+
+    A source whose tensor names differ from the architecture's is first checked
+    for being another architecture altogether (its config, from ``config_of``),
+    which says more than the first tensor it lacks.
+    """
     if not remote:
         return
-    family = family_for(read_config(lead.path), source=lead.name)
+    lead_config = read_config(lead.path)
+    family = family_for(lead_config, source=lead.name)
     with torch.device("meta"):  # shapes and dtypes only: no memory, no init
         expected = expected_specs(family.build(lead.path, trust_remote_code=options.trust_remote_code).float())
-    for name, found in remote.items():
-        check_specs(name, found, expected, num_labels=num_labels,
+    for ref, found in remote.items():
+        if found.keys() != expected.keys() and (config := config_of(ref)) is not None:
+            check_same_architecture(lead.name, lead_config, ref.text, config)
+        check_specs(ref.text, found, expected, num_labels=num_labels,
                     skip_mismatched_heads=options.skip_mismatched_heads)
 
 
+def _hub_config(ref: SourceRef, token: str | bool | None, on_disk: ResolvedSource | None) -> dict[str, Any] | None:
+    """A Hub source's parsed config.json: the one already on disk, else a download of that small file alone;
+    None when there is none to be had (the tensor check then speaks for itself)."""
+    try:
+        path = on_disk.path if on_disk else Path(hf_hub_download(ref.repo_id, "config.json", revision=ref.revision,
+                                                                 token=token)).parent
+        return read_config(path)
+    except (GraspError, OSError, ValueError, httpx.HTTPError):
+        return None
+
+
 def check_family(inputs: MergeInputs) -> ModelFamily:
-    """The model family every source shares; :class:`SourceError` naming a source of another family."""
+    """The model family every input shares; :class:`SourceError` naming an input of another family or
+    architecture (which pre-flight would only report as a tensor it lacks)."""
     lead = inputs.lead
-    family = family_for(read_config(lead.path), source=lead.name)
-    for s in inputs.sources:
-        other = family_for(read_config(s.path), source=s.name)
-        if type(other) is not type(family):
-            raise SourceError(f"source {s.name!r} is a {other.name} checkpoint but the target architecture is "
-                              f"{family.name}; all sources must share one architecture")
+    lead_config = read_config(lead.path)
+    family = family_for(lead_config, source=lead.name)
+    for s in inputs.everyone:
+        if s is not lead:
+            check_same_architecture(lead.name, lead_config, s.name, read_config(s.path))
     return family
+
+
+def check_same_architecture(lead: str, lead_config: dict[str, Any], name: str, config: dict[str, Any]) -> None:
+    """:class:`SourceError` naming both architectures unless source ``name``'s ``config`` is of the one
+    ``lead``'s sets: the same family and the same timm ``architecture`` or transformers ``model_type``."""
+    same_family = type(family_for(config, source=name)) is type(family_for(lead_config, source=lead))
+    if same_family and _architecture_key(config) == _architecture_key(lead_config):
+        return
+    raise SourceError(f"source {name!r} is a {_architecture(config)} checkpoint but the target architecture, set by "
+                      f"{lead!r}, is {_architecture(lead_config)}: all sources must share one architecture, so merge "
+                      "only fine-tunes of the same model")
+
+
+def _architecture_key(config: dict[str, Any]) -> Any:
+    """What must agree for two checkpoints' tensors to line up (sizes aside): timm's ``architecture``, else
+    transformers' ``model_type``."""
+    return config.get("architecture", config.get("model_type"))
+
+
+def _architecture(config: dict[str, Any]) -> str:
+    """A config's architecture as a message names it: ``timm resnet10t``, ``resnet (ResNetForImageClassification)``."""
+    if "architecture" in config:
+        return f"timm {config['architecture']}"
+    classes = config.get("architectures")
+    named = f" ({', '.join(map(str, classes))})" if isinstance(classes, list) and classes else ""
+    return f"{config.get('model_type')}{named}"
 
 
 def preflight_inputs(inputs: MergeInputs, expected: dict, *, num_labels: int,
@@ -113,8 +164,8 @@ def preflight_inputs(inputs: MergeInputs, expected: dict, *, num_labels: int,
 
     Returns source name -> head tensors not to read from it.
     """
-    skips = {s.name: preflight(s, expected, num_labels=num_labels, skip_mismatched_heads=skip_mismatched_heads)
-             for s in inputs.everyone}
+    skips = {}
     for s in inputs.everyone:
-        hash_files(s)
+        hash_files(s)  # first: a corrupt file of the HF cache is refused as such, not as a header it cannot read
+        skips[s.name] = preflight(s, expected, num_labels=num_labels, skip_mismatched_heads=skip_mismatched_heads)
     return skips

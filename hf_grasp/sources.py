@@ -15,12 +15,12 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from contextlib import ExitStack
 from typing import Iterable, Iterator, Sequence
 
 import torch
-from huggingface_hub import constants, get_safetensors_metadata, snapshot_download
+from huggingface_hub import HfApi, constants, get_safetensors_metadata, snapshot_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -28,15 +28,17 @@ from huggingface_hub.errors import (
     HFValidationError,
     LocalEntryNotFoundError,
     NotASafetensorsRepoError,
+    OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
     SafetensorsParsingError,
 )
-from huggingface_hub.utils import sha
+from huggingface_hub.file_download import REGEX_SHA256
+from huggingface_hub.utils import httpx, sha  # httpx: the HTTP library huggingface_hub itself uses
 from safetensors import safe_open
 from torch import nn
 
-from .errors import ShapeMismatchError, SourceError
+from .errors import NonFiniteSourceError, ShapeMismatchError, SourceError
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
@@ -103,7 +105,9 @@ class ResolvedSource:
         if not self.deferred:
             yield self
             return
-        scratch = Path(tempfile.mkdtemp(prefix="hf-grasp-fetch-"))
+        from .workspace import run_dir  # the run's scratch: a killed run's download is swept by the next
+
+        scratch = Path(tempfile.mkdtemp(prefix="hf-grasp-fetch-", dir=run_dir()))
         try:
             ref = SourceRef(self.ref.text, repo_id=self.ref.repo_id, revision=self.commit or self.ref.revision)
             _snapshot(ref, ["*.safetensors", SAFE_INDEX], self.token, local_dir=scratch)
@@ -138,31 +142,153 @@ def _snapshot(ref: SourceRef, patterns: list[str], token: str | bool | None, loc
                                       local_dir=local_dir))
     except HFValidationError as e:
         raise SourceError(f"source {ref.text!r}: not a valid Hub repo id or revision ({e})") from e
-    except (RepositoryNotFoundError, GatedRepoError) as e:
-        raise SourceError(f"source {ref.text!r}: repository not found or not accessible ({type(e).__name__})") from e
+    except GatedRepoError as e:
+        raise SourceError(f"source {ref.text!r}: the repo is gated and this account has no access to it: request "
+                          "access on its Hub page, then log in (hf auth login) or set HF_TOKEN") from e
+    except RepositoryNotFoundError as e:
+        raise SourceError(f"source {ref.text!r}: {_not_a_model_repo(ref.repo_id, token)}") from e
     except RevisionNotFoundError as e:
         raise SourceError(f"source {ref.text!r}: revision {ref.revision!r} not found") from e
-    except (LocalEntryNotFoundError, EntryNotFoundError, OSError) as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-        hint = " and HF_HUB_OFFLINE is set: it is not in the HF cache" if offline else ""
-        raise SourceError(f"source {ref.text!r}: cannot be fetched{hint} ({type(e).__name__})") from e
+    except (LocalEntryNotFoundError, EntryNotFoundError, OSError, httpx.HTTPError) as e:
+        # httpx: a connection dropped mid-download surfaces as the HTTP library's own error, unwrapped
+        raise SourceError(f"source {ref.text!r}: {_why_not_fetched(ref, e)}") from e
 
 
-def _weight_files(root: Path, source: str) -> list[Path]:
+def _not_a_model_repo(repo_id: str, token: str | bool | None) -> str:
+    """What to check when the Hub has no model repo ``repo_id``: it answers the same for a private repo, a
+    typo and a dataset's id (sources must be models; a dataset goes to --target)."""
+    try:
+        dataset = HfApi().repo_exists(repo_id, repo_type="dataset", token=token)
+    except (OSError, httpx.HTTPError):  # no answer: say what holds in every case
+        dataset = False
+    if dataset:
+        return (f"not found as a model repo: {repo_id} is a dataset repo on the Hub, and sources must be models "
+                "(check the id; a dataset is what --target takes)")
+    return ("not found as a model repo on the Hub: check the repo id's spelling, and for a private repo log in "
+            "(hf auth login) or set HF_TOKEN")
+
+
+def _why_not_fetched(ref: SourceRef, error: BaseException) -> str:
+    """Why a Hub source could not be brought to disk (offline, no network, anything else) and what to do."""
+    if constants.is_offline_mode():
+        return ("HF_HUB_OFFLINE is set and it is not (completely) in the HF cache: unset HF_HUB_OFFLINE so it can "
+                f"be downloaded ({type(error).__name__})")
+    network = _network_error(error)
+    if network is None:
+        detail = str(error).strip().splitlines()[:1]
+        return f"cannot be fetched ({': '.join([type(error).__name__, *detail])})"
+    unreachable = f"the Hub at {constants.ENDPOINT} cannot be reached ({type(network).__name__})"
+    if _weights_cached(ref):
+        return f"{unreachable}; its weights are in the HF cache: set HF_HUB_OFFLINE=1 to use the cached copy"
+    return f"{unreachable} and it is not in the HF cache: check the network connection and HF_ENDPOINT"
+
+
+def _network_error(error: BaseException | None) -> BaseException | None:
+    """The connection failure behind ``error`` (huggingface_hub wraps it in its own errors), if any."""
+    for _ in range(8):  # the chain is short; bounded in case it loops
+        if error is None:
+            return None
+        if isinstance(error, (httpx.TransportError, ConnectionError)) and not isinstance(error, OfflineModeIsEnabled):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _weights_cached(ref: SourceRef) -> bool:
+    """Whether the HF cache holds safetensors weights of ``ref``'s revision (what HF_HUB_OFFLINE=1 would use)."""
+    return any(isinstance(try_to_load_from_cache(ref.repo_id, name, revision=ref.revision), str)
+               for name in (SAFE_SINGLE, SAFE_INDEX))
+
+
+def _weight_files(root: Path, source: str, *, allow_pickle: bool = False) -> list[Path]:
+    """The weight files of the checkpoint in ``root``: the shards its safetensors index names, else
+    ``model.safetensors``, else every top-level ``*.safetensors``; each checked to lie inside the source."""
     index = root / SAFE_INDEX
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError) as e:
-            raise SourceError(f"source {source!r}: {index} is not a valid safetensors index") from e
-        files = [root / f for f in dict.fromkeys(weight_map.values())]
-        missing = [f.name for f in files if not f.is_file()]
+        _confined(root, source, [index])
+        files = list(dict.fromkeys(_shard_path(root, index, source, shard, allow_pickle=allow_pickle)
+                                   for shard in _index_shards(index, source)))
+        missing = [f.relative_to(root).as_posix() for f in files if not _is_file(f)]
         if missing:
-            raise SourceError(f"source {source!r}: shard(s) {', '.join(missing)} listed in {SAFE_INDEX} are missing")
-        return files
+            raise SourceError(f"source {source!r}: shard(s) {', '.join(map(repr, missing))} listed in {index} are "
+                              "missing: the checkpoint is incomplete, fetch it again")
+        return _confined(root, source, files)
     if (root / SAFE_SINGLE).is_file():
-        return [root / SAFE_SINGLE]
-    return sorted(root.glob("*.safetensors"))
+        return _confined(root, source, [root / SAFE_SINGLE])
+    return _confined(root, source, sorted(f for f in root.glob("*.safetensors") if _is_file(f)))
+
+
+def _index_shards(index: Path, source: str) -> list:
+    """The ``weight_map`` values of a safetensors index, whatever they are (:func:`_shard_path` checks them)."""
+    try:
+        content = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # unreadable, not UTF-8, not JSON, nested beyond reason
+        raise SourceError(f"source {source!r}: {index} is not valid JSON ({type(e).__name__}): fix or delete it, "
+                          "or fetch the checkpoint again") from e
+    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise SourceError(f"source {source!r}: {index} has no 'weight_map' object naming the shards: fix or delete "
+                          "it, or fetch the checkpoint again")
+    return list(weight_map.values())
+
+
+def _shard_path(root: Path, index: Path, source: str, shard: object, *, allow_pickle: bool) -> Path:
+    """The file an index entry names, once the name is known to be a weight file inside ``root``.
+
+    Refused: anything but a relative path without ``..`` (an index must not reach
+    outside its checkpoint), and a pickle shard without ``allow_pickle`` (the
+    index must not be a way round the pickle refusal).
+    """
+    named = f"source {source!r}: {index} names shard {shard!r}"
+    if not isinstance(shard, str) or not shard.strip() or "\0" in shard:
+        raise SourceError(f"{named}, which is not a file name: fix the index or fetch the checkpoint again")
+    rel = PurePosixPath(shard)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise SourceError(f"{named}, which is not inside the source directory: refusing to read it; a checkpoint's "
+                          "shards sit in its own directory, so fix the index or fetch the checkpoint again")
+    if rel.suffix == ".safetensors":
+        return root / shard
+    if not any(rel.match(p) for p in PICKLE_PATTERNS):
+        raise SourceError(f"{named}, which is not a weight file (.safetensors): fix the index or fetch the "
+                          "checkpoint again")
+    if not allow_pickle:
+        raise SourceError(f"{named}, a pickle file; pickle files can run code when loaded, so it is refused — "
+                          "convert the checkpoint to safetensors or pass --allow-pickle")
+    return root / shard
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False too for names the OS cannot even look up (too long, undecodable)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _cache_repo_folder(root: Path) -> Path | None:
+    """The HF cache repo folder (``.../models--org--name``, resolved) when ``root`` is one of its snapshots."""
+    snapshots = root.resolve().parent
+    if snapshots.name == "snapshots" and snapshots.parent.name.startswith("models--"):
+        return snapshots.parent
+    return None
+
+
+def _confined(root: Path, source: str, files: list[Path]) -> list[Path]:
+    """``files``, once each is known to resolve (links followed) inside the source.
+
+    Inside means ``root`` itself, or for a snapshot of the HF cache its repo
+    folder: a snapshot's files are links into that folder's ``blobs/``.
+    """
+    home = _cache_repo_folder(root) or root.resolve()
+    for f in files:
+        try:
+            target = f.resolve()
+        except (OSError, RuntimeError, ValueError) as e:  # RuntimeError: a symlink loop
+            raise SourceError(f"source {source!r}: {f} cannot be resolved ({e}): fix or remove it") from e
+        if not target.is_relative_to(home):
+            raise SourceError(f"source {source!r}: {f} links to {target}, outside {home}: refusing to read it; "
+                              "put the file itself in the source directory instead of a link to it")
+    return files
 
 
 def resolve(ref: SourceRef | str | os.PathLike, *, allow_pickle: bool = False, token: str | bool | None = None,
@@ -198,7 +324,7 @@ def resolve(ref: SourceRef | str | os.PathLike, *, allow_pickle: bool = False, t
         commit = root.name if root.parent.name == "snapshots" else None
     if not (root / "config.json").is_file():
         raise SourceError(f"source {ref.text!r}: no config.json in {root}")
-    files = _weight_files(root, ref.text)
+    files = _weight_files(root, ref.text, allow_pickle=allow_pickle)
     if not files:
         pickles = [p for pat in PICKLE_PATTERNS for p in root.glob(pat)]
         if ref.local_path is None and not pickles and allow_pickle:
@@ -212,16 +338,43 @@ def resolve(ref: SourceRef | str | os.PathLike, *, allow_pickle: bool = False, t
             )
         if not pickles:
             raise SourceError(f"source {ref.text!r}: no *.safetensors or pickle weight files in {root}")
-        files = sorted(pickles)
+        files = _confined(root, ref.text, sorted(p for p in pickles if _is_file(p)))
     return ResolvedSource(ref=ref, path=root, weight_files=files, commit=commit)
 
 
 def hash_files(source: ResolvedSource) -> dict[str, str]:
-    """sha256 of every weight file read, recorded in the report."""
+    """sha256 of every weight file read, recorded in the report.
+
+    The same pass checks the files of the HF cache: a file whose bytes no
+    longer have the sha256 the Hub gave it is refused before it is used.
+    """
     for f in source.weight_files:
-        with open(f, "rb") as fh:
-            source.hashes[f.name] = sha.sha_fileobj(fh).hex()
+        try:
+            with open(f, "rb") as fh:
+                digest = sha.sha_fileobj(fh).hex()
+        except OSError as e:
+            raise SourceError(f"source {source.name!r}: cannot read {f} ({e.strerror or e})") from e
+        _check_cached_blob(source, f, digest)
+        source.hashes[f.name] = digest
     return source.hashes
+
+
+def _check_cached_blob(source: ResolvedSource, file: Path, digest: str) -> None:
+    """Refuse ``file`` when it is a link into an HF cache repo's ``blobs/`` whose sha256 is not ``digest``.
+
+    An LFS file (every weight file on the Hub) is stored as ``blobs/<its sha256>``,
+    so the name is the Hub's own hash. Other blobs are named by git's sha1 and
+    local directories have no reference at all: nothing to compare, nothing checked.
+    """
+    blob = file.resolve()
+    repo = blob.parent.parent
+    if blob.parent.name != "blobs" or not repo.name.startswith("models--") or not REGEX_SHA256.fullmatch(blob.name) \
+            or blob.name == digest:
+        return
+    repo_id = repo.name.removeprefix("models--").replace("--", "/")  # the cache's folder naming, reversed
+    raise SourceError(f"source {source.name!r}: cached file {file.name} is corrupt (its sha256 is {digest[:12]}..., "
+                      f"the Hub's is {blob.name[:12]}...): delete the cache entry (hf cache rm model/{repo_id}, or "
+                      f"rm -r {repo}) and download it again")
 
 
 # --- headers and pre-flight -------------------------------------------------
@@ -232,8 +385,7 @@ def read_header(source: ResolvedSource) -> dict[str, tuple[tuple[int, ...], torc
     specs = {}
     for f in source.weight_files:
         if f.suffix != ".safetensors":
-            for k, t in _load_pickle(f).items():
-                specs[k] = (tuple(t.shape), t.dtype)
+            specs.update(_pickle_specs(source, f))
             continue
         try:
             with safe_open(f, framework="pt") as h:
@@ -243,6 +395,19 @@ def read_header(source: ResolvedSource) -> dict[str, tuple[tuple[int, ...], torc
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise SourceError(f"source {source.name!r}: cannot read safetensors header of {f.name}: {e}") from e
     return specs
+
+
+def _pickle_specs(source: ResolvedSource, path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Names, shapes and dtypes of a pickle weight file (``--allow-pickle``), which must hold a dict of tensors."""
+    try:
+        state = _load_pickle(path)
+    except Exception as e:  # torch raises many types for a file that is not a weights-only pickle
+        raise SourceError(f"source {source.name!r}: cannot load {path.name} as a weights-only pickle "
+                          f"({type(e).__name__}): convert the checkpoint to safetensors") from e
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise SourceError(f"source {source.name!r}: {path.name} does not hold a state dict (name -> tensor): "
+                          "convert the checkpoint to safetensors")
+    return {k: (tuple(t.shape), t.dtype) for k, t in state.items()}
 
 
 def preflight(
@@ -280,7 +445,9 @@ def remote_header(ref: SourceRef, *, token: str | bool | None = None) -> dict[st
         meta = get_safetensors_metadata(ref.repo_id, revision=ref.revision, token=token)
     except SafetensorsParsingError as e:
         raise SourceError(f"source {ref.text!r}: cannot read its safetensors header on the Hub: {e}") from e
-    except (NotASafetensorsRepoError, HfHubHTTPError, OSError):
+    except (NotASafetensorsRepoError, HfHubHTTPError, OSError, httpx.HTTPError):  # OSError: requests' errors too
+        return None
+    except (ValueError, TypeError, AttributeError):  # a malformed remote index: its download reports it
         return None
     return {name: (tuple(info.shape), _DTYPES.get(info.dtype, info.dtype))
             for file_meta in meta.files_metadata.values() for name, info in file_meta.tensors.items()}
@@ -347,23 +514,38 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
 
 
 def iter_tensors(source: ResolvedSource, skip: Iterable[str] = ()) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` one at a time, lazily, shard by shard."""
+    """Yield ``(name, tensor)`` one at a time, lazily, shard by shard.
+
+    Each floating-point tensor is checked finite right after it is read, by
+    its sum (one reduction over memory just touched, no temporary, no second
+    read of the file): a NaN or inf raises
+    :class:`~hf_grasp.errors.NonFiniteSourceError` naming the source and the
+    tensor before it can reach a model. Integer tensors
+    (``num_batches_tracked``) cannot hold either.
+    """
+
     skip = set(skip)
     for f in source.weight_files:
-        if f.suffix != ".safetensors":
-            yield from ((k, v) for k, v in _load_pickle(f).items() if k not in skip)
-            continue
-        with safe_open(f, framework="pt", device="cpu") as h:
-            for k in h.keys():
-                if k not in skip:
-                    yield k, h.get_tensor(k)
+        with ExitStack() as stack:
+            if f.suffix == ".safetensors":
+                h = stack.enter_context(safe_open(f, framework="pt", device="cpu"))
+                tensors = ((k, h.get_tensor(k)) for k in h.keys() if k not in skip)
+            else:
+                tensors = ((k, v) for k, v in _load_pickle(f).items() if k not in skip)
+            for name, tensor in tensors:
+                # A NaN or inf entry makes the sum non-finite; only then (or when finite entries overflow
+                # it) is the exact, several times costlier isfinite pass paid.
+                if tensor.is_floating_point() and not (tensor.sum().isfinite() or tensor.isfinite().all()):
+                    raise NonFiniteSourceError.of(source.name, name, tensor)
+                yield name, tensor
 
 
 def stream_into(model: nn.Module, source: ResolvedSource, skip: Iterable[str] = ()) -> None:
     """Copy a source's tensors into ``model`` in place, one tensor resident at a time.
 
     Parameters and buffers both come from the source: a source evaluated in
-    eval mode must use its own BatchNorm statistics.
+    eval mode must use its own BatchNorm statistics. A NaN or inf in the source
+    raises (see :func:`iter_tensors`), leaving ``model`` partly overwritten.
     """
     state = model.state_dict()
     with torch.no_grad():
@@ -389,8 +571,11 @@ def iter_across(
     out by pre-flight). Tensors are cast to ``dtype`` (None keeps the stored one).
 
     Raises :class:`SourceError` for a source whose weights are pickle files:
-    they cannot be read one tensor at a time.
+    they cannot be read one tensor at a time, and
+    :class:`~hf_grasp.errors.NonFiniteSourceError` for a floating-point tensor
+    holding NaN or inf (checked as read, before the cast).
     """
+
     skip_sets = [set(s) for s in skips] if skips is not None else [set() for _ in sources]
     with ExitStack() as stack:
         where: list[dict[str, object]] = []
@@ -414,5 +599,7 @@ def iter_across(
                 if name not in handles:
                     raise SourceError(f"source {src.name!r}: tensor {name!r} is missing")
                 t = handles[name].get_tensor(name)  # type: ignore[attr-defined]
+                if t.is_floating_point() and not (t.sum().isfinite() or t.isfinite().all()):  # as iter_tensors
+                    raise NonFiniteSourceError.of(src.name, name, t)
                 row.append(t.to(device=device, dtype=dtype) if dtype is not None else t.to(device))
             yield name, row

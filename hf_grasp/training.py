@@ -37,7 +37,7 @@ from accelerate.utils import release_memory
 from torch import nn
 
 from ._memory import frozen_heap, release_freed_memory
-from .errors import DataError, GraspError
+from .errors import DataError, GraspError, NumericalError
 from .options import Schedule
 from .progress import log, progress
 
@@ -166,7 +166,8 @@ def fine_tune(
     Returns one dict per epoch: ``epoch`` (1-based), ``train_loss``,
     ``val_accuracy``, ``val_loss``, ``lr`` (the rate of the epoch's last step) and
     ``kept`` (True for the epoch whose state the model ends with). ``epochs == 0``
-    returns ``[]`` and leaves the model untouched.
+    returns ``[]`` and leaves the model untouched. A NaN or inf training loss
+    raises :class:`NumericalError` naming ``desc`` and the epoch.
     """
     if epochs < 0:
         raise GraspError(f"epochs must be >= 0, got {epochs}")
@@ -197,6 +198,10 @@ def fine_tune(
         for epoch in range(1, epochs + 1):
             train_loss, last_lr = _train_epoch(train_model, logits_fn, train_dl, optimizer, scheduler, accelerator,
                                                desc=f"{desc} {epoch}/{epochs}")
+            if not math.isfinite(train_loss):
+                raise NumericalError(f"{desc}, epoch {epoch}/{epochs}: the training loss is {train_loss} (the "
+                                     f"weights diverged); lower the learning rate (--lr, now {lr:g}) or check "
+                                     "the sources")
             val = _validate(model, logits_fn, val_dl, accelerator)
             history.append({"epoch": epoch, "train_loss": train_loss, "val_accuracy": val["accuracy"],
                             "val_loss": val["loss"], "lr": last_lr, "kept": False})
@@ -228,7 +233,8 @@ def _train_epoch(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], 
     """One pass of prepared ``model`` over prepared ``loader``.
 
     Returns the mean batch loss (averaged across processes) and the learning
-    rate of the last step. Gradients are freed at the end.
+    rate of the last step. Gradients are freed at the end. A NaN or inf batch
+    loss makes the mean NaN or inf; a single process stops the epoch there.
     """
     model.train()
     total_loss, n_batches, last_lr = 0.0, 0, float("nan")
@@ -240,8 +246,13 @@ def _train_epoch(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], 
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        total_loss += loss.item()
+        batch_loss = loss.item()  # the one host sync per batch, also the NaN/inf check
+        total_loss += batch_loss
         n_batches += 1
+        if not math.isfinite(batch_loss) and accelerator.num_processes == 1:
+            # the rest of the epoch would train on NaN. With several processes every one must finish
+            # the epoch (the others wait in all-reduce); the reduced mean is non-finite on all of them.
+            break
     # Gradients are not needed for evaluation: free them before it allocates activations.
     optimizer.zero_grad(set_to_none=True)
     mean = torch.tensor(total_loss / max(n_batches, 1), device=accelerator.device)

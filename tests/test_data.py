@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 import hf_grasp.data
+from conftest import write_pngs
 from hf_grasp.bench.digits_eras import load_digits_eras
 from hf_grasp.data import TargetData, alignment_batches, load_target, make_loader
 from hf_grasp.errors import DataError
@@ -34,23 +35,12 @@ def digits_target() -> TargetData:
     return load_target("digits-eras", domain=2)
 
 
-def _write_pngs(root: Path, classes: dict[str, int], mode: str, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    for name, count in classes.items():
-        (root / name).mkdir(parents=True)
-        for i in range(count):
-            shape = (12, 12) if mode == "L" else (12, 12, 3)
-            Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8), mode=mode).save(
-                root / name / f"{i}.png"
-            )
-
-
 @pytest.fixture(scope="module")
 def imagefolder(tmp_path_factory) -> Path:
     """train/ and test/ with class subfolders; greyscale PNGs, as some datasets have."""
     root = tmp_path_factory.mktemp("imagefolder")
-    _write_pngs(root / "train", {"cat": 10, "dog": 10, "eel": 10}, mode="L", seed=0)
-    _write_pngs(root / "test", {"cat": 3, "dog": 3, "eel": 3}, mode="L", seed=1)
+    write_pngs(root / "train", {"cat": 10, "dog": 10, "eel": 10}, mode="L", seed=0)
+    write_pngs(root / "test", {"cat": 3, "dog": 3, "eel": 3}, mode="L", seed=1)
     return root
 
 

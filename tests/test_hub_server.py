@@ -166,7 +166,7 @@ from hf_grasp import GraspMerger
 seen, stream = [], context.stream_into
 
 def spy(model, source, skip=()):  # what is on disk whenever a source is streamed
-    scratch = list(Path(tempfile.gettempdir()).glob("hf-grasp-fetch-*"))
+    scratch = list(Path(tempfile.gettempdir()).rglob("hf-grasp-fetch-*"))
     seen.append([source.name, len(scratch), sum(1 for d in scratch for _ in d.rglob("*.safetensors"))])
     return stream(model, source, skip)
 
@@ -175,7 +175,7 @@ result = GraspMerger.from_pretrained(["org/a", "org/b", "org/c"], target="digits
                                      finetune_epochs=0, eval_sources=False, tau=0.0,
                                      evict_sources=sys.argv[1] == "1").merge()
 result.save_pretrained(sys.argv[2])
-print(json.dumps({"seen": seen, "left": len(list(Path(tempfile.gettempdir()).glob("hf-grasp-fetch-*"))),
+print(json.dumps({"seen": seen, "left": len(list(Path(tempfile.gettempdir()).rglob("hf-grasp-fetch-*"))),
                   "files": {s.ref: s.files for s in result.report.sources}}))
 """
 

@@ -41,7 +41,10 @@ class TransformersFamily(ModelFamily):
             model = AutoModelForImageClassification.from_config(
                 config, dtype=torch.float32, trust_remote_code=trust_remote_code
             )
-        except ValueError as e:  # unknown model_type / not an image classifier
+        except ValueError as e:  # unknown model_type / not an image classifier / custom code refused
+            if "trust_remote_code" in str(e) and not trust_remote_code:
+                raise SourceError(f"{model_dir}: its config.json needs custom code from the repository to build the "
+                                  "model; read that code, and pass --trust-remote-code only if you trust it") from e
             raise SourceError(f"{model_dir}: cannot build an image classifier from config.json: "
                               f"{str(e).splitlines()[0]}") from e
         return model.eval()

@@ -25,6 +25,7 @@ from torch import nn
 
 from .._memory import release_freed_memory
 from ..data import TargetData, alignment_batches, make_loader
+from ..errors import NumericalError
 from ..families.base import ModelFamily
 from ..options import MergeOptions, MethodParams
 from ..progress import log
@@ -92,17 +93,29 @@ class MergeContext:
         dev = self.accelerator.device
         return [{k: v.to(dev) for k, v in b.items()} for b in batches]
 
-    def gradients(self, model: nn.Module, batches: list[dict]) -> None:
+    def gradients(self, model: nn.Module, batches: list[dict], *, step: str = "alignment",
+                  advice: str = "lower --lr or check the sources") -> None:
         """Sum of the loss gradients over ``batches`` into ``param.grad``, model in eval mode.
 
         Eval mode for both models (deterministic, dropout-free, each model's own
         BatchNorm statistics); the released code used train mode for the merged model.
+
+        A NaN or inf loss raises :class:`NumericalError` ``"{step}: ...; {advice}"``:
+        its gradients would make every alignment score NaN, and a NaN score
+        silently transfers nothing. The losses stay on the device until the
+        last batch, so the check costs one host sync per call, not per batch.
         """
         model.eval()
         model.zero_grad(set_to_none=True)
+        losses = []
         for b in batches:
             logits = self.family.logits(model, b["pixel_values"])
-            torch.nn.functional.cross_entropy(logits, b["labels"]).backward()
+            loss = torch.nn.functional.cross_entropy(logits, b["labels"])
+            loss.backward()
+            losses.append(loss.detach())
+        total = float(torch.stack(losses).sum()) if losses else 0.0
+        if not math.isfinite(total):
+            raise NumericalError(f"{step}: the loss on the target-train alignment batches is {total}; {advice}")
 
     @property
     def total_epochs(self) -> int:
@@ -123,13 +136,34 @@ class MergeContext:
         """
         if epochs == 0:
             return []
+        from ..workspace import run_dir  # the run's scratch: a killed run's best state is swept by the next
+
         o = self.options
-        with tempfile.TemporaryDirectory(prefix="hf-grasp-best-") as tmp, released(self.probe):
+        with tempfile.TemporaryDirectory(prefix="hf-grasp-best-", dir=run_dir()) as tmp, released(self.probe):
             return fine_tune(
                 self.merged, self.family.logits, self.train_loader, self.val_loader, self.accelerator,
                 epochs=epochs, lr=o.lr if lr is None else lr, weight_decay=o.weight_decay, schedule=o.schedule,
                 best_store=Path(tmp) / "best.safetensors", desc=desc,
             )
+
+    def check_finite(self) -> None:
+        """Raise :class:`NumericalError` naming the merged model's first tensor holding NaN or inf.
+
+        Run once at the end of a merge, before a result exists that could be
+        saved. Every floating-point tensor is reduced on the device and the
+        flags come back in one sync. An artifact (the ensemble) is what gets
+        saved instead of ``merged``, and its members were checked as they streamed.
+        """
+        if self.artifact is not None:
+            return
+        state = [(n, t) for n, t in self.merged.state_dict().items() if t.is_floating_point()]
+        finite = torch.stack([torch.isfinite(t).all() for _, t in state]).tolist() if state else []
+        for (name, tensor), ok in zip(state, finite):
+            if not ok:
+                raise NumericalError(
+                    f"merged model: tensor {name!r} has {NumericalError.count(tensor)} at the end of the merge, "
+                    "so it was not saved; the merge overflowed: check the sources' weights and lower --lr or "
+                    "the method's --scaling")
 
     def evaluate(self, model: nn.Module | None = None, split: str = "validation") -> dict:
         loader = self.val_loader if split == "validation" else self.test_loader

@@ -18,6 +18,7 @@ model is fine-tuned.
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -26,6 +27,7 @@ from torch import nn
 from ..progress import progress
 from .._memory import release_freed_memory
 from ..alignment import alignment_scores, apply_transfer, row_partners, transfer_mask
+from ..errors import NumericalError
 from .context import MergeContext
 
 
@@ -52,16 +54,20 @@ def grasp(ctx: MergeContext) -> None:
     for k, source in enumerate(progress(sources, desc="GRASP: align + transfer", unit="source"), start=1):
         start = time.time()
         batches = ctx.alignment_batches(step=k, n_batches=p.align_batches)
-        ctx.gradients(ctx.merged, batches)
+        step = f"GRASP step {k} (source {source.name!r})"
+        ctx.gradients(ctx.merged, batches, step=f"{step}, merged model",
+                      advice="lower --lr, or check the sources merged so far")
         ctx.load(ctx.probe, source)
         skipped = set(ctx.skips.get(source.name, ()))
         if skipped:
             # a skipped head is judged with the merged model's head, never transferred
             _copy_tensors(ctx.probe, ctx.merged, skipped)
         source_alone = ctx.evaluate(ctx.probe, split="test") if o.eval_sources and not skipped else None
-        ctx.gradients(ctx.probe, batches)
+        ctx.gradients(ctx.probe, batches, step=f"{step}, source model",
+                      advice="check the source: its weights overflow on the target images; re-export it or "
+                             "leave it out of --sources")
         scores, transferred = transfer_aligned(ctx.merged, ctx.probe, tau=p.tau, granularity=p.granularity,
-                                               buffers=p.buffers, skip=skipped)
+                                               buffers=p.buffers, skip=skipped, step=step)
         ctx.merged.zero_grad(set_to_none=True)
         ctx.probe.zero_grad(set_to_none=True)
         release_freed_memory()  # both gradient sets, before fine-tuning allocates its own
@@ -73,13 +79,16 @@ def grasp(ctx: MergeContext) -> None:
 
 
 def transfer_aligned(
-    merged: nn.Module, source: nn.Module, *, tau: float, granularity: str, buffers: str = "keep", skip=()
+    merged: nn.Module, source: nn.Module, *, tau: float, granularity: str, buffers: str = "keep", skip=(),
+    step: str = "GRASP scoring",
 ) -> tuple[dict[str, float | None], dict[str, float]]:
     """Stages 3-4: score every parameter by gradient alignment and copy the aligned units.
 
     Both models must hold gradients in ``.grad``. A parameter with no gradient
     (unused in the forward pass) scores 0. Returns per-tensor mean score and
-    fraction of entries transferred.
+    fraction of entries transferred. A NaN or inf gradient raises
+    :class:`NumericalError` (its message starts with ``step``) before anything
+    is transferred: its score would be NaN, and NaN is never above ``tau``.
     """
     src_params = dict(source.named_parameters())
     named = [(n, p) for n, p in merged.named_parameters() if n not in skip]
@@ -95,6 +104,8 @@ def transfer_aligned(
         unit_scores = alignment_scores(g_s, g_t, granularity)
         masks[name] = transfer_mask(unit_scores, tau)
         scores[name] = float(unit_scores.mean())
+        if not math.isfinite(scores[name]):  # the sync float() already paid; finite gradients score finitely
+            raise _gradient_error(step, name, g_t, g_s)
     for bias, weight in partners.items():
         masks[bias], scores[bias] = masks[weight], scores[weight]
 
@@ -107,6 +118,13 @@ def transfer_aligned(
         scores[name], transferred[name] = None, 0.0
     order = [n for n, _ in merged.named_parameters()]
     return {n: scores[n] for n in order}, {n: transferred[n] for n in order}
+
+
+def _gradient_error(step: str, name: str, g_merged: torch.Tensor, g_source: torch.Tensor) -> NumericalError:
+    """The error for parameter ``name`` whose score is NaN: which model's gradient holds the NaN or inf."""
+    whose, grad = ("merged model", g_merged) if not torch.isfinite(g_merged).all() else ("source", g_source)
+    return NumericalError(f"{step}: the {whose}'s gradient of {name!r} has {NumericalError.count(grad)}; "
+                          "lower --lr, or check the source")
 
 
 def _buffers_follow(merged: nn.Module, source: nn.Module, masks: dict[str, torch.Tensor]) -> None:
