@@ -60,10 +60,12 @@ def _cmd_merge(args) -> int:
     # checked and locked before the minutes of work, held until the output is renamed into place
     with claim_output(args.output, inputs=_merge_inputs(args, options), overwrite=args.overwrite):
         from . import GraspMerger
+        from .merger import check_free_space
         from .summary import print_summary
 
         merger = GraspMerger.from_pretrained(args.sources, target=args.target, recipe=args.recipe,
                                              method=args.method, **options)
+        check_free_space(args.output, merger.inputs)  # before the minutes of the merge, not after
         result = merger.merge()
         result.save_pretrained(args.output, overwrite=args.overwrite)
     print_summary(result.report)

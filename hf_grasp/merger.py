@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 from accelerate.utils import set_seed
 from huggingface_hub import ModelCard, ModelHubMixin
+from safetensors import SafetensorError
 from torch import nn
 
 from ._memory import frozen_heap
@@ -33,6 +34,22 @@ from .report import MergeReport, build_report
 from .resolution import MergeInputs, check_family, preflight_inputs, resolve_inputs
 from .sources import expected_specs
 from .training import make_accelerator, recalibrate_batchnorm
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def check_free_space(output: str | Path, inputs: MergeInputs) -> None:
+    """Refuse, before any work, an output whose file system cannot hold one more checkpoint of the lead's size."""
+    need = sum(f.stat().st_size for f in inputs.lead.weight_files if f.exists())
+    where = Path(output).resolve()
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if need and free < need * 1.1:  # weights plus config, card, report and heatmap
+        raise GraspError(f"output {output}: {free / 2**20:.1f} MiB free on its file system, the merged model needs "
+                         f"about {need / 2**20:.1f} MiB; free space or choose another --output")
 
 
 def _references(sources: Any) -> list[str]:
@@ -217,7 +234,11 @@ class MergeResult(ModelHubMixin):
         with claim_output(save_directory, inputs=inputs, overwrite=overwrite) as out:
             tmp = temp_sibling(out)
             try:
-                super().save_pretrained(tmp, **kwargs)
+                try:
+                    super().save_pretrained(tmp, **kwargs)
+                except (OSError, SafetensorError) as e:  # a full disk, a quota: safetensors raises its own type
+                    raise GraspError(f"output {out}: writing it failed ({_first_line(e)}); free space or choose "
+                                     "another --output (nothing was left behind)") from e
                 if out.exists():
                     old = old_sibling(out)
                     out.rename(old)

@@ -211,3 +211,34 @@ def test_sigkill_leaves_scratch_the_next_run_sweeps_and_sigterm_leaves_nothing(t
     assert _one_error_line(tmp_path) == "error: interrupted by SIGTERM; the run's temporary files were removed"
     assert not out.exists() and _run_dirs(tmp_path) == []
     assert _siblings(out) == [f".merged.tmp-{owner_tag()}-x2"]  # a live owner's is left alone
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A file system of ``size`` KiB mounted under tmp_path (a tmpfs; needs root, skipped otherwise)."""
+    mounted = []
+
+    def mount(kib: int) -> Path:
+        where = tmp_path / f"disk{kib}"
+        where.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def test_a_full_disk_is_found_before_the_merge_and_when_writing(small_disk, tmp_path, checkpoints):
+    srcs = checkpoints("resnet", 2)
+    tiny = small_disk(300)  # less than one checkpoint: refused before any work
+    line = merge_fails(tmp_path, srcs, output=tiny / "merged")
+    assert "MiB free" in line and "free space or choose another --output" in line
+    snug = small_disk(1400)  # room for the weights, not for everything: fails while writing, leaves nothing
+    line = merge_fails(tmp_path, srcs, output=snug / "merged")
+    assert "writing it failed" in line and "No space left on device" in line
+    assert list(snug.iterdir()) == []
