@@ -6,8 +6,9 @@ ensemble included), so the card, the JSON report and the terminal summary all
 tell the same story. The method section is the method's own: its name, paper,
 description and parameters; GRASP's open points (granularity, buffers, model
 modes, heads) appear only for GRASP and its gated variants. The YAML header
-(``ModelCardData``) carries ``base_model`` (Hub sources only), the library,
-tags and the test accuracy as an eval result.
+(``ModelCardData``) carries ``base_model`` (Hub sources only) with
+``base_model_relation: merge``, the library, tags and the test accuracy as an
+eval result.
 """
 
 from __future__ import annotations
@@ -163,8 +164,11 @@ def build_model_card(report: MergeReport, *, dataset: str | None = None, repo_id
         eval_results = [EvalResult(task_type="image-classification", dataset_type=dataset or target.name,
                                    dataset_name=target.name, dataset_split="test", metric_type="accuracy",
                                    metric_value=float(test_accuracy))]
+    base_model = list(dict.fromkeys(s.repo_id for s in report.sources if s.is_hub)) or None
     card_data = ModelCardData(
-        base_model=list(dict.fromkeys(s.repo_id for s in report.sources if s.is_hub)) or None,
+        base_model=base_model,
+        # the Hub's model tree then lists this repo as a merge of its base models
+        base_model_relation="merge" if base_model else None,
         datasets=[dataset] if dataset else None,
         library_name="hf_grasp" if is_ensemble else report.family,
         pipeline_tag="image-classification",

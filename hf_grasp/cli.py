@@ -41,10 +41,23 @@ def _merge_parser(sub) -> None:
                    help="Merge method (default: grasp): " + ", ".join(sorted(METHODS)) + ". Each method's own "
                         "parameters are listed below under its name.")
     p.add_argument("--overwrite", action="store_true", help="Replace --output if it already exists.")
-    p.add_argument("--push-to-hub", metavar="REPO_ID", help="Also upload the merged model to this Hub repo.")
-    p.add_argument("--private", action="store_true", help="Create the --push-to-hub repo as private.")
+    _push_flags(p)
     add_option_arguments(p)
     p.set_defaults(func=_cmd_merge)
+
+
+def _push_flags(p) -> None:
+    """``--push-to-hub`` and what it takes: where, how the commit looks, which token."""
+    hub = p.add_argument_group("publish")
+    hub.add_argument("--push-to-hub", metavar="REPO_ID",
+                     help="Also upload the merged model (weights, configs, card, report, heatmap) to this Hub model "
+                          "repo, in one commit; the repo is created if missing.")
+    hub.add_argument("--private", action="store_true", help="Create the --push-to-hub repo as private.")
+    hub.add_argument("--revision", metavar="BRANCH", help="Commit to this branch (created if missing; default main).")
+    hub.add_argument("--create-pr", action="store_true", help="Open a pull request instead of committing directly.")
+    hub.add_argument("--commit-message", metavar="TEXT", help="The commit's message.")
+    hub.add_argument("--token", metavar="TOKEN",
+                     help="Hub token with write access (default: HF_TOKEN, else the stored login). Never printed.")
 
 
 def _merge_inputs(args, options: dict) -> list[tuple[str, object]]:
@@ -53,7 +66,17 @@ def _merge_inputs(args, options: dict) -> list[tuple[str, object]]:
             ("--init", options.get("init")), ("--target", args.target)]
 
 
+def _check_push_flags(args) -> None:
+    """A publish flag without ``--push-to-hub`` is a mistake to report now, not to ignore after the merge."""
+    given = [flag for flag, value in (("--private", args.private), ("--revision", args.revision),
+                                      ("--create-pr", args.create_pr), ("--commit-message", args.commit_message),
+                                      ("--token", args.token)) if value]
+    if given and not args.push_to_hub:
+        raise GraspError(f"{', '.join(given)} only apply with --push-to-hub REPO_ID")
+
+
 def _cmd_merge(args) -> int:
+    _check_push_flags(args)
     options = parse_text(args.method, options_from_args(args))  # "0.5" -> 0.5, checked before any work
     from .workspace import claim_output
 
@@ -67,11 +90,17 @@ def _cmd_merge(args) -> int:
                                              method=args.method, **options)
         check_free_space(args.output, merger.inputs)  # before the minutes of the merge, not after
         result = merger.merge()
-        result.save_pretrained(args.output, overwrite=args.overwrite)
+        # pushing: the card's loading snippet names the repo, locally as on the Hub
+        result.save_pretrained(args.output, overwrite=args.overwrite,
+                               model_card_kwargs={"repo_id": args.push_to_hub})
     print_summary(result.report)
     print(f"merged model written to {args.output}")
     if args.push_to_hub:
-        url = result.push_to_hub(args.push_to_hub, private=args.private)
+        from .merger import push_folder
+
+        # the folder just written is what goes up, so the Hub holds exactly the local files
+        url = push_folder(args.output, args.push_to_hub, private=args.private or None, revision=args.revision,
+                          create_pr=args.create_pr, commit_message=args.commit_message, token=args.token)
         print(f"pushed to {url}")
     return 0
 

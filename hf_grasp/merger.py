@@ -16,7 +16,9 @@ from typing import Any, Sequence
 
 import torch
 from accelerate.utils import set_seed
-from huggingface_hub import ModelCard, ModelHubMixin
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelHubMixin
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import httpx  # the HTTP library huggingface_hub itself uses
 from safetensors import SafetensorError
 from torch import nn
 
@@ -64,6 +66,40 @@ def _references(sources: Any) -> list[str]:
     if not refs:
         raise GraspError("no sources given")
     return refs
+
+
+def push_folder(folder: str | Path, repo_id: str, *, private: bool | None = None, revision: str | None = None,
+                create_pr: bool = False, commit_message: str | None = None, token: str | bool | None = None) -> str:
+    """Upload every file of a saved merge ``folder`` to the Hub model repo ``repo_id`` in one commit.
+
+    The repo is created if missing (``private`` then applies); a ``revision``
+    branch too. One ``create_commit`` rather than ``upload_folder``: with Xet,
+    ``upload_folder`` may split a folder over several commits, and weights
+    without their card or report must never be a revision of the repo.
+    Returns the commit's URL, or the pull request's with ``create_pr``. A
+    failure is a :class:`GraspError` naming the repo, never the token.
+    """
+    folder = Path(folder)
+    api = HfApi(token=token)
+    operations = [CommitOperationAdd(path_in_repo=f.relative_to(folder).as_posix(), path_or_fileobj=str(f))
+                  for f in sorted(folder.rglob("*")) if f.is_file()]
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if revision and revision != "main":  # a new branch must exist before a commit to it
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.create_commit(repo_id, operations, revision=revision, create_pr=create_pr,
+                                 commit_message=commit_message or f"Upload merged model ({len(operations)} files) "
+                                                                  "with hf-grasp")
+    except (HfHubHTTPError, OSError, ValueError, httpx.HTTPError) as e:
+        # httpx: a refused or dropped connection surfaces as the HTTP library's own error, unwrapped
+        raise GraspError(f"pushing to Hub repo {repo_id} failed ({_redact(_first_line(e), token)}); nothing was "
+                         "committed") from None
+    return info.pr_url or info.commit_url
+
+
+def _redact(text: str, token: str | bool | None) -> str:
+    """``text`` without the token in it: an error message is printed, the token must never be."""
+    return text.replace(token, "***") if isinstance(token, str) and token else text
 
 
 class GraspMerger:
@@ -213,8 +249,24 @@ class MergeResult(ModelHubMixin):
         if any(s.scores for s in self.report.sources):
             plot_alignment_heatmap(self.report, save_directory / "alignment.png")
 
-    def generate_model_card(self, *args, **kwargs) -> ModelCard:
-        return build_model_card(self.report)
+    def generate_model_card(self, *args, repo_id: str | None = None, **kwargs) -> ModelCard:
+        """The card of this merge; ``repo_id`` (where it is pushed) goes into its loading snippet."""
+        return build_model_card(self.report, repo_id=repo_id)
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, revision: str | None = None,
+                    create_pr: bool = False, commit_message: str | None = None,
+                    token: str | bool | None = None) -> str:
+        """Upload what :meth:`save_pretrained` writes to ``repo_id`` as ONE commit; returns its URL.
+
+        Saved to a temporary directory first (the card's loading snippet names
+        ``repo_id``), then sent by :func:`push_folder`. ``token``: else
+        ``HF_TOKEN`` or the stored login, as huggingface_hub resolves it.
+        """
+        with tempfile.TemporaryDirectory(prefix="hf-grasp-push-") as tmp:
+            folder = Path(tmp) / "merged"
+            self.save_pretrained(folder, model_card_kwargs={"repo_id": repo_id})
+            return push_folder(folder, repo_id, private=private, revision=revision, create_pr=create_pr,
+                               commit_message=commit_message, token=token)
 
     def save_pretrained(self, save_directory: str | Path, *, overwrite: bool = False, **kwargs) -> str | None:
         """Write everything to a temporary sibling directory, then rename it into place.

@@ -3,7 +3,9 @@
 Sources are published into a fresh HF_HOME, `hf-grasp merge` resolves them by
 repo id (one pinned with @revision) under HF_HUB_OFFLINE=1, and a fresh
 interpreter without hf_grasp loads the output with plain transformers / timm and
-reproduces the merged model's logits.
+reproduces the merged model's logits. Publishing (``--push-to-hub``,
+``MergeResult.push_to_hub``) is tested against a local hub server in
+tests/test_publish.py.
 """
 
 from __future__ import annotations
@@ -93,42 +95,3 @@ def test_merge_by_repo_id_offline_and_reload_plainly(tmp_path, checkpoints, arch
                                env=env))
     assert torch.allclose(torch.tensor(got), torch.tensor(mem), atol=1e-5)
 
-
-def test_push_to_hub_uploads_the_saved_folder(checkpoints, tmp_path, monkeypatch):
-    """`MergeResult.push_to_hub` goes through ModelHubMixin: the uploaded folder is what save_pretrained writes."""
-    import shutil
-
-    import huggingface_hub.hub_mixin
-    from transformers import AutoModelForImageClassification
-
-    from hf_grasp import GraspMerger
-
-    uploads = []
-
-    class RecordingApi:  # stands in for the Hub: records what would be sent
-        def __init__(self, token=None, **_):
-            self.token = token
-
-        def create_repo(self, repo_id, private=None, exist_ok=False, **_):
-            uploads.append({"repo_id": repo_id, "private": private})
-            return type("RepoUrl", (), {"repo_id": repo_id})()
-
-        def upload_folder(self, repo_id, folder_path, commit_message=None, **_):
-            shutil.copytree(folder_path, tmp_path / "uploaded")
-            uploads[-1].update(commit_message=commit_message)
-            return f"https://hub.invalid/{repo_id}/commit/0"
-
-    monkeypatch.setattr(huggingface_hub.hub_mixin, "HfApi", RecordingApi)
-    srcs = checkpoints("resnet", 2)
-    result = GraspMerger.from_pretrained([str(s) for s in srcs], target="digits-eras", initial_epochs=0,
-                                         finetune_epochs=0, eval_sources=False).merge()
-    result.push_to_hub("me/merged", private=True)
-
-    assert uploads[0]["repo_id"] == "me/merged" and uploads[0]["private"] is True
-    up = tmp_path / "uploaded"
-    assert {"model.safetensors", "config.json", "grasp_report.json", "README.md"} <= {p.name for p in up.iterdir()}
-    card = (up / "README.md").read_text()
-    assert card.startswith("---") and "hf-grasp" in card
-    reloaded = AutoModelForImageClassification.from_pretrained(up)
-    for name, tensor in result.model.state_dict().items():
-        assert torch.equal(reloaded.state_dict()[name], tensor), name

@@ -1,97 +1,34 @@
 """Sources by Hub repo id, online, against a hub-compatible server on 127.0.0.1.
 
-The server answers the read side of the Hub API that huggingface_hub uses —
-``GET /api/models/{id}/revision/{rev}``, ``GET /api/models/{id}/tree/{sha}``,
-``HEAD|GET /{id}/resolve/{rev}/{file}`` (ranged too) — from checkpoint
-directories the tests build, one directory per (repo, revision), and records
-every request. So the real code path runs: pre-flight on remote safetensors
-headers, downloads through the HF cache, revision pinning.
+The server (tests/hub_server.py) answers the read side of the Hub API that
+huggingface_hub uses — ``GET /api/models/{id}/revision/{rev}``,
+``GET /api/models/{id}/tree/{sha}``, ``HEAD|GET /{id}/resolve/{rev}/{file}``
+(ranged too) — from checkpoint directories the tests build, one directory per
+(repo, revision), and records every request. So the real code path runs:
+pre-flight on remote safetensors headers, downloads through the HF cache,
+revision pinning. Publishing to it: tests/test_publish.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import last_json, run_cli, run_python
+from hub_server import commit_sha, hub_server  # noqa: F401  (a fixture)
 
-
-def _commit(repo_id: str, revision: str) -> str:
-    return hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+_commit = commit_sha
 
 
 @pytest.fixture
-def hub(tmp_path):
-    """Start the server; returns ``(serve, env, log)``: ``serve(repo_id, dir, revision="main")`` publishes a dir."""
-    repos: dict[str, dict[str, Path]] = {}  # repo id -> revision name or commit -> directory
-    log = []
-
-    def serve(repo_id: str, path: Path, revision: str = "main") -> str:
-        repos.setdefault(repo_id, {})[revision] = repos[repo_id][_commit(repo_id, revision)] = Path(path)
-        return _commit(repo_id, revision)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_HEAD(self):
-            self._answer(with_body=False)
-
-        def do_GET(self):
-            self._answer(with_body=True)
-
-        def _send(self, status: int, data: bytes = b"", with_body: bool = True, **headers):
-            self.send_response(status)
-            for k, v in {"Content-Length": str(len(data)), **headers}.items():
-                self.send_header(k.replace("_", "-"), v)
-            self.end_headers()
-            if with_body:
-                self.wfile.write(data)
-
-        def _answer(self, with_body: bool):
-            path = urlparse(self.path).path
-            log.append((self.command, path, self.headers.get("range")))
-            api = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(revision|tree)/([^/]+)", path)
-            resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
-            repo_id, rev = (api or resolve or [None] * 4)[1], (api[3] if api else resolve[2] if resolve else None)
-            if repo_id not in repos:
-                return self._send(404, with_body=with_body, X_Error_Code="RepoNotFound")
-            if rev not in repos[repo_id]:
-                return self._send(404, with_body=with_body, X_Error_Code="RevisionNotFound")
-            root, commit = repos[repo_id][rev], _commit(repo_id, rev) if len(rev) != 40 else rev
-            files = sorted(f.relative_to(root).as_posix() for f in root.rglob("*") if f.is_file())
-            if api and api[2] == "revision":
-                body = {"id": repo_id, "sha": commit, "siblings": [{"rfilename": f} for f in files]}
-                return self._send(200, json.dumps(body).encode(), Content_Type="application/json")
-            if api:
-                body = [{"type": "file", "path": f, "size": (root / f).stat().st_size,
-                         "oid": hashlib.sha1((root / f).read_bytes()).hexdigest()} for f in files]
-                return self._send(200, json.dumps(body).encode(), Content_Type="application/json")
-            f = root / resolve[3]
-            if not f.is_file():
-                return self._send(404, with_body=with_body, X_Error_Code="EntryNotFound")
-            data = f.read_bytes()
-            headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X_Repo_Commit": commit}
-            if self.headers.get("range"):
-                start, end = map(int, re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers["range"]).groups())
-                return self._send(206, data[start:end + 1], with_body, **headers)
-            return self._send(200, data, with_body, **headers)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}", "HF_HOME": str(tmp_path / "hf"),
-           "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}
-    yield serve, env, log
-    server.shutdown()
+def hub(hub_server, tmp_path):
+    """The server; returns ``(serve, env, log)``: ``serve(repo_id, dir, revision="main")`` publishes a dir."""
+    return hub_server.serve, hub_server.env(tmp_path / "hf"), hub_server.log
 
 
 def _downloads(log):

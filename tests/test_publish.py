@@ -1,0 +1,134 @@
+"""Publishing a merge: ``hf-grasp merge --push-to-hub`` and ``MergeResult.push_to_hub``, against the
+hub-compatible server of tests/hub_server.py (create_repo, preupload, LFS, one ndjson commit).
+
+The pushed repo is then read back by repo id through the same server with plain
+transformers and ``ModelCard.load``, as a user of the Hub would.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import last_json, merge_fails, run_cli, run_python
+from hub_server import hub_server  # noqa: F401  (a fixture)
+from test_hub_e2e import LOGITS, PLAIN
+
+TOKEN = "SECRET-TOKEN-123"
+PUSHED = {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "grasp_report.json",
+          "alignment.png"}
+
+READ_BACK = """
+import json, sys
+from huggingface_hub import ModelCard
+card = ModelCard.load(sys.argv[1])
+print(json.dumps({"data": card.data.to_dict(), "text": card.text,
+                  "accuracy": card.data.eval_results[0].metric_value if card.data.eval_results else None}))
+"""
+
+
+def _no_token_but_in_authorization(server, *texts: str) -> None:
+    """The token is in no body, no file received, no text given; in headers only as ``Authorization``."""
+    assert not [b for b in server.received_bodies() if TOKEN.encode() in b]
+    assert not [t for t in texts if TOKEN in t]
+    with_token = [(r["path"], k) for r in server.requests for k, v in r["headers"].items() if TOKEN in v]
+    assert with_token and {k.lower() for _, k in with_token} == {"authorization"}
+
+
+@pytest.mark.slow
+def test_merge_pushes_one_commit_that_loads_by_repo_id(hub_server, checkpoints, tmp_path):
+    a, b = checkpoints("resnet", 2, seed0=80)
+    hub_server.serve("org/a", a)
+    hub_server.serve("org/b", b)
+    env = {**hub_server.env(tmp_path / "hf"), "HF_TOKEN": ""}  # the token comes from --token only
+    out = tmp_path / "merged"
+    proc = run_cli("merge", "--target", "digits-eras", "--sources", "org/a", "org/b", "--output", str(out),
+                   "--initial-epochs", "0", "--finetune-epochs", "1", "--lr", "1e-3", "--no-eval-sources",
+                   "--push-to-hub", "org/merged", "--token", TOKEN, "--commit-message", "Merge org/a and org/b",
+                   env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"{hub_server.endpoint}/org/merged/commit/" in proc.stdout
+
+    # ONE commit, holding every file of the output folder, byte for byte
+    commits = hub_server.commits()
+    assert len(commits) == 1 and commits[0]["repo"] == "org/merged" and commits[0]["revision"] == "main"
+    assert commits[0]["header"]["summary"] == "Merge org/a and org/b"
+    local = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert PUSHED <= set(commits[0]["files"]) and commits[0]["files"] == local
+    assert hub_server.created["org/merged"].get("visibility") != "private"
+
+    # the token: only ever in Authorization headers
+    _no_token_but_in_authorization(hub_server, proc.stdout, proc.stderr)
+    assert not [name for name, data in local.items() if TOKEN.encode() in data]
+
+    # read back by repo id, in fresh interpreters with a fresh cache: same logits, the card as written
+    fresh = {**hub_server.env(tmp_path / "hf-fresh"), "HF_TOKEN": ""}
+    code = LOGITS.format(**PLAIN["transformers"])
+    pulled = last_json(run_python(code, "org/merged", env=fresh))
+    here = last_json(run_python(code, out, env=fresh))
+    assert torch.allclose(torch.tensor(pulled), torch.tensor(here), atol=1e-6)
+    card = last_json(run_python(READ_BACK, "org/merged", env=fresh))
+    report = json.loads(local["grasp_report.json"])
+    assert card["data"]["base_model"] == ["org/a", "org/b"]
+    assert card["data"]["base_model_relation"] == "merge"
+    assert card["accuracy"] == pytest.approx(report["final"]["test"]["accuracy"])
+    assert 'from_pretrained("org/merged")' in card["text"]
+
+
+PUSH_API = """
+import json, sys
+from transformers import AutoModelForImageClassification
+from hf_grasp import GraspMerger
+result = GraspMerger.from_pretrained(sys.argv[1:], target="digits-eras", initial_epochs=0, finetune_epochs=0,
+                                     eval_sources=False).merge()
+urls = [result.push_to_hub("me/merged", private=True, token="SECRET-TOKEN-123"),
+        result.push_to_hub("me/merged", create_pr=True, commit_message="again", token="SECRET-TOKEN-123"),
+        result.push_to_hub("me/merged", revision="dev", token="SECRET-TOKEN-123")]
+reloaded = AutoModelForImageClassification.from_pretrained("me/merged").state_dict()
+same = all(reloaded[k].equal(t) for k, t in result.model.state_dict().items())
+print(json.dumps({"urls": urls, "same": same}))
+"""
+
+
+@pytest.mark.slow
+def test_merge_result_push_to_hub_uploads_the_saved_folder(hub_server, checkpoints, tmp_path):
+    """`MergeResult.push_to_hub`: one commit per push of what save_pretrained writes; private, PR and branch."""
+    srcs = checkpoints("resnet", 2)
+    env = {**hub_server.env(tmp_path / "hf"), "HF_TOKEN": ""}
+    proc = run_python(PUSH_API, *srcs, env=env)
+    got = last_json(proc)
+
+    assert hub_server.created["me/merged"]["visibility"] == "private"
+    main, pr, dev = hub_server.commits()
+    assert {"model.safetensors", "config.json", "grasp_report.json", "README.md"} <= set(main["files"])
+    card = main["files"]["README.md"].decode()
+    assert card.startswith("---") and "hf-grasp" in card and 'from_pretrained("me/merged")' in card
+    assert got["same"]  # what the Hub serves is the merged model
+    assert got["urls"][0].endswith(f"/me/merged/commit/{hub_server.repos['me/merged']['main'][0]}")
+    assert pr["header"]["summary"] == "again" and got["urls"][1].endswith("/me/merged/discussions/1")
+    assert hub_server.repos["me/merged"]["refs/pr/1"][0] != hub_server.repos["me/merged"]["main"][0]
+    assert dev["revision"] == "dev" and hub_server.repos["me/merged"]["dev"][0] != hub_server.repos["me/merged"]["main"][0]
+    _no_token_but_in_authorization(hub_server, proc.stdout, proc.stderr)
+
+
+def test_failed_push_is_one_error_line_without_the_token(checkpoints, tmp_path):
+    """Nothing answers at HF_ENDPOINT: exit 2, one ``error:`` line naming the repo, the merge kept, no token."""
+    srcs = checkpoints("resnet", 2)
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0",
+           "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": ""}
+    out = tmp_path / "merged"
+    proc = run_cli("merge", "--target", "digits-eras", "--sources", *map(str, srcs), "--output", str(out),
+                   "--initial-epochs", "0", "--finetune-epochs", "0", "--no-eval-sources",
+                   "--push-to-hub", "org/merged", "--token", TOKEN, env=env)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "org/merged" in errors[0] and "nothing was committed" in errors[0]
+    assert TOKEN not in proc.stdout + proc.stderr
+    assert (out / "model.safetensors").is_file()  # the merge itself stands
+
+
+def test_publish_flags_without_push_to_hub_are_refused_before_any_work(checkpoints, tmp_path):
+    err = merge_fails(tmp_path, checkpoints("resnet", 1), "--token", TOKEN, "--create-pr")
+    assert "--create-pr, --token only apply" in err and "--push-to-hub" in err and TOKEN not in err
