@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import DataError
+from .errors import DataError, first_line
 
 Transform = Callable[[list[Image.Image]], torch.Tensor]
 
@@ -200,7 +200,7 @@ def _load_local(path: Path, target: str):
         raise
     except (OSError, ValueError, RuntimeError, IndexError) as e:
         # IndexError: datasets 5.2's load_from_disk on a saved split with no rows.
-        raise DataError(f"cannot read local dataset {target}: {_first_line(e)}") from e
+        raise DataError(f"cannot read local dataset {target}: {first_line(e)}") from e
 
 
 def _refuse_empty_saved_splits(path: Path, target: str) -> None:
@@ -234,17 +234,12 @@ def _load_hub(target: str):
                 f"dataset '{target}' is not a built-in, not a local path, and not in the local "
                 "datasets cache (HF_HUB_OFFLINE is set, so the Hub is not consulted)"
             ) from e
-        raise DataError(f"dataset '{target}' could not be loaded from the Hub: {_first_line(e)}") from e
+        raise DataError(f"dataset '{target}' could not be loaded from the Hub: {first_line(e)}") from e
 
 
 def _looks_like_path(target: str) -> bool:
     # Hub ids are "name" or "org/name"; anything else with a separator is a path.
     return target.startswith((".", "/", "~")) or target.count("/") > 1 or "\\" in target
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # --------------------------------------------------------------------------- splits & columns
@@ -370,7 +365,7 @@ def _undecodable(item: dict | None) -> str | None:
         with Image.open(source) as im:
             im.load()  # decodes every pixel: a truncated file fails here, not at open()
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        return _first_line(e)
+        return first_line(e)
     return None
 
 
@@ -395,7 +390,7 @@ def _carve_validation(
     except ValueError as e:
         if stratify is None:
             raise DataError(
-                f"cannot carve a validation split from the {len(train)} train rows of {target}: {_first_line(e)}"
+                f"cannot carve a validation split from the {len(train)} train rows of {target}: {first_line(e)}"
             ) from e
         # Too few rows per class for a stratified cut: fall back to a plain random one.
         parts = index.train_test_split(test_size=fraction, seed=seed)

@@ -36,7 +36,7 @@ from huggingface_hub import snapshot_download
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .errors import GraspError, SourceError
+from .errors import GraspError, SourceError, first_line
 
 SPEC_FILE = "ensemble.json"
 FORMAT = "hf_grasp.ensemble"
@@ -196,7 +196,7 @@ def load_member(member: dict, family: str, *, token: str | bool | None = None) -
             raise GraspError(f"ensemble member {member.get('ref')!r}: unknown model family {family!r}")
     except (OSError, ValueError, RuntimeError) as e:
         raise SourceError(f"ensemble member {member.get('ref')!r}: cannot be loaded "
-                          f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+                          f"({first_line(e)})") from e
     return model.eval()
 
 

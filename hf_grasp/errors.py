@@ -44,3 +44,10 @@ class NonFiniteSourceError(SourceError):
         """The error for source ``source``'s tensor ``name`` (the tensor as read)."""
         return cls(f"source {source!r}: tensor {name!r} has {NumericalError.count(tensor)}; the checkpoint is "
                    "corrupt: re-download or re-export it, or leave it out of --sources")
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when it has none): what a one-line error quotes
+    of a library's own, often multi-line, message."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

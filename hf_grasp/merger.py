@@ -25,7 +25,7 @@ from torch import nn
 from ._memory import frozen_heap
 from .card import build_model_card
 from .data import TargetData, load_target
-from .errors import GraspError, SourceError
+from .errors import GraspError, SourceError, first_line
 from .families.base import ModelFamily
 from .heatmap import plot_alignment_heatmap
 from .methods import find_method, get_method
@@ -36,10 +36,6 @@ from .report import MergeReport, build_report
 from .resolution import MergeInputs, check_family, preflight_inputs, resolve_inputs
 from .sources import expected_specs
 from .training import make_accelerator, recalibrate_batchnorm
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def check_free_space(output: str | Path, inputs: MergeInputs) -> None:
@@ -92,7 +88,7 @@ def push_folder(folder: str | Path, repo_id: str, *, private: bool | None = None
                                                                   "with hf-grasp")
     except (HfHubHTTPError, OSError, ValueError, httpx.HTTPError) as e:
         # httpx: a refused or dropped connection surfaces as the HTTP library's own error, unwrapped
-        raise GraspError(f"pushing to Hub repo {repo_id} failed ({_redact(_first_line(e), token)}); nothing was "
+        raise GraspError(f"pushing to Hub repo {repo_id} failed ({_redact(first_line(e), token)}); nothing was "
                          "committed") from None
     return info.pr_url or info.commit_url
 
@@ -289,7 +285,7 @@ class MergeResult(ModelHubMixin):
                 try:
                     super().save_pretrained(tmp, **kwargs)
                 except (OSError, SafetensorError) as e:  # a full disk, a quota: safetensors raises its own type
-                    raise GraspError(f"output {out}: writing it failed ({_first_line(e)}); free space or choose "
+                    raise GraspError(f"output {out}: writing it failed ({first_line(e)}); free space or choose "
                                      "another --output (nothing was left behind)") from e
                 if out.exists():
                     old = old_sibling(out)

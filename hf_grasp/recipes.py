@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .errors import DataError, GraspError
+from .errors import DataError, GraspError, first_line
 from .options import Layer, check_layer
 
 BUILTIN_RECIPES = {
@@ -86,7 +86,7 @@ def load_recipe(name_or_path: str) -> Recipe:
         at = f" (line {where.line + 1})" if where is not None else ""
         # problem is the one-line reason; a ReaderError (a control character, say) has none, only a
         # multi-line str: keep its first line
-        reason = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+        reason = getattr(e, "problem", None) or first_line(e)
         raise GraspError(f"recipe {path} is not valid YAML{at}: {reason}") from None
     if not isinstance(data, dict):
         raise GraspError(f"recipe {path} must be a YAML mapping at the top level")
@@ -150,6 +150,6 @@ def _require_available(rec: Recipe) -> None:
         if datasets.config.HF_HUB_OFFLINE:
             raise DataError(f"dataset {dataset} is not available offline; {make or 'it is not in the local cache'}"
                             ) from None
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = first_line(e)
         raise DataError(f"dataset {dataset} could not be loaded ({reason}); {make or 'check the dataset id'}"
                         ) from None

@@ -11,6 +11,9 @@ from pathlib import Path
 import datasets
 import pytest
 
+# the hub-compatible server on 127.0.0.1 (tests/hub_server.py), a fixture every test module can use
+from hub_server import hub_server  # noqa: F401
+
 from hf_grasp.bench import archs
 
 LABELS = [str(i) for i in range(10)]
@@ -40,6 +43,13 @@ def datasets_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(datasets.config, "HF_DATASETS_CACHE", root)
         yield root
+
+
+@pytest.fixture
+def hub(hub_server, tmp_path):
+    """The server as ``(serve, env, log)``: ``serve(repo_id, dir, revision="main")`` publishes a dir, ``env`` points
+    huggingface_hub at the server (a fresh HF_HOME), ``log`` records every request."""
+    return hub_server.serve, hub_server.env(tmp_path / "hf"), hub_server.log
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,6 @@ from conftest import OFFLINE, last_json, merge_fails, run_python
 from hf_grasp.bench.hub_cache import publish_to_cache
 from hf_grasp.errors import GraspError, SourceError
 from hf_grasp.sources import SAFE_INDEX, hash_files, preflight, read_header, resolve
-from test_hub_server import hub  # noqa: F401  (the fixture: a hub-compatible server on 127.0.0.1)
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -15,20 +15,13 @@ import hashlib
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import last_json, run_cli, run_python
-from hub_server import commit_sha, hub_server  # noqa: F401  (a fixture)
+from hub_server import commit_sha
 
 _commit = commit_sha
-
-
-@pytest.fixture
-def hub(hub_server, tmp_path):
-    """The server; returns ``(serve, env, log)``: ``serve(repo_id, dir, revision="main")`` publishes a dir."""
-    return hub_server.serve, hub_server.env(tmp_path / "hf"), hub_server.log
 
 
 def _downloads(log):

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from conftest import last_json, merge_fails, run_cli, run_python
-from hub_server import hub_server  # noqa: F401  (a fixture)
 from test_hub_e2e import LOGITS, PLAIN
 
 TOKEN = "SECRET-TOKEN-123"

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import SourceError
+from ..errors import SourceError, first_line
 from .base import ModelFamily
 
 # Keys save_config_for_hf recomputes from the model itself; everything else in
@@ -48,7 +48,7 @@ class TimmFamily(ModelFamily):
             model = timm.create_model(f"local-dir:{Path(model_dir)}", pretrained=False)
         except (RuntimeError, KeyError, ValueError, TypeError) as e:  # unknown architecture, bad model_args
             raise SourceError(f"{model_dir}: timm cannot build the model in config.json: "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+                              f"{first_line(e)}") from e
         return model.float().eval()
 
     def num_labels(self, model_dir: Path) -> int:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import SourceError
+from ..errors import SourceError, first_line
 from .base import ModelFamily
 
 
@@ -46,7 +46,7 @@ class TransformersFamily(ModelFamily):
                 raise SourceError(f"{model_dir}: its config.json needs custom code from the repository to build the "
                                   "model; read that code, and pass --trust-remote-code only if you trust it") from e
             raise SourceError(f"{model_dir}: cannot build an image classifier from config.json: "
-                              f"{str(e).splitlines()[0]}") from e
+                              f"{first_line(e)}") from e
         return model.eval()
 
     def num_labels(self, model_dir: Path) -> int:
@@ -98,7 +98,7 @@ def _image_processor(model_dir: Path) -> Any:
         return AutoImageProcessor.from_pretrained(model_dir)
     except (OSError, ValueError) as e:
         raise SourceError(f"{Path(model_dir) / 'preprocessor_config.json'}: no usable image processor: "
-                          f"{str(e).splitlines()[0]}") from e
+                          f"{first_line(e)}") from e
 
 
 def read_num_channels(model_dir: Path) -> int:
