@@ -1,0 +1,292 @@
+"""The Space: its card is what Spaces read, and the page works in a real headless browser.
+
+The browser test starts ``hf-grasp space`` on 127.0.0.1 (a free port, its own
+HF_HOME, offline), drives it with Playwright through Debian's chromium, and
+checks what the page shows against what the run wrote: the accuracy table
+against ``grasp_report.json`` from the zip the page hands out, the prediction
+against the downloaded model loaded with plain transformers. Screenshots go to
+the test's tmp directory (their paths are printed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+from huggingface_hub import SpaceCard, SpaceCardData
+
+from conftest import merge_fails
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = ROOT / "spaces" / "hf-grasp"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+TOKEN = "hf_pageTestTokenNeverShown0123456789"
+
+
+def _pinned_gradio() -> str:
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["space"]
+    (pin,) = [r for r in extra if r.startswith("gradio==")]
+    return pin.split("==")[1]
+
+
+def test_space_card_is_what_spaces_read():
+    import gradio
+
+    import hf_grasp
+
+    card = SpaceCard.load(SPACE / "README.md")
+    data = card.data
+    assert isinstance(data, SpaceCardData)
+    assert data.sdk == "gradio" and data.app_file == "app.py" and (SPACE / data.app_file).is_file()
+    assert data.sdk_version == _pinned_gradio() == gradio.__version__
+    assert data.title and data.license and data.models and data.datasets and "model-merging" in data.tags
+    extra = data.to_dict()
+    assert extra["emoji"] and extra["colorFrom"] and extra["colorTo"]
+    # the folder deploys as it is: its requirements install this package with the extra that pins gradio
+    lines = [ln for ln in (SPACE / "requirements.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    assert lines == [f"hf-grasp[space]=={hf_grasp.__version__}"]
+
+
+def test_space_without_gradio_is_one_error_line():
+    code = "import sys; sys.modules['gradio'] = None; from hf_grasp.cli import main; sys.exit(main(['space']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: the Space needs gradio, an optional extra: pip install -e '.[space]'"]
+
+
+# ------------------------------------------------------------------------------------------------ the browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def space(tmp_path):
+    """``hf-grasp space`` on a free port of 127.0.0.1 with its own HF_HOME and home; yields (url, home, log)."""
+    port, home, log = _free_port(), tmp_path / "space-home", tmp_path / "space.log"
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "HF_HUB_DISABLE_TELEMETRY": "1", "TQDM_DISABLE": "1"}
+    env.pop("OMP_NUM_THREADS", None)  # the page's own thread setting, as a Space runs it
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "hf_grasp.cli", "space", "--port", str(port), "--home",
+                                 str(home)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline, "the page never answered:\n" + log.read_text()[-3000:]
+                time.sleep(0.5)
+        yield url, home, log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _rows(page, elem_id: str) -> list[list[str]]:
+    """The body rows of a gr.Dataframe, as the page shows them (by ARIA role: its DOM also holds hidden copies
+    of the cells, for sizing)."""
+    return page.eval_on_selector_all(
+        f"#{elem_id} [role=row]",
+        "rows => rows.map(r => Array.from(r.querySelectorAll('[role=gridcell]')).map(c => c.innerText.trim()))"
+        ".filter(cells => cells.length)")
+
+
+def _digit_png(path: Path) -> Path:
+    """A hand-drawn '7' on black, 28x28 RGB, like the benchmark's digits."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (28, 28))
+    ImageDraw.Draw(im).line([(6, 7), (21, 7), (11, 23)], fill=(255, 255, 255), width=3)
+    im.save(path)
+    return path
+
+
+def _plain_prediction(folder: Path, image: Path) -> tuple[str, float]:
+    """Top class and probability of the downloaded model, loaded with plain transformers (no hf_grasp)."""
+    import torch
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    pixels = AutoImageProcessor.from_pretrained(folder)(images=[Image.open(image).convert("RGB")],
+                                                          return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        probs = torch.softmax(model(pixel_values=pixels).logits, -1)[0]
+    best = int(probs.argmax())
+    return model.config.id2label[best], float(probs[best])
+
+
+@pytest.mark.slow
+def test_page_merges_shows_the_report_classifies_and_refuses_bad_input(space, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (Debian's chromium: apt-get install chromium, which .ci/run does as root)")
+    from playwright.sync_api import expect, sync_playwright
+
+    url, home, log = space
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+
+    def shot(page, name):
+        path = shots / f"{name}.png"
+        page.screenshot(path=path, full_page=True)
+        print(f"screenshot: {path}")
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page.goto(url)
+        page.wait_for_selector("#merge")
+        shot(page, "1-form")
+
+        # the default run: built-in sources d0 d4 d1 d3 d5 onto domain 2, 2 + 1 epochs, with the ensemble
+        started = time.time()
+        page.click("#merge")
+        expect(page.locator("#accuracy-table [role=gridcell]").first).to_contain_text("merged (GRASP", timeout=240_000)
+        print(f"default run, first use (sources made on the way): {time.time() - started:.1f} s")
+        expect(page.locator("#heatmap img")).to_be_visible()
+        shot(page, "2-results")
+
+        # what the page shows is what the run wrote: the report inside the zip the page hands out
+        with page.expect_download() as info:
+            page.locator("#download a").first.click()
+        archive = tmp_path / "merged.zip"
+        info.value.save_as(archive)
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(tmp_path / "unzipped")
+        folder = tmp_path / "unzipped" / "merged"
+        report = json.loads((folder / "grasp_report.json").read_text())
+        (run,) = (home / "runs").iterdir()
+        assert (run / "merged" / "grasp_report.json").read_text() == (folder / "grasp_report.json").read_text()
+        ensemble = json.loads((run / "ensemble_report.json").read_text())
+
+        rows = {r[0]: r for r in _rows(page, "accuracy-table")}
+        merged = next(r for name, r in rows.items() if name.startswith("merged (GRASP"))
+        assert float(merged[1]) == round(100 * report["final"]["test"]["accuracy"], 2)
+        assert int(merged[2]) == report["final"]["test"]["n"] == 300
+        assert float(rows["ensemble of 5"][1]) == round(100 * ensemble["final"]["test"]["accuracy"], 2)
+        for src in report["sources"]:
+            label = re.search(r"d\d$", src["ref"])[0]
+            (row,) = [r for name, r in rows.items() if name.startswith(label + " ")]
+            assert float(row[1]) == round(100 * src["metrics_alone"]["accuracy"], 2)
+        assert len(rows) == 1 + 1 + len(report["sources"]) == 7
+
+        moved = {r[0].split()[0]: r for r in _rows(page, "transfer-table")}
+        for src in report["sources"][1:]:
+            counts = src["transferred"]
+            row = moved[re.search(r"d\d$", src["ref"])[0]]
+            assert row[2] == f"{sum(1 for v in counts.values() if v)}/{len(counts)}"
+            assert float(row[3]) == round(src["fraction_transferred"], 3)
+        assert [r[1] for r in _rows(page, "progress")] == ["done"] * 5
+        assert (folder / "alignment.png").is_file()
+
+        # try it: a test image from the gallery, then an uploaded image checked against plain transformers
+        page.locator("#examples button.thumbnail-item").first.click()
+        expect(page.locator("#truth")).to_contain_text("true label:")
+        expect(page.locator("#prediction")).to_contain_text("%")
+        digit = _digit_png(tmp_path / "seven.png")
+        page.locator("#try-image input[type=file]").set_input_files(str(digit))
+        page.wait_for_timeout(500)
+        page.click("#classify")
+        expect(page.locator("#truth")).to_have_text("uploaded image")
+        label, prob = _plain_prediction(folder, digit)
+        top = page.locator("#prediction meter").first  # gr.Label: one meter per class, best first
+        expect(top).to_have_attribute("aria-label", label)
+        assert float(top.get_attribute("value")) == pytest.approx(prob, abs=1e-5)
+        shot(page, "3-classified")
+
+        # a second visitor sees none of it: the run is this session's state
+        other = browser.new_context().new_page()
+        other.goto(url)
+        other.wait_for_selector("#merge")
+        expect(other.locator("#accuracy-table")).to_be_hidden()
+        expect(other.locator("#progress")).not_to_contain_text("done")
+        other.context.close()
+
+        # push: offline, it fails with the CLI's line; the token is cleared and never shown or logged
+        page.fill("#push-repo textarea, #push-repo input", "me/merged")
+        page.fill("#push-token input", TOKEN)
+        page.click("#push")
+        expect(page.locator("#push-result")).to_contain_text("error: pushing to Hub repo me/merged failed")
+        expect(page.locator("#push-token input")).to_have_value("")
+        assert TOKEN not in page.content() and TOKEN not in log.read_text()
+
+        # bad input: the same one line the command line prints
+        expected = merge_fails(tmp_path, ["nobody/no-such-model", "nobody/no-such-model-2"])
+        page.get_by_label("repo ids or local paths").check()
+        page.fill("#repo-ids textarea", "nobody/no-such-model\nnobody/no-such-model-2")
+        page.click("#merge")
+        expect(page.locator("#error")).to_have_text(expected, timeout=60_000)
+        expect(page.locator("#accuracy-table")).to_be_hidden()
+        shot(page, "4-error")
+        browser.close()
+
+
+# ------------------------------------------------------------------------------------------------ without a browser
+
+
+def test_the_form_passes_each_method_only_what_it_takes(tmp_path):
+    pytest.importorskip("gradio")
+    from hf_grasp.space.builtin import sources_root
+    from hf_grasp.space.ui import BUILTIN, DATASET, DIGITS, REPO_IDS, spec_from_form
+
+    # ticked d4 first: the merge order is still the list's (the recipe's: d0 before d4)
+    form = dict(source_kind=BUILTIN, builtin_sources=["d4", "d0"], repo_ids=None, target_kind=DIGITS, domain=3,
+                dataset=None, dataset_domain=None, image_column="image", label_column="label", method="grasp",
+                tau=0.5, granularity="row", initial_epochs=2, finetune_epochs=1, base=None, lr=None, seed=0,
+                ensemble=True)
+    grasp = spec_from_form(tmp_path, **form)
+    root = sources_root(tmp_path)
+    assert grasp.sources == (str(root / "d0"), str(root / "d4")) and grasp.target == "digits-eras"
+    assert grasp.options == {"initial_epochs": 2, "finetune_epochs": 1, "seed": 0, "tau": 0.5,
+                             "granularity": "row", "target_domain": "3"}
+    assert grasp.label(str(root / "d4")) == "d4 (60°)" and grasp.builtin_home == tmp_path
+    # TIES takes no τ (the library would refuse it) and works on task vectors: the built-ins' shared base
+    ties = spec_from_form(tmp_path, **{**form, "method": "ties"})
+    assert "tau" not in ties.options and "granularity" not in ties.options
+    assert ties.options["base"] == str(root / "base")
+    typed = spec_from_form(tmp_path, **{**form, "source_kind": REPO_IDS, "repo_ids": "org/a\norg/b@v1, ./c",
+                                        "target_kind": DATASET, "dataset": " org/data ", "label_column": "y",
+                                        "lr": 1e-3})
+    assert typed.sources == ("org/a", "org/b@v1", "./c") and typed.target == "org/data"
+    assert typed.builtin_home is None and typed.options["label_column"] == "y" and typed.options["lr"] == 1e-3
+    assert "target_domain" not in typed.options
+
+
+def test_progress_per_source_reads_the_log_lines():
+    from hf_grasp.space.session import RunSpec, SourceBoard
+
+    spec = RunSpec(sources=("/x/d1", "org/m1", "org/m10"), target="t", labels={"/x/d1": "d1"})
+    board = SourceBoard(spec)
+    board.feed("initial fine-tune (/x/d1) epoch 1/2: train loss 0.4, val acc 90.00%")
+    assert board.rows()[0] == ["d1", "fine-tuning", "epoch 1/2"]
+    board.feed("init (/x/d1): val 90.00%, test 85.00%, 1.0 s")
+    board.feed("fine-tune after org/m10 epoch 1/1: train loss 0.3, val acc 91.00%")
+    assert board.rows() == [["d1", "done", "val 90.00%, test 85.00%, 1.0 s"], ["org/m1", "waiting", ""],
+                            ["org/m10", "fine-tuning", "epoch 1/1"]]
+    assert board.done == 1 and board.lines[0].startswith("initial fine-tune (d1) epoch 1/2")
