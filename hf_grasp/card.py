@@ -7,16 +7,26 @@ tell the same story. The method section is the method's own: its name, paper,
 description and parameters; GRASP's open points (granularity, buffers, model
 modes, heads) appear only for GRASP and its gated variants. The YAML header
 (``ModelCardData``) carries ``base_model`` (Hub sources only) with
-``base_model_relation: merge``, the library, tags and the test accuracy as an
-eval result.
+``base_model_relation: merge``, the library, tags, the target's Hub dataset and
+the test accuracy as an eval result (``model-index``). The body shows the
+alignment heatmap (``alignment.png``, saved beside it), how to load the model
+without hf_grasp and how to reproduce or extend the merge with it.
+
+The card is meant to be published: it names local folders (sources, base,
+target) by their last path parts, never by the absolute path of the machine
+that made the merge (``grasp_report.json`` keeps the paths).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from pathlib import Path, PurePath
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .merge_config import CONFIG_NAME
 from .report import MergeReport
 from .summary import summary_markdown
 
@@ -33,6 +43,10 @@ GRASP_CITATION = f"""@misc{{grasp2026,
 }}"""
 
 TAGS = ["hf-grasp", "merge", "model-merging"]
+#: the alignment heatmap, a file of the result's folder (and repo) that the card shows
+HEATMAP = "alignment.png"
+#: what the snippets load when the card does not know the repo the result goes to
+FOLDER = "path/to/this/folder"
 
 #: Jinja template (``ModelCard.from_template``); ``card_data`` is the YAML header.
 TEMPLATE = """---
@@ -94,7 +108,11 @@ Points the paper leaves open, and what this run did:
 ## Results
 
 {{ summary }}
+{% if heatmap %}
+![Alignment of each source with the merged model, per tensor]({{ heatmap }})
 
+{{ heatmap_caption }}
+{% endif %}
 ## How to use
 
 {{ usage_intro }}
@@ -102,6 +120,26 @@ Points the paper leaves open, and what this run did:
 ```python
 {{ usage }}
 ```
+
+{% if reproduce_intro %}## Reproduce or extend this merge
+
+{{ reproduce_intro }}
+
+```python
+from hf_grasp import GraspMerger
+
+result = GraspMerger.from_pretrained("{{ repo }}").merge()
+```
+
+```bash
+hf-grasp merge --from {{ repo }} --output out/
+{% if extend %}# one more source: a single alignment + transfer + fine-tune step on top of this merge
+hf-grasp merge --init {{ repo }} --sources NEW_SOURCE --output out/
+{% endif %}```
+{% for line in reproduce_notes %}
+{{ line }}
+{% endfor %}
+{% endif %}
 {% if citation %}
 ## Citation
 
@@ -142,28 +180,34 @@ out.probabilities                                    # (1, {num_labels}) average
 }
 
 
-def build_model_card(report: MergeReport, *, dataset: str | None = None, repo_id: str | None = None) -> ModelCard:
+def build_model_card(report: MergeReport, *, dataset: str | None = None, repo_id: str | None = None,
+                     reproducible: bool = True) -> ModelCard:
     """Build the card of a merge result from its report.
 
     Only Hub sources (a repo id and a resolved commit) end up in ``base_model``.
     ``dataset`` is the Hub id of the target dataset when it has one (by default
-    the target's name when it has the ``org/name`` form). ``repo_id`` (where the
-    result will be pushed) only fills in the loading snippet. Save with
-    ``card.save(dir / "README.md")``.
+    the target's name when it names a Hub dataset: not a built-in, not a local
+    path). ``repo_id`` (where the result will be pushed) fills in the loading
+    and reproducing snippets; without it they name the folder. ``reproducible``:
+    the folder holds the merge configuration
+    (:data:`~hf_grasp.merge_config.CONFIG_NAME`); without it the card has no
+    "Reproduce or extend" section. Save with ``card.save(dir / "README.md")``.
     """
     from . import __version__
 
+    if dataset is None:
+        dataset = hub_dataset_id(report.target.name)
+    report = for_publication(report)
     method, target = report.method, report.target
-    if dataset is None and target.name.count("/") == 1 and not target.name.startswith((".", "/", "~")):
-        dataset = target.name
     test_accuracy = report.test_accuracy()
     is_ensemble = not method.parameter_space  # a predictor of K models (the ensemble), not one checkpoint
     model_name = repo_id or f"{method.name}-{report.architecture}-{target.name.replace('/', '-')}"
     eval_results = None
     if isinstance(test_accuracy, (int, float)):
+        domain = f" (domain {target.domain})" if target.domain is not None else ""
         eval_results = [EvalResult(task_type="image-classification", dataset_type=dataset or target.name,
-                                   dataset_name=target.name, dataset_split="test", metric_type="accuracy",
-                                   metric_value=float(test_accuracy))]
+                                   dataset_name=f"{target.name}{domain}", dataset_split="test",
+                                   metric_type="accuracy", metric_value=float(test_accuracy))]
     base_model = list(dict.fromkeys(s.repo_id for s in report.sources if s.is_hub)) or None
     card_data = ModelCardData(
         base_model=base_model,
@@ -177,7 +221,8 @@ def build_model_card(report: MergeReport, *, dataset: str | None = None, repo_id
         model_name=model_name,
         eval_results=eval_results,
     )
-    return ModelCard.from_template(
+    repo = repo_id or FOLDER
+    card = ModelCard.from_template(
         card_data,
         template_str=TEMPLATE,
         title=model_name,
@@ -196,18 +241,94 @@ def build_model_card(report: MergeReport, *, dataset: str | None = None, repo_id
         notes=report.notes,
         config_rows=[(k, _cell(v)) for k, v in report.options.items()],
         summary=summary_markdown(report),
+        heatmap=HEATMAP if has_heatmap(report) else None,
+        heatmap_caption=_heatmap_caption(report),
         usage_intro=_usage_intro(report, is_ensemble),
-        usage=_usage(report, repo_id, is_ensemble),
+        usage=_usage(report, repo, is_ensemble),
+        repo=repo,
+        reproduce_intro=_reproduce_intro(repo_id) if reproducible else None,
+        extend=method.is_grasp,
+        reproduce_notes=_reproduce_notes(report),
         citation=GRASP_CITATION if method.is_grasp else None,
         code_url=GRASP_CODE_URL if method.is_grasp else None,
         version=__version__,
     )
+    card.content = re.sub(r"\n{3,}", "\n\n", card.content)  # the template's optional parts leave blank runs
+    return card
+
+
+def has_heatmap(report: MergeReport) -> bool:
+    """Whether the merge scored any tensor, so that its folder holds :data:`HEATMAP`."""
+    return any(s.scores for s in report.sources)
+
+
+def hub_dataset_id(target: str) -> str | None:
+    """``target`` when it names a Hub dataset, decided as :func:`hf_grasp.data.load_target` resolves it: a
+    built-in name first, then a local path (one that exists here, or has a path's form), else a Hub id."""
+    from .data import builtin_dataset
+
+    if not target or builtin_dataset(target) is not None or _is_local_target(target):
+        return None
+    return target
+
+
+def for_publication(report: MergeReport) -> MergeReport:
+    """The report as the card shows it: local folders (sources, base, a local target) named by their last path
+    parts instead of the paths of the machine that made the merge; everything else unchanged.
+
+    (The heatmap could be drawn from it too: it labels its rows with the sources' references.)
+    """
+    names = _local_names([s.ref for s in (*report.sources, report.base, report.continued_from)
+                          if s is not None and not s.is_hub])
+    target = report.target
+    if _is_local_target(target.name):
+        shown = _local_names([target.name])[target.name]
+        target = dataclasses.replace(target, name=shown, notes=[n.replace(target.name, shown) for n in target.notes])
+    names = {ref: name for ref, name in names.items() if ref != name}
+
+    def source(s):
+        return dataclasses.replace(s, ref=names.get(s.ref, s.ref)) if s is not None and not s.is_hub else s
+
+    return dataclasses.replace(
+        report,
+        sources=[source(s) for s in report.sources],
+        base=source(report.base),
+        continued_from=source(report.continued_from),
+        steps=[dataclasses.replace(s, ref=names.get(s.ref, s.ref)) for s in report.steps],
+        options={k: names.get(v, v) if isinstance(v, str) else v for k, v in report.options.items()},  # init, base
+        target=target,
+    )
+
+
+def _is_local_target(name: str) -> bool:
+    from .data import _looks_like_path, builtin_dataset
+
+    if builtin_dataset(name) is not None:
+        return False
+    return _looks_like_path(name) or Path(name).expanduser().exists()
+
+
+def _local_names(refs: list[str]) -> dict[str, str]:
+    """Each local reference -> its shortest tail of path parts that no other reference shares."""
+    refs = list(dict.fromkeys(refs))
+    parts = {ref: PurePath(ref.removeprefix("local-dir:")).parts or (ref,) for ref in refs}
+    depth = 1
+    while True:
+        names = {ref: "/".join(parts[ref][-depth:]).lstrip("/") or ref for ref in refs}
+        if len(set(names.values())) == len(refs) or depth > max((len(p) for p in parts.values()), default=0):
+            return names
+        depth += 1
 
 
 def _intro(report: MergeReport, is_ensemble: bool) -> str:
     what = ("An ensemble of" if is_ensemble else "A merge of")
     text = (f"{what} {len(report.sources)} `{report.architecture}` image classifiers ({report.family}) "
             f"for **{report.target.name}**, made with {report.method.label} by hf-grasp.")
+    earlier = report.continued_from
+    if earlier is not None:
+        pinned = f"@{earlier.commit[:12]}" if earlier.commit else ""
+        text += (f" It continues the earlier merge `{earlier.ref}`{pinned}: that merge's steps come first in the "
+                 "tables below, then this one's.")
     if is_ensemble:
         text += (" **This is an ensemble predictor, not a merged model:** it has no weights of its own and loading "
                  f"it loads all {len(report.sources)} members.")
@@ -269,12 +390,35 @@ def _usage_intro(report: MergeReport, is_ensemble: bool) -> str:
     return f"The result is a plain {report.family} checkpoint: hf_grasp is not needed to load it."
 
 
-def _usage(report: MergeReport, repo_id: str | None, is_ensemble: bool) -> str:
-    repo = repo_id or "path/to/this/model"
+def _usage(report: MergeReport, repo: str, is_ensemble: bool) -> str:
     if is_ensemble:
         return _USAGE["ensemble"].format(repo=repo, k=len(report.sources), num_labels=report.target.num_labels)
-    timm_ref = f"hf-hub:{repo_id}" if repo_id else "local-dir:path/to/this/model"
+    timm_ref = f"local-dir:{repo}" if repo == FOLDER else f"hf-hub:{repo}"
     return _USAGE.get(report.family, _USAGE["transformers"]).format(repo=repo, timm_ref=timm_ref)
+
+
+def _heatmap_caption(report: MergeReport) -> str:
+    tau = report.method.params.get("tau")
+    line = f" (the black line on the colour bar is τ = {tau:g})" if isinstance(tau, (int, float)) else ""
+    return (f"`{HEATMAP}`: one row per source merged onto the initial model, one column per parameter tensor; the "
+            f"colour is the gradient alignment (cosine) of the source with the merged model on target training "
+            f"data{line}; a black dot marks a tensor taken from that source.")
+
+
+def _reproduce_intro(repo_id: str | None) -> str:
+    where = "This repo" if repo_id else "This folder"
+    return (f"{where} holds `{CONFIG_NAME}`, the merge configuration (the sources pinned to their commits, the "
+            "target, the method, every option and the seed): hf-grasp reads it to run the same merge again (the "
+            "same weights at the same thread count on CPU) or to continue it with more sources.")
+
+
+def _reproduce_notes(report: MergeReport) -> list[str]:
+    local = [s.ref for s in report.sources if not s.is_hub] + ([report.base.ref] if report.base and
+                                                                  not report.base.is_hub else [])
+    if not local:
+        return []
+    return [f"Local sources ({', '.join(f'`{r}`' for r in local)}) were folders of the machine that made this "
+            "merge: running it again needs them at the paths the configuration records."]
 
 
 def _cell(value: Any) -> str:

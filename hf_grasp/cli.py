@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
+import shutil
 import signal
 import sys
 import threading
@@ -34,13 +36,21 @@ def _merge_parser(sub) -> None:
                    help="Recipe name (digits-eras, yearbook, clear10, clear100), dataset id, or local path "
                         "datasets can read.")
     p.add_argument("--recipe", help="Recipe name or YAML file whose values fill the options you do not set.")
-    p.add_argument("--sources", nargs="+", required=True, metavar="REF",
+    p.add_argument("--sources", nargs="+", metavar="REF",
                    help="Source checkpoints: org/name, org/name@revision, hf-hub:org/name, or a local directory.")
+    p.add_argument("--from", dest="from_merge", metavar="MERGE",
+                   help="Make a saved merge again (a Hub repo id or folder written by hf-grasp, holding "
+                        "grasp_config.json): its sources at the commits it used, its target, method and every "
+                        "option; flags given here override them. Instead of --sources.")
     p.add_argument("--output", required=True, type=Path, help="Directory to write the merged model to.")
-    p.add_argument("--method", default="grasp", choices=sorted(METHODS), metavar="METHOD",
-                   help="Merge method (default: grasp): " + ", ".join(sorted(METHODS)) + ". Each method's own "
-                        "parameters are listed below under its name.")
+    p.add_argument("--method", choices=sorted(METHODS), metavar="METHOD",
+                   help="Merge method (default: grasp, or the --from merge's): " + ", ".join(sorted(METHODS)) +
+                        ". Each method's own parameters are listed below under its name.")
     p.add_argument("--overwrite", action="store_true", help="Replace --output if it already exists.")
+    p.add_argument("--resume", action="store_true",
+                   help="Go on with the merge a crash or a kill interrupted on this --output, from its last finished "
+                        "step (GRASP and its ablations keep their state after every step in .NAME.resume beside "
+                        "--output until the output is written); refused if any setting differs.")
     _push_flags(p)
     add_option_arguments(p)
     p.set_defaults(func=_cmd_merge)
@@ -62,8 +72,21 @@ def _push_flags(p) -> None:
 
 def _merge_inputs(args, options: dict) -> list[tuple[str, object]]:
     """Every reference the merge reads, as ``(what, reference)``: the output must be none of them."""
-    return [*(("source", s) for s in args.sources), ("--base", options.get("base")),
+    return [*(("source", s) for s in args.sources or ()), ("--from", args.from_merge), ("--base", options.get("base")),
             ("--init", options.get("init")), ("--target", args.target)]
+
+
+def _method(args) -> str:
+    """The method that will run: ``--method``, else the ``--from`` merge's, else grasp."""
+    if bool(args.sources) == bool(args.from_merge):
+        raise GraspError("pass the sources to merge (--sources A B ...), or a saved merge to make again (--from "
+                         "MERGE), not both" if args.sources else "no sources: pass --sources A B ..., or --from a "
+                         "merge saved by hf-grasp")
+    if args.method or not args.from_merge:
+        return args.method or "grasp"
+    from .merge_config import find_merge_config
+
+    return find_merge_config(args.from_merge, token=args.token, required=True)[0].method
 
 
 def _check_push_flags(args) -> None:
@@ -77,22 +100,32 @@ def _check_push_flags(args) -> None:
 
 def _cmd_merge(args) -> int:
     _check_push_flags(args)
-    options = parse_text(args.method, options_from_args(args))  # "0.5" -> 0.5, checked before any work
+    method = _method(args)
+    options = parse_text(method, options_from_args(args))  # "0.5" -> 0.5, checked before any work
+    from .checkpoint import kept_for_resume, work_area
     from .workspace import claim_output
 
-    # checked and locked before the minutes of work, held until the output is renamed into place
+    if os.environ.get("RANK", "0") != "0":  # a rank of accelerate launch / torchrun, told before torch is imported
+        return _merge_beside_main(args, options)
+    # checked and locked before the minutes of work (and the seconds of imports), held until the output is in place
     with claim_output(args.output, inputs=_merge_inputs(args, options), overwrite=args.overwrite):
         from . import GraspMerger
         from .merger import check_free_space
         from .summary import print_summary
 
-        merger = GraspMerger.from_pretrained(args.sources, target=args.target, recipe=args.recipe,
-                                             method=args.method, **options)
-        check_free_space(args.output, merger.inputs)  # before the minutes of the merge, not after
-        result = merger.merge()
-        # pushing: the card's loading snippet names the repo, locally as on the Hub
-        result.save_pretrained(args.output, overwrite=args.overwrite,
-                               model_card_kwargs={"repo_id": args.push_to_hub})
+        area = work_area(args.output)
+        if args.overwrite and not args.resume:
+            shutil.rmtree(area, ignore_errors=True)  # --overwrite starts over
+        with kept_for_resume(area):
+            merger = GraspMerger.from_pretrained(args.from_merge or args.sources, target=args.target,
+                                                 recipe=args.recipe, method=args.method, token=args.token, **options)
+            # before the minutes of the merge, not after
+            check_free_space(args.output, merger.inputs, checkpointed=merger.method.sequential)
+            result = merger.merge(checkpoint_dir=area, resume=args.resume)
+            # pushing: the card's loading snippet names the repo, locally as on the Hub
+            result.save_pretrained(args.output, overwrite=args.overwrite,
+                                   model_card_kwargs={"repo_id": args.push_to_hub})
+        shutil.rmtree(area, ignore_errors=True)
     print_summary(result.report)
     print(f"merged model written to {args.output}")
     if args.push_to_hub:
@@ -102,6 +135,25 @@ def _cmd_merge(args) -> int:
         url = push_folder(args.output, args.push_to_hub, private=args.private or None, revision=args.revision,
                           create_pr=args.create_pr, commit_message=args.commit_message, token=args.token)
         print(f"pushed to {url}")
+    from .training import process_state
+
+    # the other processes end with this one, so the launch ends when everything is written
+    process_state(options.get("cpu")).wait_for_everyone()
+    return 0
+
+
+def _merge_beside_main(args, options: dict) -> int:
+    """A process other than the main one of a multi-process launch: the same merge (its share of the
+    alignment rows, its shard of every fine-tuning batch), and nothing written: the main process claims the
+    output, checkpoints, saves and pushes while this one waits for it."""
+    from . import GraspMerger
+    from .checkpoint import work_area
+    from .training import process_state
+
+    merger = GraspMerger.from_pretrained(args.from_merge or args.sources, target=args.target, recipe=args.recipe,
+                                         method=args.method, token=args.token, **options)
+    merger.merge(checkpoint_dir=work_area(args.output), resume=args.resume)
+    process_state(options.get("cpu")).wait_for_everyone()
     return 0
 
 
@@ -123,6 +175,11 @@ DELEGATED = {
               "Run every method, a τ sweep, source orders and memory on a recipe.",
               "Reproduce the paper's comparisons on a recipe: a table (mean ± std and paired differences against "
               "finetune-only), a CSV, plots and the paper's claims beside the measured figures."),
+    "space": (".space",
+              "Serve the Gradio demo page (the Space) on this machine.",
+              "Run the hf-grasp Space locally: pick sources, a target and a method, merge, and see accuracy against "
+              "each source and the ensemble, the alignment heatmap, what moved, and the model on an image. Needs the "
+              "space extra: pip install -e '.[space]'."),
 }
 
 

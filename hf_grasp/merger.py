@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,24 +24,27 @@ from safetensors import SafetensorError
 from torch import nn
 
 from ._memory import frozen_heap
-from .card import build_model_card
+from .card import HEATMAP, build_model_card, for_publication, has_heatmap
 from .data import TargetData, load_target
 from .errors import GraspError, SourceError, first_line
 from .families.base import ModelFamily
 from .heatmap import plot_alignment_heatmap
-from .methods import find_method, get_method
+from .merge_config import CONFIG_NAME, REPORT_NAME, MergeConfig, find_merge_config, pinned_reference
+from .methods import METHODS, find_method, get_method
 from .methods.context import MergeContext
 from .options import Layer, MergeOptions, MethodParams, resolve
 from .recipes import resolve_target
 from .report import MergeReport, build_report
 from .resolution import MergeInputs, check_family, preflight_inputs, resolve_inputs
 from .sources import expected_specs
-from .training import make_accelerator, recalibrate_batchnorm
+from .training import make_accelerator, process_state, recalibrate_batchnorm
 
 
-def check_free_space(output: str | Path, inputs: MergeInputs) -> None:
-    """Refuse, before any work, an output whose file system cannot hold one more checkpoint of the lead's size."""
-    need = sum(f.stat().st_size for f in inputs.lead.weight_files if f.exists())
+def check_free_space(output: str | Path, inputs: MergeInputs, *, checkpointed: bool = False) -> None:
+    """Refuse, before any work, an output whose file system cannot hold one more checkpoint of the lead's size
+    (three with ``checkpointed``: the resume state beside it holds one, and two while it is replaced)."""
+    size = sum(f.stat().st_size for f in inputs.lead.weight_files if f.exists())
+    need = size * (3 if checkpointed else 1)
     where = Path(output).resolve()
     while not where.exists():
         where = where.parent
@@ -51,10 +55,7 @@ def check_free_space(output: str | Path, inputs: MergeInputs) -> None:
 
 
 def _references(sources: Any) -> list[str]:
-    """The source references as text: a list of ``str`` or ``os.PathLike``, never one bare string."""
-    if isinstance(sources, (str, os.PathLike)):
-        raise GraspError(f"sources must be a list of references, got the single {type(sources).__name__} "
-                         f"{os.fspath(sources)!r}: pass [{os.fspath(sources)!r}, ...]")
+    """The source references as text: a list of ``str`` or ``os.PathLike``."""
     try:
         refs = [os.fspath(s) for s in sources]
     except TypeError as e:
@@ -62,6 +63,40 @@ def _references(sources: Any) -> list[str]:
     if not refs:
         raise GraspError("no sources given")
     return refs
+
+
+def _pinned_path(reference: str | None) -> str | None:
+    """A target or recipe reference that is a local path, made absolute (a name or a Hub id stays as it is)."""
+    if reference and Path(reference).expanduser().exists():
+        return os.path.abspath(Path(reference).expanduser())
+    return reference
+
+
+@dataclass
+class _EarlierMerge:
+    """A merge saved by hf-grasp that ``--init`` names, to be continued."""
+
+    reference: str
+    config: MergeConfig
+
+    def report(self, resolved) -> MergeReport:
+        """Its ``grasp_report.json``, from the files ``resolved`` (the init source) brought."""
+        path = Path(resolved.path) / REPORT_NAME
+        if not path.is_file():
+            raise SourceError(f"--init {self.reference!r}: it has {CONFIG_NAME} but no {REPORT_NAME}, so its steps "
+                              "cannot be carried on; re-save it with hf-grasp")
+        return MergeReport.load(path)
+
+
+def _continued_merge(init: str | None, method: str, token: str | bool | None) -> _EarlierMerge | None:
+    """The earlier sequential merge ``init`` names, when this ``method`` can continue it; else None (``init``
+    is then only the initial model)."""
+    if not init or init in ("first", "random") or not find_method(method).sequential:
+        return None
+    found = find_merge_config(init, token=token)
+    if found is None or not find_method(found[0].method).sequential:
+        return None
+    return _EarlierMerge(init, found[0])
 
 
 def push_folder(folder: str | Path, repo_id: str, *, private: bool | None = None, revision: str | None = None,
@@ -105,7 +140,8 @@ class GraspMerger:
     """
 
     def __init__(self, inputs: MergeInputs, data: TargetData, options: MergeOptions, *, method: str = "grasp",
-                 params: MethodParams | None = None):
+                 params: MethodParams | None = None, references: Sequence[str] | None = None,
+                 target: str | None = None, recipe: str | None = None, earlier: MergeReport | None = None):
         self.inputs, self.data, self.options = inputs, data, options
         self.method = get_method(method)
         self.params = params if params is not None else self.method.params()
@@ -114,6 +150,9 @@ class GraspMerger:
                              "starting point")
         self.model_dir = inputs.lead.path
         self.family: ModelFamily = check_family(inputs)
+        self.references = list(references) if references is not None else [s.name for s in inputs.sources]
+        self.target, self.recipe = target, recipe
+        self.earlier = earlier  # the report of the merge this one continues (--init org/merged)
 
     @property
     def sources(self):
@@ -122,15 +161,15 @@ class GraspMerger:
     @classmethod
     def from_pretrained(
         cls,
-        sources: Sequence[str | os.PathLike],
+        sources: Sequence[str | os.PathLike] | str | os.PathLike,
         *,
         target: str | None = None,
         recipe: str | None = None,
-        method: str = "grasp",
+        method: str | None = None,
         token: str | bool | None = None,
         **options: Any,
     ) -> "GraspMerger":
-        """Load the ``target`` dataset and resolve ``sources``.
+        """Load the ``target`` dataset and resolve ``sources``; or restore a published merge.
 
         Hub sources are checked against the architecture on their remote
         safetensors headers before any of their weights are downloaded.
@@ -139,44 +178,104 @@ class GraspMerger:
             sources: references — ``org/name``, ``org/name@revision``, ``hf-hub:org/name``
                 or a local directory — of checkpoints sharing one architecture.
                 Resolved through the HF cache (HF_HOME, HF_HUB_OFFLINE, HF_ENDPOINT, HF_TOKEN apply).
+                A single reference instead names a merge saved by hf-grasp (a Hub repo or
+                folder holding ``grasp_config.json``): the merger is rebuilt with that merge's
+                sources (pinned to the commits it used), target, method and every option, so
+                ``.merge()`` makes the same model; arguments given here override them.
             target: a recipe name (``digits-eras``, ``yearbook``, ``clear10``, ``clear100``),
                 a dataset id, or a local path that ``datasets`` reads (``save_to_disk``
                 output, imagefolder, ...).
             recipe: a recipe name or YAML file (``recipes/``) whose options fill those
                 you leave unset; with a ``target`` path, the recipe's settings apply to it.
-            method: a registered merge method (``grasp``; ``hf_grasp.methods.METHODS`` lists them).
+            method: a registered merge method (default ``grasp``; ``hf_grasp.methods.METHODS`` lists them).
             token: Hub token, if not taken from the environment.
             **options: shared options (:class:`~hf_grasp.options.MergeOptions`: ``lr``,
                 ``initial_epochs``, ``target_domain``, ...) and the method's own parameters
                 (``tau``, ``granularity`` for GRASP; ``density`` for TIES; ...). A recipe's
-                values fill those you leave unset.
+                values fill those you leave unset. ``init`` may name an earlier GRASP merge
+                (``init="org/merged"``): the merge then continues it, one step per new source,
+                with that merge's options unless given here.
         """
+        saved = None
+        if isinstance(sources, (str, os.PathLike)):  # one reference: a published merge to rebuild
+            config, _ = find_merge_config(sources, token=token, required=True)
+            saved = Layer(config.options | config.params, origin=f"merge {os.fspath(sources)}", lenient=True)
+            sources, method = config.sources, method or config.method
+            if target is None and recipe is None:
+                target, recipe = config.target, config.recipe
+        method = method or "grasp"
         sources = _references(sources)
         target = os.fspath(target) if target is not None else None
+        earlier = _continued_merge(options.get("init") or (saved and saved.values.get("init")), method, token)
+        if earlier is not None and target is None and recipe is None:
+            target, recipe = earlier.config.target, earlier.config.recipe
         dataset, recipe_values = resolve_target(target, recipe)
-        opts, params = resolve(method, [Layer(recipe_values, origin=f"recipe {recipe or target}", lenient=True),
-                                        Layer(options)])
+        layers = [Layer(recipe_values, origin=f"recipe {recipe or target}", lenient=True)]
+        if earlier is not None:
+            layers.append(Layer(earlier.config.inherited(), origin=f"earlier merge {earlier.reference}", lenient=True))
+        opts, params = resolve(method, [*layers, *([saved] if saved else []), Layer(options)])
         if opts.init == "first" and len(sources) < 2:
             raise GraspError(f"{find_method(method).label} with init=first needs at least 2 sources")
         if opts.evict_sources and find_method(method).reads_across_sources:
             raise GraspError(f"--evict-sources: method {method!r} reads one tensor of every source at a time, so all "
                              "sources must be on disk together")
-        data = load_target(
-            dataset, domain=opts.target_domain, domain_column=opts.domain_column,
-            image_column=opts.image_column, label_column=opts.label_column,
-            validation_fraction=opts.validation_fraction, seed=opts.seed,
-            trust_remote_code=opts.trust_remote_code, skip_bad_images=opts.skip_bad_images,
-        )
-        inputs = resolve_inputs(sources, opts, num_labels=data.num_labels, token=token)
-        return cls(inputs, data, opts, method=method, params=params)
+        info = find_method(method)
+        state = process_state(opts.cpu)  # the launch: one process, or accelerate launch / torchrun ranks
+        if state.num_processes > 1 and not info.multi_process:
+            raise GraspError(f"method {method!r} cannot run on {state.num_processes} processes yet (its result would "
+                             "differ from one process's); launch it as a single process")
+        # several processes on one machine: the first downloads and caches, the others then read its files
+        with state.main_process_first():
+            data = load_target(
+                dataset, domain=opts.target_domain, domain_column=opts.domain_column,
+                image_column=opts.image_column, label_column=opts.label_column,
+                validation_fraction=opts.validation_fraction, seed=opts.seed,
+                trust_remote_code=opts.trust_remote_code, skip_bad_images=opts.skip_bad_images,
+            )
+            inputs = resolve_inputs(sources, opts, num_labels=data.num_labels, token=token)
+        return cls(inputs, data, opts, method=method, params=params, references=sources, target=target,
+                   recipe=recipe, earlier=earlier.report(inputs.init_source) if earlier else None)
+
+    @property
+    def config(self) -> MergeConfig:
+        """This merge's configuration, every input pinned (what ``grasp_config.json`` holds)."""
+        from . import __version__
+
+        by_name = {s.name: s for s in self.inputs.everyone}
+        pins = {name: pinned_reference(name, s.ref.repo_id, s.commit, s.path) for name, s in by_name.items()}
+        options = self.options.to_dict()
+        for key, source in (("init", self.inputs.init_source), ("base", self.inputs.base_source)):
+            if source is not None:
+                options[key] = pins[source.name]
+        return MergeConfig(
+            method=self.method.name, sources=[pins.get(r, r) for r in self.references],
+            target=_pinned_path(self.target), recipe=_pinned_path(self.recipe), options=options,
+            params=self.params.to_dict(), version=__version__,
+            continues=pins[self.inputs.init_source.name] if self.earlier is not None else None)
 
     def _build(self) -> nn.Module:
         return self.family.build(self.model_dir, trust_remote_code=self.options.trust_remote_code).float()
 
     @frozen_heap()  # the merge collects garbage between phases: skip what existed before it
-    def merge(self) -> "MergeResult":
-        """Run the merge; returns the result (one model, or the ensemble's description) with its report."""
+    def merge(self, *, checkpoint_dir: str | os.PathLike | None = None, resume: bool = False) -> "MergeResult":
+        """Run the merge; returns the result (one model, or the ensemble's description) with its report.
+
+        ``checkpoint_dir``: for a sequential method (GRASP and its ablations),
+        the merged state is saved there after every step; with ``resume`` a
+        state already there (of this same merge, else :class:`GraspError`
+        naming the difference) is restored and the merge goes on from the next
+        step, ending with the same weights as a run never stopped. Without
+        ``resume`` a state already there is refused. The directory is left in
+        place: remove it once the result is saved.
+        """
+        from .checkpoint import Checkpoint
+
         o = self.options
+        if resume and not self.method.sequential:
+            raise GraspError(f"--resume: method {self.method.name!r} does not checkpoint its steps; only "
+                             f"{', '.join(sorted(n for n, m in METHODS.items() if m.sequential))} can be resumed")
+        checkpoint = (Checkpoint(checkpoint_dir, self.config, resume=resume)
+                      if checkpoint_dir is not None and self.method.sequential else None)
         start = time.time()
         set_seed(o.seed)
         merged = self._build()  # seeded: this is the random init when init=random
@@ -194,16 +293,22 @@ class GraspMerger:
         skips = preflight_inputs(self.inputs, expected_specs(merged), num_labels=self.data.num_labels,
                                  skip_mismatched_heads=o.skip_mismatched_heads)
         accelerator = make_accelerator(cpu=o.cpu or None, mixed_precision=o.mixed_precision)
+        if o.batch_size % accelerator.num_processes:
+            raise GraspError(f"--batch-size {o.batch_size}: each batch is split between the "
+                             f"{accelerator.num_processes} processes, so it must be a multiple of "
+                             f"{accelerator.num_processes}")
         merged.to(accelerator.device)
         probe.to(accelerator.device)
         ctx = MergeContext(
             options=o, params=self.params, family=self.family, model_dir=self.model_dir,
             sources=self.inputs.sources, skips=skips, init_source=self.inputs.init_source,
             base_source=self.inputs.base_source, merged=merged, probe=probe, data=self.data,
-            accelerator=accelerator,
+            accelerator=accelerator, earlier=self.earlier, checkpoint=checkpoint,
         )
         self.method.fn(ctx)
         if o.recalibrate_bn and self.method.parameter_space:
+            if self.method.sequential:  # the shuffling as if after one more step, resumed or not
+                ctx.begin_step(ctx.first_step + len(ctx.records))
             recalibrate_batchnorm(merged, self.family.logits, ctx.train_loader, accelerator)
             ctx.record(step="recalibrate-bn", source=None, validation=ctx.evaluate(split="validation"),
                        test=ctx.evaluate(split="test"), seconds=0.0)
@@ -212,7 +317,7 @@ class GraspMerger:
         accelerator.free_memory()
         report = build_report(ctx, self.method, seconds=time.time() - start)
         return MergeResult(model=merged.cpu().eval(), family=self.family, model_dir=self.model_dir, report=report,
-                           artifact=ctx.artifact)
+                           artifact=ctx.artifact, merge_config=self.config)
 
 
 class MergeResult(ModelHubMixin):
@@ -229,9 +334,9 @@ class MergeResult(ModelHubMixin):
     """
 
     def __init__(self, model: nn.Module, family: ModelFamily, model_dir: Path, report: MergeReport,
-                 artifact: Any = None):
+                 artifact: Any = None, merge_config: MergeConfig | None = None):
         self.model, self.family, self.model_dir, self.report = model, family, Path(model_dir), report
-        self.artifact = artifact
+        self.artifact, self.merge_config = artifact, merge_config
         # ModelHubMixin turns JSON-able __init__ arguments (the report, a dataclass artifact) into a
         # config.json it writes when _save_pretrained did not: never wanted here.
         self._hub_mixin_config = None
@@ -241,13 +346,15 @@ class MergeResult(ModelHubMixin):
             self.artifact.save_pretrained(save_directory)
         else:
             self.family.save(self.model, save_directory, like=self.model_dir)
-        self.report.save(save_directory / "grasp_report.json")
-        if any(s.scores for s in self.report.sources):
-            plot_alignment_heatmap(self.report, save_directory / "alignment.png")
+        self.report.save(save_directory / REPORT_NAME)
+        if self.merge_config is not None:  # what GraspMerger.from_pretrained(<this folder or repo>) rebuilds
+            self.merge_config.save(save_directory / CONFIG_NAME)
+        if has_heatmap(self.report):  # labelled as the card names the sources: no paths of this machine
+            plot_alignment_heatmap(for_publication(self.report), save_directory / HEATMAP)
 
     def generate_model_card(self, *args, repo_id: str | None = None, **kwargs) -> ModelCard:
         """The card of this merge; ``repo_id`` (where it is pushed) goes into its loading snippet."""
-        return build_model_card(self.report, repo_id=repo_id)
+        return build_model_card(self.report, repo_id=repo_id, reproducible=self.merge_config is not None)
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, revision: str | None = None,
                     create_pr: bool = False, commit_message: str | None = None,

@@ -88,8 +88,9 @@ class MergeOptions(_Options):
     weight_decay: float = option(0.01, "AdamW weight decay.", group="training", ge=0)
     schedule: Schedule = option(
         "cosine", "Learning-rate schedule over each fine-tuning round.", group="training")
-    init: str = option("first", "Initial merged model: 'first' (the first source), 'random', or a model reference "
-                       "(e.g. an earlier merge); with the last two the loop starts at the first source.",
+    init: str = option("first", "Initial merged model: 'first' (the first source), 'random', or a model reference; "
+                       "with the last two the loop starts at the first source. A merge saved by hf-grasp is "
+                       "continued (GRASP and its ablations): one step per new source, with its options unless set.",
                        group="training")
     order: str = option("given", "Source order: 'given', 'reverse', 'random' (seeded) or a comma list of 0-based "
                         "indices.", group="training")

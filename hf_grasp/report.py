@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .methods.registry import MethodInfo
 
 Metrics = dict[str, Any]  # {"accuracy": float, "loss": float, "n": int}
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass
@@ -113,6 +113,7 @@ class MergeReport:
     seconds: float
     memory: MemoryRecord
     base: SourceRecord | None = None
+    continued_from: SourceRecord | None = None  # the earlier merge this one continued (its sources, steps lead)
     notes: list[str] = field(default_factory=list)
     extras: list[dict] = field(default_factory=list)  # method-specific step data (PEARL's composition, ...)
     version: str = ""
@@ -142,7 +143,8 @@ class MergeReport:
         d = dict(data)
         return cls(**{**d, "method": MethodRecord(**d["method"]), "target": TargetRecord(**d["target"]),
                       "sources": [source(s) for s in d["sources"]], "steps": [StepRecord(**s) for s in d["steps"]],
-                      "memory": MemoryRecord(**d["memory"]), "base": source(d.get("base"))})
+                      "memory": MemoryRecord(**d["memory"]), "base": source(d.get("base")),
+                      "continued_from": source(d.get("continued_from"))})
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``grasp_report.json`` (atomically)."""
@@ -163,12 +165,16 @@ def method_record(info: "MethodInfo", params: Any) -> MethodRecord:
 
 
 def build_report(ctx: "MergeContext", method: "MethodInfo", *, seconds: float) -> MergeReport:
-    """The report of a finished merge, from the context its method worked on and the records it left."""
+    """The report of a finished merge, from the context its method worked on and the records it left.
+
+    A continuation (``ctx.earlier``) carries the earlier merge's sources, steps,
+    epochs and notes first, then its own.
+    """
     from . import __version__
 
-    records = ctx.records
-    inputs = ([ctx.init_source] if ctx.init_source else []) + list(ctx.sources)
-    sources = []
+    records, earlier = ctx.records, ctx.earlier
+    inputs = ([ctx.init_source] if ctx.init_source and earlier is None else []) + list(ctx.sources)
+    sources = list(earlier.sources) if earlier else []
     # every input is listed, in merge order, whether or not the method recorded a step for it
     for src in inputs:
         rec = next((r for r in records if r["source"] == src.name), {})
@@ -178,8 +184,9 @@ def build_report(ctx: "MergeContext", method: "MethodInfo", *, seconds: float) -
             metrics_alone=rec.get("source_alone"),
             metrics_after={"validation": rec["validation"], "test": rec["test"]} if rec else None,
             history=rec.get("history"), seconds=rec.get("seconds")))
-    steps = [StepRecord(rec["step"], rec["source"], rec["validation"]["accuracy"], rec["test"]["accuracy"],
-                        rec.get("seconds")) for rec in records]
+    steps = list(earlier.steps) if earlier else []
+    steps += [StepRecord(rec["step"], rec["source"], rec["validation"]["accuracy"], rec["test"]["accuracy"],
+                         rec.get("seconds")) for rec in records]
     last = records[-1]
     param_bytes = sum(p.numel() * p.element_size() for p in ctx.merged.parameters())
     result_models = len(getattr(ctx.artifact, "members", None) or [None])
@@ -198,12 +205,13 @@ def build_report(ctx: "MergeContext", method: "MethodInfo", *, seconds: float) -
         sources=sources,
         steps=steps,
         final={"validation": last["validation"], "test": last["test"]},
-        epochs_trained=sum(len(rec.get("history") or []) for rec in records),
+        epochs_trained=(earlier.epochs_trained if earlier else 0) + sum(len(r.get("history") or []) for r in records),
         seconds=seconds,
         memory=MemoryRecord(peak_rss_bytes(), param_bytes, result_models * param_bytes),
         base=SourceRecord(**ctx.base_source.describe(), role="base") if ctx.base_source else None,
-        notes=[rec["note"] for rec in records if rec.get("note")],
-        extras=extras,
+        continued_from=SourceRecord(**ctx.init_source.describe(), role="init") if earlier else None,
+        notes=(list(earlier.notes) if earlier else []) + [rec["note"] for rec in records if rec.get("note")],
+        extras=(list(earlier.extras) if earlier else []) + extras,
         version=__version__,
     )
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import typing
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -50,6 +51,21 @@ SCHEDULES = typing.get_args(Schedule)
 LogitsFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 
+def forced_cpu(cpu: bool | None) -> bool | None:
+    """``cpu`` as accelerate must be told it: also True for a multi-process launch on a machine with no
+    accelerator, which accelerate would otherwise run as unconnected single processes (each one the whole
+    merge) instead of gloo ranks."""
+    if cpu:
+        return True
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("LOCAL_RANK", "-1")) != -1
+    return True if launched and not torch.accelerator.is_available() else cpu
+
+
+def process_state(cpu: bool | None = None) -> accelerate.PartialState:
+    """accelerate's view of this launch (one process, or a rank of ``accelerate launch`` / ``torchrun``)."""
+    return accelerate.PartialState(cpu=bool(forced_cpu(cpu)))
+
+
 def make_accelerator(*, cpu: bool | None = None, mixed_precision: str = "no") -> accelerate.Accelerator:
     """Create the :class:`accelerate.Accelerator` every fine-tuning and evaluation runs under.
 
@@ -57,8 +73,14 @@ def make_accelerator(*, cpu: bool | None = None, mixed_precision: str = "no") ->
     ``cpu=True`` forces the CPU. ``mixed_precision`` is ``"no"``, ``"fp16"`` or ``"bf16"``.
     accelerate's process state is a singleton: every accelerator made in one
     process must agree on these settings.
+
+    Launched on several processes, every batch is split between them
+    (``split_batches``): ``--batch-size`` stays the global batch, so a run takes
+    the same optimizer steps on the same examples as one process does.
     """
-    kwargs: dict[str, Any] = {"mixed_precision": mixed_precision}
+    kwargs: dict[str, Any] = {"mixed_precision": mixed_precision,
+                              "dataloader_config": accelerate.DataLoaderConfiguration(split_batches=True)}
+    cpu = forced_cpu(cpu)
     if cpu is not None:
         kwargs["cpu"] = cpu
     return accelerate.Accelerator(**kwargs)

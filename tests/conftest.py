@@ -118,7 +118,8 @@ def merge_fails(tmp_path: Path, sources, *extra: str, env: dict | None = OFFLINE
     local = [Path(s) for s in map(str, sources) if Path(s).exists()]
     before = tree_hashes(*local)
     existed = out.exists()
-    argv = ["merge", "--target", str(target), "--sources", *map(str, sources), "--output", str(out),
+    given = ["--sources", *map(str, sources)] if sources else []  # none: the case is about --from
+    argv = ["merge", "--target", str(target), *given, "--output", str(out),
             "--initial-epochs", "0", "--finetune-epochs", "0", *extra]
     returncode, stdout, stderr = _run_main(argv) if _same_env(env) else _run_subprocess(argv, env)
     assert returncode == code, stdout + stderr

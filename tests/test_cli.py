@@ -112,7 +112,7 @@ def _typed_sample(annotation) -> tuple[str, object] | None:
 def test_scaling_arrives_as_a_float():
     argv = ["merge", "--sources", "a", "b", "--output", "o", "--method", "task-arithmetic", "--scaling", "0.5"]
     args = build_parser(argv).parse_args(argv)
-    values = parse_text(args.method, options_from_args(args))
+    values = parse_text(args.method or "grasp", options_from_args(args))
     assert values == {"scaling": 0.5} and type(values["scaling"]) is float
 
 
@@ -150,7 +150,7 @@ def test_bad_cli_values_name_the_option(argv, culprit):
     full = ["merge", "--sources", "a", "--output", "o", *argv]
     args = build_parser(full).parse_args(full)
     with pytest.raises(GraspError, match=culprit) as e:
-        parse_text(args.method, options_from_args(args))
+        parse_text(args.method or "grasp", options_from_args(args))
     assert "\n" not in str(e.value)
 
 

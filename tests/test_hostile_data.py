@@ -82,9 +82,9 @@ def test_remote_code_refusal_says_how_to_allow_it(checkpoints, tmp_path):
     assert "custom code" in line and "--trust-remote-code" in line
 
 
-def test_python_sources_accept_paths_and_refuse_one_bare_string(checkpoints):
+def test_python_sources_accept_paths_and_one_string_is_a_saved_merge(checkpoints):
     srcs = checkpoints("resnet", 2)
-    with pytest.raises(GraspError, match="must be a list"):
+    with pytest.raises(GraspError, match="holds no grasp_config.json: it is not a merge saved by hf-grasp"):
         GraspMerger.from_pretrained(str(srcs[0]), target="digits-eras")
     with pytest.raises(GraspError, match="str or os.PathLike"):
         GraspMerger.from_pretrained([srcs[0], 3], target="digits-eras")

@@ -233,12 +233,18 @@ def small_disk(tmp_path):
         subprocess.run(["umount", str(where)], check=False)
 
 
-def test_a_full_disk_is_found_before_the_merge_and_when_writing(small_disk, tmp_path, checkpoints):
+def test_a_full_disk_is_found_before_the_merge_and_when_writing(small_disk, tmp_path, checkpoints, monkeypatch):
     srcs = checkpoints("resnet", 2)
     tiny = small_disk(300)  # less than one checkpoint: refused before any work
     line = merge_fails(tmp_path, srcs, output=tiny / "merged")
     assert "MiB free" in line and "free space or choose another --output" in line
-    snug = small_disk(1400)  # room for the weights, not for everything: fails while writing, leaves nothing
+    snug = small_disk(1400)  # room for the weights, not for GRASP's resume state beside them: refused at once
     line = merge_fails(tmp_path, srcs, output=snug / "merged")
+    assert "MiB free" in line
+    # a disk that fills during the run (another process writing): fails while writing, leaves nothing
+    monkeypatch.setattr("hf_grasp.merger.check_free_space", lambda *args, **kwargs: None)
+    line = merge_fails(tmp_path, srcs, output=snug / "merged")  # the resume state after step 2
+    assert "writing the merge's state after step 2 failed" in line and "No space left on device" in line
+    line = merge_fails(tmp_path, srcs, "--method", "multi-source", output=small_disk(1000) / "merged")
     assert "writing it failed" in line and "No space left on device" in line
     assert list(snug.iterdir()) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from conftest import last_json, run_python
 
 PEAK = """
@@ -63,3 +65,17 @@ def test_frozen_heap_skips_older_objects_and_restores():
     assert after == 0 and freed_later
     # under an entry point's freeze it freezes nothing more: an earlier merge's garbage is still collected
     assert unchanged and earlier_freed
+
+
+def test_a_sharded_checkpoint_streams_without_a_second_copy(tmp_path):
+    # a ResNet-50-sized checkpoint in 10 MB shards: streaming it into the probe must stay far below its size
+    # above the probe (a loader holding a second full copy would add about all of it)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sharded_stream", Path(__file__).parents[1] / "benchmarks" /
+                                                  "sharded_stream.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    m = bench.measure(bench.make_checkpoint(tmp_path / "ckpt", width=1, shard_mb=10))
+    print(f"{m['size'] / 2**20:.0f} MiB in {m['shards']} shards: {m['above_probe'] / 2**20:.1f} MiB above the probe")
+    assert m["shards"] >= 8 and m["above_probe"] < 0.35 * m["size"]

@@ -76,6 +76,55 @@ def test_merge_pushes_one_commit_that_loads_by_repo_id(hub_server, checkpoints, 
     assert 'from_pretrained("org/merged")' in card["text"]
 
 
+TIMM_READ_BACK = """
+import json, sys
+import numpy as np, timm, torch
+from PIL import Image
+rng = np.random.default_rng(0)
+imgs = [Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)) for _ in range(4)]
+out = {}
+for name in sys.argv[1:]:  # hf-hub:ORG/NAME, then local-dir:FOLDER
+    m = timm.create_model(name, pretrained=True).eval()
+    t = timm.data.create_transform(**timm.data.resolve_model_data_config(m))
+    with torch.no_grad():
+        out[name] = m(torch.stack([t(i) for i in imgs])).tolist()
+print(json.dumps({"logits": out, "hf_grasp": any(k.split(".")[0] == "hf_grasp" for k in sys.modules)}))
+"""
+
+
+@pytest.mark.slow
+def test_timm_merge_pushes_one_commit_that_timm_loads_by_hub_id(hub_server, checkpoints, tmp_path):
+    """A timm merge, pushed: ``timm.create_model("hf-hub:...")`` in a fresh process without hf_grasp gets the
+    local merge's logits; one commit holds every file; the token is in no file and in no header but
+    Authorization."""
+    a, b = checkpoints("timm:test_resnet", 2, seed0=90)
+    hub_server.serve("org/ta", a)
+    hub_server.serve("org/tb", b)
+    one_thread = {"HF_TOKEN": "", "OMP_NUM_THREADS": "1"}  # no spin-waiting threads on a shared machine
+    env = {**hub_server.env(tmp_path / "hf"), **one_thread}
+    out = tmp_path / "merged"
+    proc = run_cli("merge", "--target", "digits-eras", "--sources", "org/ta", "org/tb", "--output", str(out),
+                   "--initial-epochs", "0", "--finetune-epochs", "0", "--no-eval-sources",
+                   "--push-to-hub", "org/timm-merged", "--token", TOKEN, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    [commit] = hub_server.commits()
+    local = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert commit["repo"] == "org/timm-merged" and commit["files"] == local
+    assert {"model.safetensors", "config.json", "README.md", "grasp_report.json", "alignment.png"} <= set(local)
+    _no_token_but_in_authorization(hub_server, proc.stdout, proc.stderr)
+    assert not [name for name, data in local.items() if TOKEN.encode() in data]
+
+    fresh = {**hub_server.env(tmp_path / "hf-fresh"), **one_thread}
+    got = last_json(run_python(TIMM_READ_BACK, "hf-hub:org/timm-merged", f"local-dir:{out}", env=fresh))
+    assert not got["hf_grasp"]
+    pulled, here = (torch.tensor(v) for v in got["logits"].values())
+    assert pulled.shape == (4, 10) and torch.equal(pulled, here)
+    card = local["README.md"].decode()
+    assert 'timm.create_model("hf-hub:org/timm-merged", pretrained=True)' in card
+    assert "library_name: timm" in card and "- org/ta\n- org/tb" in card
+
+
 PUSH_API = """
 import json, sys
 from transformers import AutoModelForImageClassification

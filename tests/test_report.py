@@ -228,7 +228,7 @@ def test_timm_card_without_results(grasp_report, tmp_path):
     loaded = _saved(build_model_card(report, dataset="org/data"), tmp_path)
     assert loaded.data.base_model is None and loaded.data.eval_results is None
     assert loaded.data.datasets == ["org/data"]
-    assert "timm.create_model(\"local-dir:path/to/this/model\", pretrained=True)" in loaded.text
+    assert "timm.create_model(\"local-dir:path/to/this/folder\", pretrained=True)" in loaded.text
     assert "**row**" in loaded.text
 
 

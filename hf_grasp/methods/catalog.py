@@ -89,13 +89,14 @@ _GRASP_HOW = ("merges the sources one at a time, so only the merged model and on
 
 for _info in (
     MethodInfo("grasp", "GRASP (Gradient-Aligned Sequential Parameter Transfer)", "GRASP", _GRASP_HOW,
-               GraspParams, GRASP_PAPER, impl="hf_grasp.methods.grasp:grasp"),
+               GraspParams, GRASP_PAPER, sequential=True, impl="hf_grasp.methods.grasp:grasp"),
     MethodInfo("no-align", "GRASP without alignment (every tensor transferred)", "GRASP no-align",
                "is GRASP's ablation without the gate: every tensor of every source is transferred (τ = −∞), with "
-               "the same fine-tuning.", GraspParams, GRASP_PAPER, impl="hf_grasp.methods.ablations:no_align"),
+               "the same fine-tuning.", GraspParams, GRASP_PAPER, sequential=True,
+               impl="hf_grasp.methods.ablations:no_align"),
     MethodInfo("no-finetune", "GRASP without Stage 5 fine-tuning", "GRASP no-finetune",
                "is GRASP's ablation without the fine-tuning after each transfer (the initial fine-tune stays).",
-               GraspParams, GRASP_PAPER, impl="hf_grasp.methods.ablations:no_finetune"),
+               GraspParams, GRASP_PAPER, sequential=True, impl="hf_grasp.methods.ablations:no_finetune"),
     MethodInfo("finetune-only", "Fine-tune the first source only (no transfer)", "Fine-tune only",
                "fine-tunes the first source on the target for GRASP's whole epoch budget; no other source is used.",
                impl="hf_grasp.methods.ablations:finetune_only"),
@@ -134,6 +135,6 @@ for _info in (
     MethodInfo("pearl", "PEARL-style per-source low-rank adapters composed with learned weights", "PEARL",
                "gives each source a low-rank (LoRA) adapter initialised from its task vector, trains the adapters "
                "and one composition weight per source on the target, then merges them into the weights.",
-               PearlParams, impl="hf_grasp.methods.pearl:pearl"),
+               PearlParams, multi_process=False, impl="hf_grasp.methods.pearl:pearl"),
 ):
     declare_method(_info)

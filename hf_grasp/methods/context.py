@@ -49,6 +49,27 @@ def released(model: nn.Module):
             t.data = torch.empty(shape, dtype=dtype, device=device)
 
 
+def _all_reduce_gradients(model: nn.Module, loss: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
+    """Sum ``model``'s gradients and ``loss`` over the processes in one all-reduce; returns the summed loss.
+
+    Every parameter takes part (zeros where a process has no gradient) so all
+    processes send buffers of one layout; afterwards every process holds the
+    same sums, and a parameter no process reached keeps ``grad`` None.
+    """
+    params = list(model.parameters())
+    flat = torch.cat([loss.reshape(1).to(torch.float32)] + [
+        (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(torch.float32) for p in params])
+    reached = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=flat.device)
+    flat, reached = accelerator.reduce([flat, reached], reduction="sum")
+    offset = 1
+    for p, hit in zip(params, reached.tolist()):
+        n = p.numel()
+        if hit:
+            p.grad = flat[offset:offset + n].view_as(p).to(p.dtype).clone()
+        offset += n
+    return flat[0]
+
+
 @dataclass
 class MergeContext:
     """The state a merge method works on."""
@@ -67,6 +88,8 @@ class MergeContext:
     accelerator: Accelerator
     records: list[dict] = field(default_factory=list)  # one per step, rendered by report.py
     artifact: Any = None  # a non-native result (e.g. an EnsembleSpec) saved instead of ``merged``
+    earlier: Any = None      # the MergeReport of the merge this one continues (``--init org/merged``), if any
+    checkpoint: Any = None   # the run's :class:`~hf_grasp.checkpoint.Checkpoint`, if it keeps one
 
     def __post_init__(self):
         train_tf = self.family.image_transform(self.model_dir, train=self.options.augment)
@@ -75,6 +98,46 @@ class MergeContext:
         self.train_loader = make_loader(self.data.splits["train"], train_tf, batch_size=bs, shuffle=True, seed=seed)
         self.val_loader = make_loader(self.data.splits["validation"], self.eval_transform, batch_size=bs, shuffle=False)
         self.test_loader = make_loader(self.data.splits["test"], self.eval_transform, batch_size=bs, shuffle=False)
+
+    # --- steps of a sequential method: reseeded, checkpointed, resumable, continuable
+
+    @property
+    def first_step(self) -> int:
+        """The index of this run's first step: 0 (the init step), or the number of steps of the merge it continues."""
+        if self.earlier is None:
+            return 0
+        return sum(1 for s in self.earlier.steps if s.step == "init" or s.step.startswith("source "))
+
+    def step_seed(self, step: int) -> int:
+        """The seed of step ``step``: its alignment batches, its shuffling, any other randomness in it."""
+        return self.options.seed * 1000 + step
+
+    def begin_step(self, step: int) -> None:
+        """Reseed everything random from ``(seed, step)``.
+
+        So a step's outcome depends only on the state it starts from, never on
+        what ran before it in this process: a resumed run, or a continuation of
+        a published merge, makes the same bits as one run from the start.
+        """
+        from accelerate.utils import set_seed
+
+        seed = self.step_seed(step)
+        set_seed(seed)
+        self.train_loader.generator.manual_seed(seed)  # the shuffling of every epoch of this step
+
+    def resume(self) -> int:
+        """Restore a checkpointed state into the merged model; how many of this run's steps it holds (0 if none)."""
+        if self.checkpoint is None:
+            return 0
+        self.records = self.checkpoint.restore(self.merged)
+        if self.records:
+            log.info("resuming after step %d (%s)", len(self.records), self.records[-1].get("step"))
+        return len(self.records)
+
+    def end_step(self) -> None:
+        """Checkpoint the merged model and the records after a step (when the run keeps a checkpoint)."""
+        if self.checkpoint is not None and self.accelerator.is_main_process:
+            self.checkpoint.save(self.merged, self.records)
 
     # --- the shared pieces every method uses
 
@@ -87,8 +150,7 @@ class MergeContext:
         """``n_batches`` target-train batches for one alignment step, moved to the device; never val or test."""
         batches = alignment_batches(
             self.data.splits["train"], self.eval_transform,
-            n_batches=n_batches, batch_size=self.options.batch_size,
-            seed=self.options.seed * 1000 + step,
+            n_batches=n_batches, batch_size=self.options.batch_size, seed=self.step_seed(step),
         )
         dev = self.accelerator.device
         return [{k: v.to(dev) for k, v in b.items()} for b in batches]
@@ -100,20 +162,42 @@ class MergeContext:
         Eval mode for both models (deterministic, dropout-free, each model's own
         BatchNorm statistics); the released code used train mode for the merged model.
 
-        A NaN or inf loss raises :class:`NumericalError` ``"{step}: ...; {advice}"``:
-        its gradients would make every alignment score NaN, and a NaN score
-        silently transfers nothing. The losses stay on the device until the
-        last batch, so the check costs one host sync per call, not per batch.
+        Several processes (``accelerate launch``, ``torchrun``) share the work:
+        each takes its rows of every batch (in eval mode an example's gradient
+        does not depend on the others), and one all-reduce sums the gradients
+        and the loss, so every process holds the same gradients as one process
+        would, up to the order of float additions. (With replicated weights the
+        gradients themselves must be summed: the cosine of a sum is not a sum
+        of cosines. Under FSDP each process would hold a shard of the summed
+        gradient, and the three sums of :mod:`hf_grasp.alignment` per unit would
+        be all-reduced instead.)
+
+        A NaN or inf loss raises :class:`NumericalError` ``"{step}: ...; {advice}"``
+        on every process: its gradients would make every alignment score NaN,
+        and a NaN score silently transfers nothing. The losses stay on the
+        device until the last batch, so the check costs one host sync per call.
         """
         model.eval()
         model.zero_grad(set_to_none=True)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
         losses = []
         for b in batches:
-            logits = self.family.logits(model, b["pixel_values"])
-            loss = torch.nn.functional.cross_entropy(logits, b["labels"])
+            labels = b["labels"]
+            if world == 1:
+                loss = torch.nn.functional.cross_entropy(self.family.logits(model, b["pixel_values"]), labels)
+            else:
+                mine = torch.tensor_split(torch.arange(len(labels), device=labels.device), world)[rank]
+                if not len(mine):
+                    continue
+                logits = self.family.logits(model, b["pixel_values"][mine])
+                # this process's share of the batch mean: the shares add up to it
+                loss = torch.nn.functional.cross_entropy(logits, labels[mine], reduction="sum") / len(labels)
             loss.backward()
             losses.append(loss.detach())
-        total = float(torch.stack(losses).sum()) if losses else 0.0
+        total = torch.stack(losses).sum() if losses else torch.zeros((), device=self.accelerator.device)
+        if world > 1:
+            total = _all_reduce_gradients(model, total, self.accelerator)
+        total = float(total)
         if not math.isfinite(total):
             raise NumericalError(f"{step}: the loss on the target-train alignment batches is {total}; {advice}")
 

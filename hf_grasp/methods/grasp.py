@@ -28,54 +28,76 @@ from ..progress import progress
 from .._memory import release_freed_memory
 from ..alignment import alignment_scores, apply_transfer, row_partners, transfer_mask
 from ..errors import NumericalError
+from ..sources import ResolvedSource
 from .context import MergeContext
 
 
 def grasp(ctx: MergeContext) -> None:
-    """Merge ``ctx.sources`` into ``ctx.merged`` by gradient-aligned transfer (``ctx.params``: GraspParams)."""
-    o, p = ctx.options, ctx.params
+    """Merge ``ctx.sources`` into ``ctx.merged`` by gradient-aligned transfer (``ctx.params``: GraspParams).
+
+    Step 0 takes the initial model and fine-tunes it; step k >= 1 merges one
+    more source. Every step starts reseeded and ends checkpointed (when the run
+    keeps a checkpoint), so a run resumes after its last finished step; a
+    continuation of an earlier merge (``ctx.earlier``) starts from that merge's
+    weights at its next step number.
+    """
     sources = list(ctx.sources)
-    start = time.time()
-    if ctx.init_source is not None:
-        ctx.load(ctx.merged, ctx.init_source)
-        init_name = ctx.init_source.name
-    elif o.init == "random":
-        init_name = "random"  # the merged model was allocated with seeded random weights
-    else:
-        first = sources.pop(0)
+    plan: list[tuple[int, ResolvedSource | None]] = []  # (step, what it brings in; None: a random init)
+    if ctx.earlier is None:
+        first = ctx.init_source or (None if ctx.options.init == "random" else sources.pop(0))
+        plan.append((0, first))
+    plan += list(enumerate(sources, start=max(ctx.first_step, 1)))
+    done = ctx.resume()
+    if done == 0 and ctx.earlier is not None:
+        ctx.load(ctx.merged, ctx.init_source)  # the earlier merge's weights
+    for step, source in progress(plan[done:], desc="GRASP: align + transfer", unit="step"):
+        ctx.begin_step(step)
+        if step == 0:
+            _initial_step(ctx, source)
+        else:
+            _transfer_step(ctx, step, source)
+        ctx.end_step()
+
+
+def _initial_step(ctx: MergeContext, first: ResolvedSource | None) -> None:
+    """Step 0: the initial merged model (a source, or the seeded random init), fine-tuned on the target."""
+    o, start = ctx.options, time.time()
+    if first is not None:
         ctx.load(ctx.merged, first)
-        init_name = first.name
-    source_alone = ctx.evaluate(split="test") if o.eval_sources and init_name != "random" else None
-    history = ctx.fine_tune(o.initial_epochs, desc=f"initial fine-tune ({init_name})")
-    ctx.record(step="init", source=init_name, source_alone=source_alone, history=history,
+    name = first.name if first is not None else "random"
+    source_alone = ctx.evaluate(split="test") if o.eval_sources and first is not None else None
+    history = ctx.fine_tune(o.initial_epochs, desc=f"initial fine-tune ({name})")
+    ctx.record(step="init", source=name, source_alone=source_alone, history=history,
                validation=ctx.evaluate(split="validation"), test=ctx.evaluate(split="test"),
                seconds=time.time() - start)
 
-    for k, source in enumerate(progress(sources, desc="GRASP: align + transfer", unit="source"), start=1):
-        start = time.time()
-        batches = ctx.alignment_batches(step=k, n_batches=p.align_batches)
-        step = f"GRASP step {k} (source {source.name!r})"
-        ctx.gradients(ctx.merged, batches, step=f"{step}, merged model",
-                      advice="lower --lr, or check the sources merged so far")
-        ctx.load(ctx.probe, source)
-        skipped = set(ctx.skips.get(source.name, ()))
-        if skipped:
-            # a skipped head is judged with the merged model's head, never transferred
-            _copy_tensors(ctx.probe, ctx.merged, skipped)
-        source_alone = ctx.evaluate(ctx.probe, split="test") if o.eval_sources and not skipped else None
-        ctx.gradients(ctx.probe, batches, step=f"{step}, source model",
-                      advice="check the source: its weights overflow on the target images; re-export it or "
-                             "leave it out of --sources")
-        scores, transferred = transfer_aligned(ctx.merged, ctx.probe, tau=p.tau, granularity=p.granularity,
-                                               buffers=p.buffers, skip=skipped, step=step)
-        ctx.merged.zero_grad(set_to_none=True)
-        ctx.probe.zero_grad(set_to_none=True)
-        release_freed_memory()  # both gradient sets, before fine-tuning allocates its own
-        history = ctx.fine_tune(o.finetune_epochs, desc=f"fine-tune after {source.name}")
-        ctx.record(step=f"source {k}", source=source.name, scores=scores, transferred=transferred,
-                   skipped=sorted(skipped), source_alone=source_alone, history=history,
-                   validation=ctx.evaluate(split="validation"), test=ctx.evaluate(split="test"),
-                   seconds=time.time() - start)
+
+def _transfer_step(ctx: MergeContext, k: int, source: ResolvedSource) -> None:
+    """Step k: align the merged model with ``source`` on target-train gradients, transfer, fine-tune."""
+    o, p, start = ctx.options, ctx.params, time.time()
+    batches = ctx.alignment_batches(step=k, n_batches=p.align_batches)
+    step = f"GRASP step {k} (source {source.name!r})"
+    ctx.gradients(ctx.merged, batches, step=f"{step}, merged model",
+                  advice="lower --lr, or check the sources merged so far")
+    ctx.load(ctx.probe, source)
+    skipped = set(ctx.skips.get(source.name, ()))
+    if skipped:
+        # a skipped head is judged with the merged model's head, never transferred
+        _copy_tensors(ctx.probe, ctx.merged, skipped)
+    source_alone = ctx.evaluate(ctx.probe, split="test") if o.eval_sources and not skipped else None
+    ctx.gradients(ctx.probe, batches, step=f"{step}, source model",
+                  advice="check the source: its weights overflow on the target images; re-export it or "
+                         "leave it out of --sources")
+    scores, transferred = transfer_aligned(ctx.merged, ctx.probe, tau=p.tau, granularity=p.granularity,
+                                           buffers=p.buffers, skip=skipped, step=step)
+    ctx.merged.zero_grad(set_to_none=True)
+    ctx.probe.zero_grad(set_to_none=True)
+    release_freed_memory()  # both gradient sets, before fine-tuning allocates its own
+    history = ctx.fine_tune(o.finetune_epochs, desc=f"fine-tune after {source.name}")
+    ctx.record(step=f"source {k}", source=source.name, scores=scores, transferred=transferred,
+               skipped=sorted(skipped), source_alone=source_alone, history=history,
+               validation=ctx.evaluate(split="validation"), test=ctx.evaluate(split="test"),
+               seconds=time.time() - start)
 
 
 def transfer_aligned(

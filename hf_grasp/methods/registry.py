@@ -31,7 +31,12 @@ class MethodInfo:
     (``--recalibrate-bn`` applies). ``needs_base``: the method works on task
     vectors relative to ``--base``. ``reads_across_sources``: it reads one tensor
     of every source at a time, so all K sources' files must be on disk together
-    (no ``--evict-sources``). ``label``: the short name tables use ("GRASP",
+    (no ``--evict-sources``). ``sequential``: it merges source by source through
+    :class:`~hf_grasp.methods.context.MergeContext`'s steps, so a run can be
+    resumed after each step (``--resume``) and an earlier merge of it continued
+    with more sources (``--init org/merged``). ``multi_process``: it gives the
+    same result when launched on several processes (``accelerate launch``,
+    ``torchrun``); a method without it refuses such a launch. ``label``: the short name tables use ("GRASP",
     "TIES"); ``description``: how it merges, in a sentence or two, for the card.
     """
 
@@ -44,6 +49,8 @@ class MethodInfo:
     parameter_space: bool = True
     needs_base: bool = False
     reads_across_sources: bool = False
+    sequential: bool = False
+    multi_process: bool = True
     fn: Callable[["MergeContext"], None] | None = None
     impl: str | None = None
 
