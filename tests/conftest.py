@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
+
+# One torch thread per test process (and per child it starts), before anything imports torch: the suite runs on
+# two xdist workers over two cores, where two spinning OpenMP threads per process would fight (DESIGN.md §6).
+# Every byte-identity check compares runs made within this same setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import json
 import subprocess
 import sys
 from pathlib import Path
