@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +29,8 @@ from .report import read_json, write_json
 
 STATE_NAME = "state.json"
 FORMAT = 1
+#: what every step's record holds (what the report is built from)
+RECORD_KEYS = {"step", "source", "validation", "test"}
 
 
 def work_area(output: str | os.PathLike) -> Path:
@@ -81,15 +84,20 @@ class Checkpoint:
         try:
             state = read_json(self.state_path)
             saved = MergeConfig.from_dict(state["config"], where=str(self.state_path))
-            steps, records, weights = state["steps_done"], state["records"], state["weights"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            steps, records, weights = int(state["steps_done"]), state["records"], state["weights"]
+            if not re.fullmatch(r"merged-step\d+\.safetensors", weights):  # a name in the area, nothing else
+                raise ValueError(f"weights {weights!r} is not a state file of this area")
+            if not (isinstance(records, list) and len(records) == steps
+                    and all(isinstance(r, dict) and RECORD_KEYS <= r.keys() for r in records)):
+                raise ValueError(f"records do not describe {steps} finished steps")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise GraspError(f"{self.shown}: its resume state {self.state_path} is unreadable ({e}); pass "
                              "--overwrite to start over") from None
         differences = self.config.differences(saved, theirs="in the interrupted run")
         if differences:
             raise GraspError(f"--resume: not the merge that was interrupted: {'; '.join(differences)}; rerun it "
                              "with its settings, or pass --overwrite without --resume to start over")
-        return {"steps_done": int(steps), "records": records, "weights": weights}
+        return {"steps_done": steps, "records": records, "weights": weights}
 
     def restore(self, model) -> list[dict]:
         """Load the saved merged state into ``model`` (in place); the records of the steps done ([] if none)."""

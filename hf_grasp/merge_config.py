@@ -66,11 +66,20 @@ class MergeConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "merge config") -> "MergeConfig":
+        """The configuration ``to_dict`` wrote; :class:`GraspError` naming ``where`` and the field if malformed."""
         known = set(cls.__dataclass_fields__)
         try:
-            return cls(**{k: v for k, v in data.items() if k in known})
+            config = cls(**{k: v for k, v in data.items() if k in known})
         except TypeError as e:
             raise GraspError(f"{where}: not an hf-grasp merge configuration ({e})") from None
+        shapes = {"method": str, "sources": list, "options": dict, "params": dict}
+        for name, kind in shapes.items():
+            if not isinstance(getattr(config, name), kind):
+                raise GraspError(f"{where}: field {name!r} must be a {kind.__name__}, not "
+                                 f"{type(getattr(config, name)).__name__}")
+        if not all(isinstance(s, str) for s in config.sources):
+            raise GraspError(f"{where}: field 'sources' must list references (text)")
+        return config
 
     def save(self, path: str | os.PathLike) -> Path:
         from .report import write_json

@@ -149,3 +149,28 @@ def test_from_and_resume_refusals(checkpoints, tmp_path):
     assert "holds no grasp_config.json" in merge_fails(tmp_path, [], "--from", str(sources[0]))
     line = merge_fails(tmp_path, sources, "--method", "multi-source", "--resume")
     assert "method 'multi-source' does not checkpoint" in line and "grasp" in line
+
+
+def test_a_malformed_config_or_resume_state_is_one_line_naming_it(checkpoints, tmp_path):
+    from conftest import _run_main
+
+    sources = checkpoints("resnet", 2)
+    fake = tmp_path / "fake-merge"
+    fake.mkdir()
+    (fake / "grasp_config.json").write_text(json.dumps({"method": "grasp", "sources": "org/a", "target": None,
+                                                         "recipe": None, "options": {}, "params": {}}))
+    line = merge_fails(tmp_path, [], "--from", str(fake))
+    assert str(fake / "grasp_config.json") in line and "field 'sources' must be a list" in line
+
+    # a resume state that names a file outside its area is refused before anything is read from it
+    area = tmp_path / ".merged.resume"
+    area.mkdir()
+    (area / "state.json").write_text(json.dumps({
+        "steps_done": 0, "records": [], "weights": "../../elsewhere.safetensors",
+        "config": {"method": "grasp", "sources": [], "target": None, "recipe": None, "options": {}, "params": {}}}))
+    code, _, err = _run_main(["merge", "--target", "digits-eras", "--sources", *map(str, sources), "--output",
+                              str(tmp_path / "merged"), "--resume", "--initial-epochs", "0", "--finetune-epochs", "0"])
+    assert code == 2 and "Traceback" not in err
+    [line] = [e for e in err.splitlines() if e.startswith("error: ")]
+    assert "resume state" in line and "is unreadable" in line and "not a state file of this area" in line
+    assert (area / "state.json").exists() and not (tmp_path / "merged").exists()

@@ -130,7 +130,7 @@ class MergeContext:
         if self.checkpoint is None:
             return 0
         self.records = self.checkpoint.restore(self.merged)
-        if self.records:
+        if self.records and self.accelerator.is_local_main_process:
             log.info("resuming after step %d (%s)", len(self.records), self.records[-1].get("step"))
         return len(self.records)
 

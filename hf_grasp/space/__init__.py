@@ -59,7 +59,11 @@ def launch(host: str | None = None, port: int | None = None, *, share: bool = Fa
     home = Path(home) if home else default_home()
     demo = build(home)
     # the training stack, imported here, in one thread: two threads importing transformers at once can see it
-    # half-initialised (a missing attribute in whichever thread came second)
+    # half-initialised (a missing attribute in whichever thread came second). pyplot too: gradio calls
+    # matplotlib.use("agg") around every event, which imports pyplot, while a run's worker thread draws the
+    # heatmap (seen under load: "partially initialized module 'matplotlib.pyplot'", the run lost at saving)
+    import matplotlib.pyplot  # noqa: F401
+
     from .. import merger  # noqa: F401
     from ..bench import make_sources  # noqa: F401
 
