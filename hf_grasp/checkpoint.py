@@ -74,10 +74,6 @@ class Checkpoint:
     def state_path(self) -> Path:
         return self.directory / STATE_NAME
 
-    @property
-    def steps_done(self) -> int:
-        return self.state["steps_done"] if self.state else 0
-
     def _read(self) -> dict | None:
         if not self.state_path.exists():
             return None

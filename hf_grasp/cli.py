@@ -109,7 +109,6 @@ def _cmd_merge(args) -> int:
         return _merge_beside_main(args, options)
     # checked and locked before the minutes of work (and the seconds of imports), held until the output is in place
     with claim_output(args.output, inputs=_merge_inputs(args, options), overwrite=args.overwrite):
-        from . import GraspMerger
         from .merger import check_free_space
         from .summary import print_summary
 
@@ -117,8 +116,7 @@ def _cmd_merge(args) -> int:
         if args.overwrite and not args.resume:
             shutil.rmtree(area, ignore_errors=True)  # --overwrite starts over
         with kept_for_resume(area):
-            merger = GraspMerger.from_pretrained(args.from_merge or args.sources, target=args.target,
-                                                 recipe=args.recipe, method=args.method, token=args.token, **options)
+            merger = _merger(args, options)
             # before the minutes of the merge, not after
             check_free_space(args.output, merger.inputs, checkpointed=merger.method.sequential)
             result = merger.merge(checkpoint_dir=area, resume=args.resume)
@@ -142,17 +140,22 @@ def _cmd_merge(args) -> int:
     return 0
 
 
+def _merger(args, options: dict):
+    """The merger the command line asks for: its sources, or the saved merge ``--from`` names, with its options."""
+    from . import GraspMerger
+
+    return GraspMerger.from_pretrained(args.from_merge or args.sources, target=args.target, recipe=args.recipe,
+                                       method=args.method, token=args.token, **options)
+
+
 def _merge_beside_main(args, options: dict) -> int:
     """A process other than the main one of a multi-process launch: the same merge (its share of the
     alignment rows, its shard of every fine-tuning batch), and nothing written: the main process claims the
     output, checkpoints, saves and pushes while this one waits for it."""
-    from . import GraspMerger
     from .checkpoint import work_area
     from .training import process_state
 
-    merger = GraspMerger.from_pretrained(args.from_merge or args.sources, target=args.target, recipe=args.recipe,
-                                         method=args.method, token=args.token, **options)
-    merger.merge(checkpoint_dir=work_area(args.output), resume=args.resume)
+    _merger(args, options).merge(checkpoint_dir=work_area(args.output), resume=args.resume)
     process_state(options.get("cpu")).wait_for_everyone()
     return 0
 
