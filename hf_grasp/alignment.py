@@ -29,6 +29,8 @@ GRANULARITIES: tuple[str, ...] = ("tensor", "row", "element")
 
 #: the paper's stabiliser in the cosine denominator
 EPS = 1e-8
+#: entries per float64 chunk of a whole-tensor score (2 MiB per operand)
+CHUNK = 1 << 18
 
 
 def alignment_sums(g_source: torch.Tensor, g_target: torch.Tensor, granularity: Granularity = "tensor"):
@@ -36,15 +38,20 @@ def alignment_sums(g_source: torch.Tensor, g_target: torch.Tensor, granularity: 
 
     Shapes: scalars for ``tensor``, ``(rows,)`` for ``row``, the tensor's shape
     for ``element``. Computed in float64 so that summing over shards is exact
-    enough to reproduce the unsharded score.
+    enough to reproduce the unsharded score; for ``tensor`` in chunks of
+    :data:`CHUNK` entries, so the float64 copies stay small whatever the tensor's size.
     """
     if g_source.shape != g_target.shape:
         raise ValueError(f"gradient shapes differ: {tuple(g_source.shape)} vs {tuple(g_target.shape)}")
+    if granularity == "tensor":
+        s, t = g_source.detach().reshape(-1), g_target.detach().reshape(-1)
+        sums = torch.zeros(3, dtype=torch.float64, device=s.device)
+        for i in range(0, s.numel(), CHUNK):
+            a, b = s[i:i + CHUNK].to(torch.float64), t[i:i + CHUNK].to(torch.float64)
+            sums += torch.stack([a @ b, a @ a, b @ b])
+        return sums[0], sums[1], sums[2]
     s = g_source.detach().to(torch.float64)
     t = g_target.detach().to(torch.float64)
-    if granularity == "tensor":
-        s, t = s.reshape(-1), t.reshape(-1)
-        return s @ t, s @ s, t @ t
     if granularity == "row":
         s, t = s.reshape(s.shape[0] if s.dim() else 1, -1), t.reshape(t.shape[0] if t.dim() else 1, -1)
         return (s * t).sum(1), (s * s).sum(1), (t * t).sum(1)

@@ -11,8 +11,12 @@ model card. Problems the user can fix raise :class:`~hf_grasp.errors.DataError`
 with one line naming the dataset, split or column at fault.
 
 Batches follow the project convention ``{"pixel_values": (N, C, H, W) float,
-"labels": (N,) long}``; images are decoded lazily, batch by batch, and forced to
-RGB in the collate function (some datasets store greyscale "L" images).
+"labels": (N,) long}``. A split whose preprocessed tensors fit
+:data:`PREPROCESS_BUDGET_BYTES` is decoded and run through the checkpoint's
+image processor once (:func:`preprocess_target`) and its batches are slices of
+that tensor; a larger one (or a randomly augmented train split) is decoded lazily,
+batch by batch. Images are forced to RGB before the transform (some datasets
+store greyscale "L" images).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class TargetData:
     num_labels: int
     label_names: list[str] | None  # from a ClassLabel feature when present
     notes: list[str] = field(default_factory=list)  # decisions taken, human-readable
+    #: split -> its images preprocessed once for evaluation (see :func:`preprocess_target`); absent: decoded per batch
+    preprocessed: dict[str, "Preprocessed"] = field(default_factory=dict)
 
 
 def load_target(
@@ -432,6 +438,86 @@ def _labels(splits: dict[str, datasets.Dataset], label_column: str, target: str)
 
 # --------------------------------------------------------------------------- batching
 
+#: a split whose preprocessed pixels take at most this many bytes is kept in memory as one tensor
+PREPROCESS_BUDGET_BYTES = 1 << 30
+
+
+@dataclass
+class Preprocessed:
+    """A split run through a deterministic transform once: ``pixel_values`` (N, C, H, W) and ``labels`` (N,)."""
+
+    pixel_values: torch.Tensor
+    labels: torch.Tensor
+
+    def batch(self, rows: list[int] | torch.Tensor) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        return {"pixel_values": self.pixel_values[idx], "labels": self.labels[idx]}
+
+
+def preprocess(dataset: datasets.Dataset, transform: Transform, *, budget: int | None = None) -> Preprocessed | None:
+    """``dataset``'s images decoded and transformed once, in chunks; None when the result would exceed ``budget``
+    (default :data:`PREPROCESS_BUDGET_BYTES`).
+
+    ``transform`` must be deterministic (the evaluation transform): the tensors
+    are the same ones a per-batch pass would produce, so batches sliced from them
+    are identical to lazily decoded ones.
+    """
+    view = _image_label_view(dataset)
+    if len(view) == 0:
+        return None
+    collate = _Collate(transform)
+    first = view[:1]
+    sample = collate.columns(first[IMAGE], first[LABEL])["pixel_values"]
+    if len(view) * sample[0].numel() * sample.element_size() > (PREPROCESS_BUDGET_BYTES if budget is None else budget):
+        return None
+    pixels = torch.empty((len(view), *sample.shape[1:]), dtype=sample.dtype)
+    for start in range(0, len(view), 256):
+        rows = view[start:start + 256]
+        pixels[start:start + len(rows[LABEL])] = collate.columns(rows[IMAGE], rows[LABEL])["pixel_values"]
+    return Preprocessed(pixels, torch.as_tensor(list(view[LABEL]), dtype=torch.long))
+
+
+def preprocess_target(data: TargetData, transform: Transform) -> None:
+    """Fill ``data.preprocessed`` with every split that fits the budget (``transform``: the evaluation one).
+
+    Decoding and running the image processor once instead of every epoch is most
+    of a small model's data time. A split too large stays decoded per batch
+    (noted). Idempotent.
+    """
+    for split in SPLITS:
+        if split in data.preprocessed:
+            continue
+        done = preprocess(data.splits[split], transform)
+        if done is not None:
+            data.preprocessed[split] = done
+        else:
+            note = f"split '{split}' decoded batch by batch (its preprocessed images exceed the in-memory budget)"
+            if note not in data.notes:
+                data.notes.append(note)
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Row indices ``0..n-1``: the sampler shuffles them, :class:`_Slices` turns a batch of them into tensors."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class _Slices:
+    """A batch of row indices -> ``{"pixel_values", "labels"}`` sliced from preprocessed tensors."""
+
+    def __init__(self, pre: Preprocessed):
+        self.pre = pre
+
+    def __call__(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        return self.pre.batch(rows)
+
 
 class _Collate:
     """Rows -> ``{"pixel_values", "labels"}``; a class (not a closure) so it pickles."""
@@ -461,35 +547,42 @@ def _image_label_view(dataset: datasets.Dataset) -> datasets.Dataset:
 
 
 def make_loader(
-    dataset: datasets.Dataset, transform: Transform, *, batch_size: int, shuffle: bool, seed: int = 0
+    dataset: datasets.Dataset, transform: Transform, *, batch_size: int, shuffle: bool, seed: int = 0,
+    preprocessed: Preprocessed | None = None,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader yielding ``{"pixel_values", "labels"}`` batches of ``dataset``.
 
-    Images are decoded only when their batch is drawn; ``transform`` receives the
-    batch's RGB PIL images. Shuffling uses a ``torch.Generator`` seeded with
-    ``seed``, so the sequence of epochs is reproducible. ``num_workers=0``.
+    With ``preprocessed`` (``dataset`` through a deterministic ``transform``, see
+    :func:`preprocess`) a batch is a slice of its tensors; otherwise images are
+    decoded only when their batch is drawn and ``transform`` receives the batch's
+    RGB PIL images. Either way the same rows form the same batches. Shuffling
+    uses a ``torch.Generator`` seeded with ``seed``, so the sequence of epochs is
+    reproducible. ``num_workers=0``.
     """
     view = _image_label_view(dataset)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
+    rows, collate = (view, _Collate(transform)) if preprocessed is None else (_Rows(len(view)), _Slices(preprocessed))
     return torch.utils.data.DataLoader(
-        view,
+        rows,
         batch_size=batch_size,
         shuffle=shuffle,
         generator=generator,
         num_workers=0,
-        collate_fn=_Collate(transform),
+        collate_fn=collate,
     )
 
 
 def alignment_batches(
-    dataset: datasets.Dataset, transform: Transform, *, n_batches: int, batch_size: int, seed: int
+    dataset: datasets.Dataset, transform: Transform, *, n_batches: int, batch_size: int, seed: int,
+    preprocessed: Preprocessed | None = None,
 ) -> list[dict]:
     """``n_batches`` transformed batches of ``batch_size`` rows for gradient alignment.
 
     Rows come from one seeded random permutation of ``dataset`` (pass the train
     split, never validation or test), without replacement; if the split has fewer
     than ``n_batches * batch_size`` rows the permutation wraps around, so every
-    row is used once before any is repeated. Same seed, same batches.
+    row is used once before any is repeated. Same seed, same batches (sliced
+    from ``preprocessed`` when given).
     """
     if n_batches < 1 or batch_size < 1:
         raise ValueError(f"need n_batches >= 1 and batch_size >= 1, got {n_batches} and {batch_size}")
@@ -501,6 +594,10 @@ def alignment_batches(
     collate = _Collate(transform)
     batches = []
     for b in range(n_batches):
-        rows = view[order[b * batch_size : (b + 1) * batch_size].tolist()]
+        chosen = order[b * batch_size : (b + 1) * batch_size].tolist()
+        if preprocessed is not None:
+            batches.append(preprocessed.batch(chosen))
+            continue
+        rows = view[chosen]
         batches.append(collate.columns(rows[IMAGE], rows[LABEL]))
     return batches

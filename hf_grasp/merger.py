@@ -25,7 +25,7 @@ from torch import nn
 
 from ._memory import frozen_heap
 from .card import HEATMAP, build_model_card, for_publication, has_heatmap
-from .data import TargetData, load_target
+from .data import TargetData, load_target, preprocess_target
 from .errors import GraspError, SourceError, first_line
 from .families.base import ModelFamily
 from .heatmap import plot_alignment_heatmap
@@ -37,7 +37,7 @@ from .recipes import resolve_target
 from .report import MergeReport, build_report
 from .resolution import MergeInputs, check_family, preflight_inputs, resolve_inputs
 from .sources import expected_specs
-from .training import make_accelerator, process_state, recalibrate_batchnorm
+from .training import make_accelerator, process_state, recalibrate_batchnorm, torch_threads
 
 
 def check_free_space(output: str | Path, inputs: MergeInputs, *, checkpointed: bool = False) -> None:
@@ -153,6 +153,8 @@ class GraspMerger:
         self.references = list(references) if references is not None else [s.name for s in inputs.sources]
         self.target, self.recipe = target, recipe
         self.earlier = earlier  # the report of the merge this one continues (--init org/merged)
+        # decoded and preprocessed once here, with the data, rather than every epoch of the merge
+        preprocess_target(data, self.family.image_transform(self.model_dir, train=False))
 
     @property
     def sources(self):
@@ -224,6 +226,9 @@ class GraspMerger:
         if state.num_processes > 1 and not info.multi_process:
             raise GraspError(f"method {method!r} cannot run on {state.num_processes} processes yet (its result would "
                              "differ from one process's); launch it as a single process")
+        if state.num_processes > 1 and opts.align_mode == "train-merged":
+            raise GraspError("--align-mode train-merged: in train mode BatchNorm takes statistics over the whole "
+                             "batch, which is split between the processes; launch it as a single process")
         # several processes on one machine: the first downloads and caches, the others then read its files
         with state.main_process_first():
             data = load_target(
@@ -268,6 +273,10 @@ class GraspMerger:
         ``resume`` a state already there is refused. The directory is left in
         place: remove it once the result is saved.
         """
+        with torch_threads(self.options.threads):
+            return self._merge(checkpoint_dir, resume)
+
+    def _merge(self, checkpoint_dir: str | os.PathLike | None, resume: bool) -> "MergeResult":
         from .checkpoint import Checkpoint
 
         o = self.options

@@ -88,6 +88,13 @@ class MergeOptions(_Options):
     weight_decay: float = option(0.01, "AdamW weight decay.", group="training", ge=0)
     schedule: Schedule = option(
         "cosine", "Learning-rate schedule over each fine-tuning round.", group="training")
+    schedule_per: Literal["epoch", "step"] = option(
+        "epoch", "Step the schedule once per epoch (the released GRASP code: the first epoch at the full rate) or "
+        "after every batch (to zero at the round's end).", group="training")
+    align_mode: Literal["eval", "train-merged"] = option(
+        "eval", "Model modes for the alignment gradients: both models in eval mode (deterministic, each model's own "
+        "BatchNorm statistics), or 'train-merged' as the released code does (the merged model in train mode: batch "
+        "statistics, dropout, its running statistics updated by the alignment batches).", group="training")
     init: str = option("first", "Initial merged model: 'first' (the first source), 'random', or a model reference; "
                        "with the last two the loop starts at the first source. A merge saved by hf-grasp is "
                        "continued (GRASP and its ablations): one step per new source, with its options unless set.",
@@ -118,6 +125,9 @@ class MergeOptions(_Options):
                                  group="runtime")
     mixed_precision: Literal["no", "fp16", "bf16"] = option("no", "accelerate mixed precision.", group="runtime")
     cpu: bool = option(False, "Force the CPU even when an accelerator is present.", group="runtime")
+    threads: int | None = option(None, "CPU threads torch uses for the merge (default: torch's own, one per core). "
+                                 "1 is much faster when another CPU-bound job shares the cores.", group="runtime",
+                                 ge=1)
 
     @field_validator("order")
     @classmethod

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .methods.registry import MethodInfo
 
 Metrics = dict[str, Any]  # {"accuracy": float, "loss": float, "n": int}
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: phases
 
 
 @dataclass
@@ -116,6 +116,7 @@ class MergeReport:
     continued_from: SourceRecord | None = None  # the earlier merge this one continued (its sources, steps lead)
     notes: list[str] = field(default_factory=list)
     extras: list[dict] = field(default_factory=list)  # method-specific step data (PEARL's composition, ...)
+    phases: dict[str, float] = field(default_factory=dict)  # wall seconds per phase (hf_grasp.timing)
     version: str = ""
     schema: int = SCHEMA_VERSION
 
@@ -212,6 +213,7 @@ def build_report(ctx: "MergeContext", method: "MethodInfo", *, seconds: float) -
         continued_from=SourceRecord(**ctx.init_source.describe(), role="init") if earlier else None,
         notes=(list(earlier.notes) if earlier else []) + [rec["note"] for rec in records if rec.get("note")],
         extras=(list(earlier.extras) if earlier else []) + extras,
+        phases={name: round(s, 3) for name, s in ctx.timer.seconds.items()},
         version=__version__,
     )
 
@@ -258,7 +260,19 @@ def _jsonable(obj: Any) -> Any:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far, in bytes."""
+    """Peak resident set size of this process so far, in bytes.
+
+    On Linux the kernel's high-water mark (``VmHWM``): ``getrusage``'s
+    ``ru_maxrss`` survives ``exec``, so a child process started by a large
+    parent would report the parent's size.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import resource
 

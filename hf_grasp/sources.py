@@ -16,7 +16,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from contextlib import ExitStack
 from typing import Iterable, Iterator, Sequence
 
 import torch
@@ -526,18 +525,34 @@ def iter_tensors(source: ResolvedSource, skip: Iterable[str] = ()) -> Iterator[t
 
     skip = set(skip)
     for f in source.weight_files:
-        with ExitStack() as stack:
-            if f.suffix == ".safetensors":
-                h = stack.enter_context(safe_open(f, framework="pt", device="cpu"))
-                tensors = ((k, h.get_tensor(k)) for k in h.keys() if k not in skip)
-            else:
-                tensors = ((k, v) for k, v in _load_pickle(f).items() if k not in skip)
-            for name, tensor in tensors:
-                # A NaN or inf entry makes the sum non-finite; only then (or when finite entries overflow
-                # it) is the exact, several times costlier isfinite pass paid.
-                if tensor.is_floating_point() and not (tensor.sum().isfinite() or tensor.isfinite().all()):
-                    raise NonFiniteSourceError.of(source.name, name, tensor)
-                yield name, tensor
+        if f.suffix == ".safetensors":
+            tensors = ((k, read_tensor(f, k)) for k in safetensors_keys(f) if k not in skip)
+        else:
+            tensors = ((k, v) for k, v in _load_pickle(f).items() if k not in skip)
+        for name, tensor in tensors:
+            # A NaN or inf entry makes the sum non-finite; only then (or when finite entries overflow
+            # it) is the exact, several times costlier isfinite pass paid.
+            if tensor.is_floating_point() and not (tensor.sum().isfinite() or tensor.isfinite().all()):
+                raise NonFiniteSourceError.of(source.name, name, tensor)
+            yield name, tensor
+
+
+def safetensors_keys(path: Path) -> list[str]:
+    """The tensor names of a safetensors file (its header only)."""
+    with safe_open(path, framework="pt", device="cpu") as h:
+        return list(h.keys())
+
+
+def read_tensor(path: Path, name: str) -> torch.Tensor:
+    """One tensor of a safetensors file, whose pages stay mapped only while the tensor lives.
+
+    safetensors memory-maps the file: a handle kept open over a whole file keeps
+    every page read through it resident (one more checkpoint's size in RSS by the
+    last tensor, K of them for a method reading K sources side by side). A handle
+    per tensor costs a header parse and bounds that to the tensors alive.
+    """
+    with safe_open(path, framework="pt", device="cpu") as h:
+        return h.get_tensor(name)
 
 
 def stream_into(model: nn.Module, source: ResolvedSource, skip: Iterable[str] = ()) -> None:
@@ -564,9 +579,9 @@ def iter_across(
 ) -> Iterator[tuple[str, list[Tensor | None]]]:
     """Yield ``(name, [tensor of source 0, tensor of source 1, ...])`` for each of ``names``.
 
-    Each source's safetensors files (shards included) are opened once with
-    ``safe_open`` (memory-mapped headers; nothing is read up front) and only the
-    K slices of the current tensor are ever materialised. An entry is ``None``
+    Each source's safetensors headers (shards included) are read once up front,
+    and only the K tensors of the current name are ever mapped (see
+    :func:`read_tensor`). An entry is ``None``
     where that source's ``skips`` list names the tensor (a mismatched head left
     out by pre-flight). Tensors are cast to ``dtype`` (None keeps the stored one).
 
@@ -577,29 +592,27 @@ def iter_across(
     """
 
     skip_sets = [set(s) for s in skips] if skips is not None else [set() for _ in sources]
-    with ExitStack() as stack:
-        where: list[dict[str, object]] = []
-        for src in sources:
-            handles: dict[str, object] = {}
-            for f in src.weight_files:
-                if f.suffix != ".safetensors":
-                    raise SourceError(
-                        f"source {src.name!r}: {f.name} is a pickle file, but this method reads one tensor of "
-                        "every source at a time, which needs safetensors — convert the checkpoint"
-                    )
-                h = stack.enter_context(safe_open(f, framework="pt", device="cpu"))
-                handles.update(dict.fromkeys(h.keys(), h))
-            where.append(handles)
-        for name in names:
-            row: list[Tensor | None] = []
-            for src, handles, skip in zip(sources, where, skip_sets):
-                if name in skip:
-                    row.append(None)
-                    continue
-                if name not in handles:
-                    raise SourceError(f"source {src.name!r}: tensor {name!r} is missing")
-                t = handles[name].get_tensor(name)  # type: ignore[attr-defined]
-                if t.is_floating_point() and not (t.sum().isfinite() or t.isfinite().all()):  # as iter_tensors
-                    raise NonFiniteSourceError.of(src.name, name, t)
-                row.append(t.to(device=device, dtype=dtype) if dtype is not None else t.to(device))
-            yield name, row
+    where: list[dict[str, Path]] = []  # per source: tensor name -> the file holding it
+    for src in sources:
+        files: dict[str, Path] = {}
+        for f in src.weight_files:
+            if f.suffix != ".safetensors":
+                raise SourceError(
+                    f"source {src.name!r}: {f.name} is a pickle file, but this method reads one tensor of "
+                    "every source at a time, which needs safetensors — convert the checkpoint"
+                )
+            files.update(dict.fromkeys(safetensors_keys(f), f))
+        where.append(files)
+    for name in names:
+        row: list[Tensor | None] = []
+        for src, files, skip in zip(sources, where, skip_sets):
+            if name in skip:
+                row.append(None)
+                continue
+            if name not in files:
+                raise SourceError(f"source {src.name!r}: tensor {name!r} is missing")
+            t = read_tensor(files[name], name)
+            if t.is_floating_point() and not (t.sum().isfinite() or t.isfinite().all()):  # as iter_tensors
+                raise NonFiniteSourceError.of(src.name, name, t)
+            row.append(t.to(device=device, dtype=dtype) if dtype is not None else t.to(device))
+        yield name, row

@@ -19,6 +19,7 @@ from a hub).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -41,6 +42,7 @@ from ._memory import frozen_heap, release_freed_memory
 from .errors import DataError, GraspError, NumericalError
 from .options import Schedule
 from .progress import log, progress
+from .timing import PhaseTimer, phase
 
 #: directory of the local ``evaluate`` accuracy module
 ACCURACY_METRIC_DIR = Path(__file__).parent / "metrics" / "accuracy"
@@ -84,6 +86,18 @@ def make_accelerator(*, cpu: bool | None = None, mixed_precision: str = "no") ->
     if cpu is not None:
         kwargs["cpu"] = cpu
     return accelerate.Accelerator(**kwargs)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with ``torch.set_num_threads(n)`` (``None``: as it is), restoring the count after."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=1)
@@ -166,15 +180,22 @@ def fine_tune(
     lr: float,
     weight_decay: float,
     schedule: str = "cosine",
+    schedule_per: str = "epoch",
     warmup_ratio: float = 0.0,
     best_store: nn.Module | str | Path | None = None,
     desc: str = "fine-tune",
+    timer: PhaseTimer | None = None,
+    step_in_backward: bool | None = None,
 ) -> list[dict]:
     """Fine-tune ``model`` in place on ``train_loader``; keep the best-validation epoch.
 
-    AdamW over the trainable parameters with a ``transformers.get_scheduler``
-    schedule (``"cosine"``, ``"linear"`` or ``"constant"``) spanning all
-    ``epochs``, cross-entropy on ``batch["labels"]``. After every epoch the model
+    AdamW over the trainable parameters (PyTorch's fused kernel where the
+    device has one) with a ``transformers.get_scheduler`` schedule
+    (``"cosine"``, ``"linear"`` or ``"constant"``) spanning all ``epochs``,
+    cross-entropy on ``batch["labels"]``. ``schedule_per="epoch"`` steps the
+    schedule once per epoch (the released GRASP code: a cosine over the epochs,
+    the whole first epoch at ``lr``); ``"step"`` after every optimizer step (to
+    zero at the round's end, as ``transformers.Trainer`` does). After every epoch the model
     is evaluated on ``val_loader``; the state (parameters and buffers) of the epoch
     with the strictly highest validation accuracy (ties keep the earlier epoch) is
     restored into ``model`` at the end.
@@ -189,7 +210,10 @@ def fine_tune(
     ``val_accuracy``, ``val_loss``, ``lr`` (the rate of the epoch's last step) and
     ``kept`` (True for the epoch whose state the model ends with). ``epochs == 0``
     returns ``[]`` and leaves the model untouched. A NaN or inf training loss
-    raises :class:`NumericalError` naming ``desc`` and the epoch.
+    raises :class:`NumericalError` naming ``desc`` and the epoch. ``timer``
+    counts the time under ``train``, ``validation`` and ``best_state``.
+    ``step_in_backward`` (default: on one process without a loss scaler)
+    updates each parameter inside the backward pass (see :func:`_step_in_backward`).
     """
     if epochs < 0:
         raise GraspError(f"epochs must be >= 0, got {epochs}")
@@ -197,6 +221,8 @@ def fine_tune(
         return []
     if schedule not in SCHEDULES:
         raise GraspError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if schedule_per not in ("step", "epoch"):
+        raise GraspError(f"schedule_per must be 'step' or 'epoch', got {schedule_per!r}")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise GraspError("the model has no trainable parameters to fine-tune")
@@ -206,32 +232,49 @@ def fine_tune(
 
     was_training = model.training
     _move_to(model, accelerator.device)  # in place, before the optimizer sees the parameters
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    scheduler = _make_scheduler(optimizer, schedule, warmup_ratio, total_steps=epochs * steps_per_epoch)
-    train_model, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler
-    )
+    # fused: one kernel per step over all tensors; the default for-each-tensor loop costs a third of a CPU epoch
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=_has_fused_adamw(params))
+    per_step = schedule_per == "step"
+    scheduler = _make_scheduler(optimizer, schedule, warmup_ratio,
+                                total_steps=epochs * steps_per_epoch if per_step else epochs)
+    train_model, optimizer, train_dl, val_dl = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    if per_step:
+        scheduler = accelerator.prepare(scheduler)
     if accelerator.unwrap_model(train_model, keep_torch_compile=False) is not model:
         raise RuntimeError("accelerate replaced the model object; hf_grasp needs it trained in place")
 
+    _allocate_training_state(optimizer)
+    # one process without a loss scaler: each parameter is updated as soon as its gradient is complete
+    possible = accelerator.num_processes == 1 and accelerator.scaler is None
+    if step_in_backward and not possible:
+        raise GraspError("step_in_backward needs one process and no fp16 loss scaler")
+    in_backward = possible if step_in_backward is None else step_in_backward
     best = _BestEpoch(_StateKeeper(model, best_store), epochs)
     history: list[dict] = []
     try:
         for epoch in range(1, epochs + 1):
-            train_loss, last_lr = _train_epoch(train_model, logits_fn, train_dl, optimizer, scheduler, accelerator,
-                                               desc=f"{desc} {epoch}/{epochs}")
+            with phase(timer, "train"), _step_in_backward(params, optimizer, in_backward) as flush:
+                train_loss, last_lr = _train_epoch(train_model, logits_fn, train_dl, optimizer,
+                                                   scheduler if per_step else None, accelerator,
+                                                   desc=f"{desc} {epoch}/{epochs}",
+                                                   flush=flush if in_backward else None)
+            if not per_step:
+                scheduler.step()
             if not math.isfinite(train_loss):
                 raise NumericalError(f"{desc}, epoch {epoch}/{epochs}: the training loss is {train_loss} (the "
                                      f"weights diverged); lower the learning rate (--lr, now {lr:g}) or check "
                                      "the sources")
-            val = _validate(model, logits_fn, val_dl, accelerator)
+            with phase(timer, "validation"):
+                val = _validate(model, logits_fn, val_dl, accelerator)
             history.append({"epoch": epoch, "train_loss": train_loss, "val_accuracy": val["accuracy"],
                             "val_loss": val["loss"], "lr": last_lr, "kept": False})
-            improved = best.offer(epoch, val["accuracy"])
+            with phase(timer, "best_state"):
+                improved = best.offer(epoch, val["accuracy"])
             if accelerator.is_local_main_process:
                 log.info("%s epoch %d/%d: train loss %.4f, val acc %.2f%%%s", desc, epoch, epochs, train_loss,
                          100 * val["accuracy"], " (best so far)" if improved else "")
-        best.restore_into_model(history)
+        with phase(timer, "best_state"):
+            best.restore_into_model(history)
     finally:
         # Release the optimizer's moments and accelerate's references to this round's objects.
         _forget(accelerator, model, train_model, optimizer, train_dl, val_dl, scheduler)
@@ -239,6 +282,85 @@ def fine_tune(
         release_freed_memory()
         model.train(was_training)
     return history
+
+
+def _allocate_training_state(optimizer: torch.optim.Optimizer) -> None:
+    """Allocate AdamW's moments now, exactly as its first step would (zeros).
+
+    Allocated before any activation exists, the round's long-lived buffers sit
+    together instead of in the holes the first batch's activations leave
+    behind in the C heap. AdamW takes a state it finds as its own.
+    """
+    from torch.optim.optimizer import _get_scalar_dtype
+
+    inner = _raw(optimizer)
+    for group in inner.param_groups:
+        fused, on_device = bool(group.get("fused")), bool(group.get("fused") or group.get("capturable"))
+        for p in group["params"]:
+            state = inner.state[p]
+            if not state:  # what torch.optim.Adam._init_group puts there
+                state["step"] = torch.zeros((), dtype=_get_scalar_dtype(is_fused=fused),
+                                            device=p.device if on_device else "cpu")
+                for moment in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group.get("amsgrad") else ()):
+                    state[moment] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def _raw(optimizer: Any) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)  # under accelerate's AcceleratedOptimizer
+
+
+@contextlib.contextmanager
+def _step_in_backward(params: list[torch.Tensor], optimizer: Any, enabled: bool):
+    """Within the block (when ``enabled``), the optimizer updates parameters from inside the backward pass, a
+    few at a time as their gradients are complete, and frees those gradients. Yields ``flush``, which updates
+    the ones still waiting; call it after each backward pass.
+
+    AdamW updates every tensor from its own gradient and state alone, so this is
+    the same update as one ``step()`` after the pass (the same fused kernel, the
+    same learning rate), but the whole set of gradients never exists at once: a
+    fine-tuning round holds the model and the two moments plus an eighth of a
+    model of gradients, not a third full copy. (PyTorch's "optimizer step in
+    backward" recipe, batched: one ``step()`` per tensor would cost more Python
+    than the kernel.) Only the waiting parameters hold gradients, so ``step()``
+    touches only them.
+    """
+    if not enabled:
+        yield lambda: None
+        return
+    inner = _raw(optimizer)
+    batch = max(sum(p.numel() * p.element_size() for p in params) // 8, 1)
+    waiting: list[torch.Tensor] = []
+    size = [0]
+
+    def flush() -> None:
+        if waiting:
+            inner.step()
+            for p in waiting:
+                p.grad = None
+            waiting.clear()
+            size[0] = 0
+
+    def arrived(p: torch.Tensor) -> None:
+        waiting.append(p)
+        size[0] += p.numel() * p.element_size()
+        if size[0] >= batch:
+            flush()
+
+    hooks = [p.register_post_accumulate_grad_hook(arrived) for p in params]
+    try:
+        yield flush
+    finally:
+        for h in hooks:
+            h.remove()
+        waiting.clear()
+
+
+def _has_fused_adamw(params: list[torch.Tensor]) -> bool:
+    """Whether PyTorch's fused AdamW kernel takes these parameters (floating point, on a CPU or CUDA-like device)."""
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    devices = set(_get_fused_kernels_supported_devices())
+    return all(p.is_floating_point() and p.device.type in devices for p in params)
 
 
 def _make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_ratio: float, *, total_steps: int):
@@ -251,8 +373,11 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_rati
 
 
 def _train_epoch(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], optimizer: torch.optim.Optimizer,
-                 scheduler: Any, accelerator: accelerate.Accelerator, *, desc: str) -> tuple[float, float]:
-    """One pass of prepared ``model`` over prepared ``loader``.
+                 scheduler: Any, accelerator: accelerate.Accelerator, *, desc: str,
+                 flush: Callable[[], None] | None = None) -> tuple[float, float]:
+    """One pass of prepared ``model`` over prepared ``loader`` (``scheduler`` stepped per batch unless None;
+    with ``flush`` the backward pass updates the parameters and ``flush()`` completes it, see
+    :func:`_step_in_backward`).
 
     Returns the mean batch loss (averaged across processes) and the learning
     rate of the last step. Gradients are freed at the end. A NaN or inf batch
@@ -264,10 +389,14 @@ def _train_epoch(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], 
         logits = logits_fn(model, batch["pixel_values"])
         loss = F.cross_entropy(logits.float(), batch["labels"])
         accelerator.backward(loss)
+        if flush is not None:
+            flush()
+        else:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         last_lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
         batch_loss = loss.item()  # the one host sync per batch, also the NaN/inf check
         total_loss += batch_loss
         n_batches += 1

@@ -102,3 +102,33 @@ def test_shape_mismatch_rejected():
         alignment_scores(torch.zeros(2, 3), torch.zeros(3, 2))
     with pytest.raises(ValueError):
         expand_mask(torch.ones(5, dtype=torch.bool), (4, 2))
+
+
+def test_scoring_each_gradient_as_backward_makes_it_equals_scoring_full_gradients():
+    # GRASP scores a source's gradient tensor by tensor inside its backward pass and frees it; the decisions and
+    # scores must be those of scoring the two complete gradient sets, for every granularity
+    from hf_grasp.methods.context import _handing_over
+    from hf_grasp.methods.grasp import AlignmentScorer, transfer_aligned
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+
+    def net(seed):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+
+    def backward(model):
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+
+    for granularity in ("tensor", "row", "element"):
+        merged_a, source_a, merged_b, source_b = net(1), net(2), net(1), net(2)
+        for model in (merged_a, source_a, merged_b):
+            backward(model)
+        expected = transfer_aligned(merged_a, source_a, tau=0.0, granularity=granularity)
+        scorer = AlignmentScorer(merged_b, tau=0.0, granularity=granularity)
+        with _handing_over(source_b, scorer.take) as last_batch:
+            last_batch()
+            backward(source_b)
+        assert all(p.grad is None for p in source_b.parameters())  # each handed over, then freed
+        assert scorer.transfer(source_b) == expected
+        assert all(torch.equal(a, b) for a, b in zip(merged_a.state_dict().values(), merged_b.state_dict().values()))

@@ -17,7 +17,7 @@ from PIL import Image
 import hf_grasp.data
 from conftest import write_pngs
 from hf_grasp.bench.digits_eras import load_digits_eras
-from hf_grasp.data import TargetData, alignment_batches, load_target, make_loader
+from hf_grasp.data import TargetData, alignment_batches, load_target, make_loader, preprocess, preprocess_target
 from hf_grasp.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -285,3 +285,23 @@ def test_alignment_batches_wrap_around_small_split(imagefolder):
     assert len(rows) == 15
     assert len(set(rows[:9])) == 9  # every row once before any repeats
     assert rows[9:] == rows[:6]  # then the same permutation again
+
+
+def test_preprocessed_split_gives_the_same_batches_as_decoding_per_batch(digits_target, monkeypatch):
+    train = digits_target.splits["train"]
+    pre = preprocess(train, to_tensor)
+    assert pre.pixel_values.shape == (100, 3, 28, 28) and pre.labels.tolist() == train["label"][:]
+    for shuffle in (False, True):
+        lazy = make_loader(train, to_tensor, batch_size=32, shuffle=shuffle, seed=3)
+        cached = make_loader(train, to_tensor, batch_size=32, shuffle=shuffle, seed=3, preprocessed=pre)
+        for a, b in zip(lazy, cached, strict=True):
+            assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["labels"], b["labels"])
+    a = alignment_batches(train, to_tensor, n_batches=2, batch_size=16, seed=5)
+    b = alignment_batches(train, to_tensor, n_batches=2, batch_size=16, seed=5, preprocessed=pre)
+    assert all(torch.equal(x["pixel_values"], y["pixel_values"]) for x, y in zip(a, b))
+    # a split over the budget is not kept in memory: it stays decoded per batch, and the target says so
+    assert preprocess(train, to_tensor, budget=pre.pixel_values.nbytes - 1) is None
+    target = TargetData("t", None, digits_target.splits, 10, None, [])
+    monkeypatch.setattr(hf_grasp.data, "PREPROCESS_BUDGET_BYTES", 0)
+    preprocess_target(target, to_tensor)
+    assert target.preprocessed == {} and any("decoded batch by batch" in n for n in target.notes)

@@ -121,6 +121,11 @@ def test_fine_tuning_changes_the_model_and_is_reported(checkpoints):
     name = next(iter(dict(result.model.named_parameters())))
     assert not torch.equal(dict(result.model.named_parameters())[name].detach(), first[name])
     assert 0 <= rep.final["test"]["accuracy"] <= 1
+    # where the time went: every phase that ran is timed, none twice (they never nest)
+    assert {"load", "alignment", "transfer", "train", "validation", "test", "eval_sources"} <= set(rep.phases)
+    assert sum(rep.phases.values()) <= rep.seconds
+    # the validation figures after a round are the kept epoch's, not a second evaluation
+    assert rep.steps[1].val_accuracy == rep.sources[1].history[0]["val_accuracy"]
 
 
 def test_one_source_is_refused_even_with_a_base(checkpoints):

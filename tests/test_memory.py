@@ -10,19 +10,33 @@ PEAK = """
 import json, sys
 from hf_grasp import GraspMerger
 from hf_grasp.report import peak_rss_bytes
-GraspMerger.from_pretrained(sys.argv[1:], target="digits-eras", initial_epochs=0, finetune_epochs=0,
-                            eval_sources=False, tau=0.0).merge()
-print(json.dumps(peak_rss_bytes()))
+merger = GraspMerger.from_pretrained(sys.argv[1:], target="digits-eras", initial_epochs=1, finetune_epochs=1,
+                                     eval_sources=False)
+# the floor: imports, the target data (preprocessed) and the resolved sources; the high-water mark restarts here
+floor = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmRSS:"))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+result = merger.merge()
+print(json.dumps({"floor": floor, "peak": peak_rss_bytes(), "P": result.report.memory.param_bytes}))
 """
 
 
-def test_peak_rss_flat_in_k(checkpoints):
-    # ResNet-18-sized (~11M params, ~45 MB each): holding 8 sources at once would add ~270 MB
-    srcs = [str(p) for p in checkpoints("resnet18", 8, seed0=100)]
-    peaks = {k: last_json(run_python(PEAK, *srcs[:k])) for k in (2, 8)}
-    ratio = peaks[8] / peaks[2]
-    print(f"peak RSS K=2 {peaks[2] / 2**20:.0f} MiB, K=8 {peaks[8] / 2**20:.0f} MiB, ratio {ratio:.3f}")
-    assert ratio < 1.05
+def test_peak_rss_flat_in_k_and_bounded_in_model_sizes(checkpoints):
+    # ResNet-18-sized (~11M params, P ~ 45 MB), one epoch per round: holding 16 sources at once would add 15P,
+    # keeping the source's gradients beside the merged model's another P, a full set of training gradients beside
+    # AdamW's two moments another P
+    srcs = [str(p) for p in checkpoints("resnet18", 16, seed0=100)]
+    runs = {k: last_json(run_python(PEAK, *srcs[:k])) for k in (2, 16)}
+    above = {k: (r["peak"] - r["floor"]) / r["P"] for k, r in runs.items()}
+    ratio = runs[16]["peak"] / runs[2]["peak"]
+    print(f"peak RSS K=2 {runs[2]['peak'] / 2**20:.0f} MiB, K=16 {runs[16]['peak'] / 2**20:.0f} MiB, "
+          f"ratio {ratio:.3f}; above the floor {above[2]:.2f}P and {above[16]:.2f}P")
+    assert ratio <= 1.02
+    # measured 5.1P (K=2) and 5.5P (K=16), down from 7.9P: the tensors alive peak near 3.7P (model, probe,
+    # one gradient set; or model and two moments), library code paged in after the floor adds ~0.55P, and the
+    # C heap keeps ~1.3P of freed buffers resident (benchmarks/results/perf.md). The 4.5P goal is not met yet;
+    # this bound catches a return of the second gradient set or of a held source file.
+    assert max(above.values()) <= 6.0
 
 
 FROZEN = """

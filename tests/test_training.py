@@ -284,3 +284,29 @@ def test_recalibrate_batchnorm_matches_target_statistics():
     expected = torch.cat([x.mean(dim=(0, 2, 3)), torch.zeros(1)])
     assert torch.allclose(model[1].running_mean, expected, atol=1e-5)
     assert int(model[1].num_batches_tracked) == 4
+
+
+def test_schedule_per_epoch_is_the_released_cosine_and_per_step_reaches_zero(accelerator):
+    train, val = loaders()
+    lr = 1e-2
+    per_epoch = fine_tune(make_net(), logits_fn, train, val, accelerator, epochs=3, lr=lr, weight_decay=0.0)
+    # CosineAnnealingLR(T_max=3) stepped after each epoch, as the released GRASP code: 1, 0.75, 0.25 of lr
+    assert [h["lr"] for h in per_epoch] == pytest.approx([lr, 0.75 * lr, 0.25 * lr])
+    per_step = fine_tune(make_net(), logits_fn, train, val, accelerator, epochs=3, lr=lr, weight_decay=0.0,
+                         schedule_per="step")
+    assert per_step[0]["lr"] < 0.9 * lr and per_step[-1]["lr"] < 0.01 * lr
+
+
+def test_step_in_backward_is_the_same_update_as_one_step_after_it(accelerator):
+    # AdamW per tensor from inside the backward pass (gradients freed as they are used) must give the same bits
+    # as the usual optimizer.step() after backward
+    results = []
+    for in_backward in (True, False):
+        model = make_net(seed=3)
+        train, val = loaders()
+        history = fine_tune(model, logits_fn, train, val, accelerator, epochs=2, lr=1e-2, weight_decay=0.01,
+                            step_in_backward=in_backward)
+        results.append((state(model), [h["train_loss"] for h in history]))
+        assert all(p.grad is None for p in model.parameters())
+    assert results[0][1] == results[1][1]
+    assert_state_equal(results[0][0], results[1][0])

@@ -26,10 +26,10 @@ def no_finetune(ctx: MergeContext) -> None:
 
 def _train_alone(ctx: MergeContext, init_name: str) -> None:
     start = time.time()
-    alone = ctx.evaluate(split="test") if ctx.options.eval_sources and init_name != "random" else None
+    alone = ctx.evaluate_alone() if ctx.options.eval_sources and init_name != "random" else None
     history = ctx.fine_tune(ctx.total_epochs, desc=f"fine-tune {init_name}")
     ctx.record(step="init", source=init_name, source_alone=alone, history=history,
-               validation=ctx.evaluate(split="validation"), test=ctx.evaluate(split="test"),
+               validation=ctx.validation_after(history), test=ctx.evaluate(split="test"),
                seconds=time.time() - start)
 
 

@@ -17,19 +17,20 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
 from torch import nn
 
 from .._memory import release_freed_memory
-from ..data import TargetData, alignment_batches, make_loader
+from ..data import TargetData, alignment_batches, make_loader, preprocess_target
 from ..errors import NumericalError
 from ..families.base import ModelFamily
 from ..options import MergeOptions, MethodParams
 from ..progress import log
 from ..sources import ResolvedSource, stream_into
+from ..timing import PhaseTimer
 from ..training import evaluate_model, fine_tune
 
 
@@ -70,6 +71,29 @@ def _all_reduce_gradients(model: nn.Module, loss: torch.Tensor, accelerator: Acc
     return flat[0]
 
 
+@contextlib.contextmanager
+def _handing_over(model: nn.Module, consume: Callable[[str, torch.Tensor], None] | None):
+    """Within the block, once the yielded function is called, every gradient accumulated into a parameter
+    of ``model`` goes to ``consume(name, grad)`` and is freed (no-op without ``consume``)."""
+    armed = [False]
+    if consume is None:
+        yield lambda: None
+        return
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def hand_over(p: torch.Tensor) -> None:
+        if armed[0]:
+            consume(names[id(p)], p.grad)
+            p.grad = None
+
+    hooks = [p.register_post_accumulate_grad_hook(hand_over) for p in model.parameters() if p.requires_grad]
+    try:
+        yield lambda: armed.__setitem__(0, True)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 @dataclass
 class MergeContext:
     """The state a merge method works on."""
@@ -90,14 +114,22 @@ class MergeContext:
     artifact: Any = None  # a non-native result (e.g. an EnsembleSpec) saved instead of ``merged``
     earlier: Any = None      # the MergeReport of the merge this one continues (``--init org/merged``), if any
     checkpoint: Any = None   # the run's :class:`~hf_grasp.checkpoint.Checkpoint`, if it keeps one
+    timer: PhaseTimer = field(default_factory=PhaseTimer)  # wall seconds per phase, for the report
 
     def __post_init__(self):
         train_tf = self.family.image_transform(self.model_dir, train=self.options.augment)
         self.eval_transform = self.family.image_transform(self.model_dir, train=False)
+        with self.timer.phase("data"):
+            preprocess_target(self.data, self.eval_transform)  # a no-op when the merger did it already
+        pre, splits = self.data.preprocessed, self.data.splits
         bs, seed = self.options.batch_size, self.options.seed
-        self.train_loader = make_loader(self.data.splits["train"], train_tf, batch_size=bs, shuffle=True, seed=seed)
-        self.val_loader = make_loader(self.data.splits["validation"], self.eval_transform, batch_size=bs, shuffle=False)
-        self.test_loader = make_loader(self.data.splits["test"], self.eval_transform, batch_size=bs, shuffle=False)
+        # augmented training images differ every epoch: those are decoded per batch
+        self.train_loader = make_loader(splits["train"], train_tf, batch_size=bs, shuffle=True, seed=seed,
+                                        preprocessed=None if self.options.augment else pre.get("train"))
+        self.val_loader = make_loader(splits["validation"], self.eval_transform, batch_size=bs, shuffle=False,
+                                      preprocessed=pre.get("validation"))
+        self.test_loader = make_loader(splits["test"], self.eval_transform, batch_size=bs, shuffle=False,
+                                       preprocessed=pre.get("test"))
 
     # --- steps of a sequential method: reseeded, checkpointed, resumable, continuable
 
@@ -137,30 +169,39 @@ class MergeContext:
     def end_step(self) -> None:
         """Checkpoint the merged model and the records after a step (when the run keeps a checkpoint)."""
         if self.checkpoint is not None and self.accelerator.is_main_process:
-            self.checkpoint.save(self.merged, self.records)
+            with self.timer.phase("checkpoint"):
+                self.checkpoint.save(self.merged, self.records)
 
     # --- the shared pieces every method uses
 
     def load(self, model: nn.Module, source: ResolvedSource) -> None:
         """Stream ``source`` into ``model`` in place (the only way weights enter a model)."""
-        with source.present():
+        release_freed_memory()  # the pages the model is about to fill may sit in the C heap's free chunks
+        with self.timer.phase("load"), source.present():
             stream_into(model, source, self.skips.get(source.name, ()))
 
     def alignment_batches(self, step: int, n_batches: int) -> list[dict]:
         """``n_batches`` target-train batches for one alignment step, moved to the device; never val or test."""
         batches = alignment_batches(
-            self.data.splits["train"], self.eval_transform,
-            n_batches=n_batches, batch_size=self.options.batch_size, seed=self.step_seed(step),
+            self.data.splits["train"], self.eval_transform, n_batches=n_batches, batch_size=self.options.batch_size,
+            seed=self.step_seed(step), preprocessed=self.data.preprocessed.get("train"),
         )
         dev = self.accelerator.device
         return [{k: v.to(dev) for k, v in b.items()} for b in batches]
 
     def gradients(self, model: nn.Module, batches: list[dict], *, step: str = "alignment",
-                  advice: str = "lower --lr or check the sources") -> None:
+                  advice: str = "lower --lr or check the sources",
+                  consume: Callable[[str, torch.Tensor], None] | None = None) -> None:
         """Sum of the loss gradients over ``batches`` into ``param.grad``, model in eval mode.
 
+        With ``consume``, each parameter's finished gradient is handed to
+        ``consume(name, grad)`` and then freed instead of kept in ``.grad``: on
+        one process as the last batch's backward pass produces it, so the whole
+        set never exists at once. A parameter the loss does not reach is not handed over.
+
         Eval mode for both models (deterministic, dropout-free, each model's own
-        BatchNorm statistics); the released code used train mode for the merged model.
+        BatchNorm statistics); with ``align_mode="train-merged"`` the merged model
+        is in train mode, as in the released code.
 
         Several processes (``accelerate launch``, ``torchrun``) share the work:
         each takes its rows of every batch (in eval mode an example's gradient
@@ -177,11 +218,25 @@ class MergeContext:
         and a NaN score silently transfers nothing. The losses stay on the
         device until the last batch, so the check costs one host sync per call.
         """
-        model.eval()
-        model.zero_grad(set_to_none=True)
+        train_mode = self.options.align_mode == "train-merged" and model is self.merged
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        model.train(train_mode)
+        model.zero_grad(set_to_none=True)
+        release_freed_memory()  # what evaluation and loading left in the C heap, before a model's gradients
+        with self.timer.phase("alignment"), _handing_over(model, consume if world == 1 else None) as last_batch:
+            self._gradients(model, batches, rank, world, step, advice, last_batch)
+        if consume is not None:  # what the hooks did not take: several processes, all-reduced first
+            for name, p in model.named_parameters():
+                if p.grad is not None:
+                    consume(name, p.grad)
+                    p.grad = None
+
+    def _gradients(self, model: nn.Module, batches: list[dict], rank: int, world: int, step: str,
+                   advice: str, last_batch: Callable[[], None]) -> None:
         losses = []
-        for b in batches:
+        for i, b in enumerate(batches):
+            if i == len(batches) - 1:
+                last_batch()
             labels = b["labels"]
             if world == 1:
                 loss = torch.nn.functional.cross_entropy(self.family.logits(model, b["pixel_values"]), labels)
@@ -227,7 +282,7 @@ class MergeContext:
             return fine_tune(
                 self.merged, self.family.logits, self.train_loader, self.val_loader, self.accelerator,
                 epochs=epochs, lr=o.lr if lr is None else lr, weight_decay=o.weight_decay, schedule=o.schedule,
-                best_store=Path(tmp) / "best.safetensors", desc=desc,
+                schedule_per=o.schedule_per, best_store=Path(tmp) / "best.safetensors", desc=desc, timer=self.timer,
             )
 
     def check_finite(self) -> None:
@@ -250,8 +305,28 @@ class MergeContext:
                     "the method's --scaling")
 
     def evaluate(self, model: nn.Module | None = None, split: str = "validation") -> dict:
+        """Accuracy, loss and count of ``model`` (the merged one by default) on ``split`` (validation or test)."""
         loader = self.val_loader if split == "validation" else self.test_loader
-        return evaluate_model(model if model is not None else self.merged, self.family.logits, loader, self.accelerator)
+        with self.timer.phase(split):
+            return evaluate_model(model if model is not None else self.merged, self.family.logits, loader,
+                                  self.accelerator)
+
+    def evaluate_alone(self, model: nn.Module | None = None) -> dict:
+        """A source by itself (in ``model``, the merged one by default) on the test split, for the report."""
+        with self.timer.phase("eval_sources"):
+            return evaluate_model(model if model is not None else self.merged, self.family.logits, self.test_loader,
+                                  self.accelerator)
+
+    def validation_after(self, history: list[dict]) -> dict:
+        """The merged model's validation metrics after a fine-tuning round that returned ``history``.
+
+        The round ends on its kept epoch, which it has just evaluated on the same
+        split: those figures are reused. Without a round, the model is evaluated.
+        """
+        kept = next((h for h in history if h.get("kept")), None)
+        if kept is None:
+            return self.evaluate(split="validation")
+        return {"accuracy": kept["val_accuracy"], "loss": kept["val_loss"], "n": len(self.data.splits["validation"])}
 
     def record(self, **entry) -> dict:
         """Keep one step's entry for the report and log it as one line (on the main process)."""

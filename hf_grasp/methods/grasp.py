@@ -65,10 +65,10 @@ def _initial_step(ctx: MergeContext, first: ResolvedSource | None) -> None:
     if first is not None:
         ctx.load(ctx.merged, first)
     name = first.name if first is not None else "random"
-    source_alone = ctx.evaluate(split="test") if o.eval_sources and first is not None else None
+    source_alone = ctx.evaluate_alone() if o.eval_sources and first is not None else None
     history = ctx.fine_tune(o.initial_epochs, desc=f"initial fine-tune ({name})")
     ctx.record(step="init", source=name, source_alone=source_alone, history=history,
-               validation=ctx.evaluate(split="validation"), test=ctx.evaluate(split="test"),
+               validation=ctx.validation_after(history), test=ctx.evaluate(split="test"),
                seconds=time.time() - start)
 
 
@@ -84,62 +84,93 @@ def _transfer_step(ctx: MergeContext, k: int, source: ResolvedSource) -> None:
     if skipped:
         # a skipped head is judged with the merged model's head, never transferred
         _copy_tensors(ctx.probe, ctx.merged, skipped)
-    source_alone = ctx.evaluate(ctx.probe, split="test") if o.eval_sources and not skipped else None
-    ctx.gradients(ctx.probe, batches, step=f"{step}, source model",
+    source_alone = ctx.evaluate_alone(ctx.probe) if o.eval_sources and not skipped else None
+    scorer = AlignmentScorer(ctx.merged, tau=p.tau, granularity=p.granularity, skip=skipped, step=step)
+    # each source gradient is scored as the backward pass finishes it, then freed with the merged model's
+    ctx.gradients(ctx.probe, batches, step=f"{step}, source model", consume=scorer.take,
                   advice="check the source: its weights overflow on the target images; re-export it or "
                          "leave it out of --sources")
-    scores, transferred = transfer_aligned(ctx.merged, ctx.probe, tau=p.tau, granularity=p.granularity,
-                                           buffers=p.buffers, skip=skipped, step=step)
+    with ctx.timer.phase("transfer"):
+        scores, transferred = scorer.transfer(ctx.probe, buffers=p.buffers)
     ctx.merged.zero_grad(set_to_none=True)
     ctx.probe.zero_grad(set_to_none=True)
     release_freed_memory()  # both gradient sets, before fine-tuning allocates its own
     history = ctx.fine_tune(o.finetune_epochs, desc=f"fine-tune after {source.name}")
     ctx.record(step=f"source {k}", source=source.name, scores=scores, transferred=transferred,
                skipped=sorted(skipped), source_alone=source_alone, history=history,
-               validation=ctx.evaluate(split="validation"), test=ctx.evaluate(split="test"),
+               validation=ctx.validation_after(history), test=ctx.evaluate(split="test"),
                seconds=time.time() - start)
+
+
+class AlignmentScorer:
+    """Stages 3-4 for one source, one tensor at a time.
+
+    :meth:`take` scores a source parameter's gradient against the merged
+    model's gradient of the same tensor (which must be in ``merged``'s
+    ``.grad``), keeps only the transfer mask and the mean score, and frees the
+    merged model's gradient of that tensor. Fed from the source's backward pass,
+    alignment then holds the two models and one set of gradients, never two.
+    :meth:`transfer` then copies the aligned units. A parameter never taken
+    (unused in the forward pass) scores 0. A NaN or inf gradient raises
+    :class:`NumericalError` (its message starts with ``step``) in
+    :meth:`transfer`, before anything is transferred: its score would be NaN,
+    and NaN is never above ``tau``.
+    """
+
+    def __init__(self, merged: nn.Module, *, tau: float, granularity: str, skip=(), step: str = "GRASP scoring"):
+        self.merged, self.tau, self.granularity, self.skip, self.step = merged, tau, granularity, set(skip), step
+        self.params = dict(merged.named_parameters())
+        named = [(n, tuple(p.shape)) for n, p in self.params.items() if n not in self.skip]
+        self.partners = row_partners(named) if granularity == "row" else {}  # bias -> the weight it follows
+        self.masks: dict[str, torch.Tensor] = {}
+        self.scores: dict[str, float] = {}
+        self.error: NumericalError | None = None
+
+    def take(self, name: str, g_source: torch.Tensor | None) -> None:
+        """Score parameter ``name`` from the source's gradient ``g_source`` (None: the loss does not reach it)."""
+        if name in self.skip or name in self.partners or name in self.masks:
+            return
+        p = self.params[name]
+        g_t = p.grad if p.grad is not None else torch.zeros_like(p)
+        g_s = g_source if g_source is not None else torch.zeros_like(p)
+        unit_scores = alignment_scores(g_s, g_t, self.granularity)
+        self.masks[name] = transfer_mask(unit_scores, self.tau)
+        self.scores[name] = float(unit_scores.mean())
+        if not math.isfinite(self.scores[name]) and self.error is None:
+            # kept, not raised: a backward hook calls this, and a NaN loss is reported first, by the caller
+            self.error = _gradient_error(self.step, name, g_t, g_s)
+        p.grad = None
+
+    def transfer(self, source: nn.Module, *, buffers: str = "keep") -> tuple[dict[str, float | None],
+                                                                           dict[str, float]]:
+        """Copy the aligned units of ``source`` into the merged model; per-tensor mean score and fraction copied."""
+        for name in self.params:
+            self.take(name, None)  # what no gradient reached scores 0
+        if self.error is not None:
+            raise self.error
+        for bias, weight in self.partners.items():
+            self.masks[bias], self.scores[bias] = self.masks[weight], self.scores[weight]
+        src_params = dict(source.named_parameters())
+        transferred = {name: apply_transfer(p.data, src_params[name].data, self.masks[name])
+                       for name, p in self.params.items() if name not in self.skip}
+        if buffers == "follow":
+            _buffers_follow(self.merged, source, self.masks)
+        scores: dict[str, float | None] = dict(self.scores)
+        for name in self.skip:
+            scores[name], transferred[name] = None, 0.0
+        return {n: scores[n] for n in self.params}, {n: transferred[n] for n in self.params}
 
 
 def transfer_aligned(
     merged: nn.Module, source: nn.Module, *, tau: float, granularity: str, buffers: str = "keep", skip=(),
     step: str = "GRASP scoring",
 ) -> tuple[dict[str, float | None], dict[str, float]]:
-    """Stages 3-4: score every parameter by gradient alignment and copy the aligned units.
-
-    Both models must hold gradients in ``.grad``. A parameter with no gradient
-    (unused in the forward pass) scores 0. Returns per-tensor mean score and
-    fraction of entries transferred. A NaN or inf gradient raises
-    :class:`NumericalError` (its message starts with ``step``) before anything
-    is transferred: its score would be NaN, and NaN is never above ``tau``.
-    """
-    src_params = dict(source.named_parameters())
-    named = [(n, p) for n, p in merged.named_parameters() if n not in skip]
-    partners = row_partners((n, tuple(p.shape)) for n, p in named) if granularity == "row" else {}
-    masks: dict[str, torch.Tensor] = {}
-    scores: dict[str, float | None] = {}
-    for name, p in named:
-        if name in partners:
-            continue  # decided by its weight's rows below
-        q = src_params[name]
-        g_t = p.grad if p.grad is not None else torch.zeros_like(p)
-        g_s = q.grad if q.grad is not None else torch.zeros_like(q)
-        unit_scores = alignment_scores(g_s, g_t, granularity)
-        masks[name] = transfer_mask(unit_scores, tau)
-        scores[name] = float(unit_scores.mean())
-        if not math.isfinite(scores[name]):  # the sync float() already paid; finite gradients score finitely
-            raise _gradient_error(step, name, g_t, g_s)
-    for bias, weight in partners.items():
-        masks[bias], scores[bias] = masks[weight], scores[weight]
-
-    transferred = {}
-    for name, p in named:
-        transferred[name] = apply_transfer(p.data, src_params[name].data, masks[name])
-    if buffers == "follow":
-        _buffers_follow(merged, source, masks)
-    for name in skip:
-        scores[name], transferred[name] = None, 0.0
-    order = [n for n, _ in merged.named_parameters()]
-    return {n: scores[n] for n in order}, {n: transferred[n] for n in order}
+    """Stages 3-4 when both models hold their gradients in ``.grad``: :class:`AlignmentScorer` over them all."""
+    scorer = AlignmentScorer(merged, tau=tau, granularity=granularity, skip=skip, step=step)
+    for name, q in source.named_parameters():
+        if q.grad is not None:
+            scorer.take(name, q.grad)
+    return scorer.transfer(source, buffers=buffers)
 
 
 def _gradient_error(step: str, name: str, g_merged: torch.Tensor, g_source: torch.Tensor) -> NumericalError:
@@ -174,4 +205,4 @@ def _copy_tensors(dst: nn.Module, src: nn.Module, names) -> None:
             d[n].copy_(s[n])
 
 
-__all__ = ["grasp", "transfer_aligned"]
+__all__ = ["AlignmentScorer", "grasp", "transfer_aligned"]

@@ -32,7 +32,7 @@ def finish_training_method(ctx: MergeContext, start: float, what: str) -> None:
         return
     start = time.time()
     history = ctx.fine_tune(epochs, desc=f"fine-tune {what}")
-    ctx.record(step="fine-tune", source=None, history=history, validation=ctx.evaluate(split="validation"),
+    ctx.record(step="fine-tune", source=None, history=history, validation=ctx.validation_after(history),
                test=ctx.evaluate(split="test"), seconds=time.time() - start)
 
 

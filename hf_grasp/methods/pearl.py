@@ -87,7 +87,7 @@ def pearl(ctx: MergeContext) -> None:
         name = f"src{i}"
         skipped = set(ctx.skips.get(source.name, ()))
         ctx.load(ctx.probe, source)
-        alone = ctx.evaluate(ctx.probe, split="test") if o.eval_sources and not skipped else None
+        alone = ctx.evaluate_alone(ctx.probe) if o.eval_sources and not skipped else None
         tuner = add_adapter(tuner, ctx.merged, name, config)
         with torch.no_grad():
             for layer_name in targets:
