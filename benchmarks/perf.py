@@ -23,9 +23,8 @@ Sections (``--only`` takes their names):
 8. ``threads``: a K = 2, E = 1 merge with one torch thread and with the default, alone and beside a process
    spinning on one core.
 
-Run (estimated, never run here: about 35-45 minutes on the 2-core CPU machine with one torch thread; 55 child
-processes at ~7 s of imports each, ~200 epochs of 800 images at ~6 s each, most of them in ``memory`` and
-``authors``; ``--quick`` took 7 minutes)::
+Run (the full run took 32 minutes on the 2-core CPU machine at torch's default threads, most of it in
+``memory`` and ``authors``; ``--quick`` about 7 minutes)::
 
     python benchmarks/perf.py                       # everything -> benchmarks/results/perf.{json,md}
     python benchmarks/perf.py --only authors --repeats 5

@@ -26,6 +26,8 @@ SCHEMA_VERSION = 1
 
 #: options of an earlier merge that a continuation does not inherit: they describe how that merge started
 NOT_INHERITED = ("init", "order", "base", "initial_epochs")
+#: options added after merges were already saved, with the value those merges ran with (not today's default)
+ADDED_OPTIONS = {"schedule_per": "step"}
 
 
 @dataclass
@@ -79,6 +81,8 @@ class MergeConfig:
                                  f"{type(getattr(config, name)).__name__}")
         if not all(isinstance(s, str) for s in config.sources):
             raise GraspError(f"{where}: field 'sources' must list references (text)")
+        # a merge saved before an option existed ran as that option's old behaviour, which rebuilding must keep
+        config.options = {**ADDED_OPTIONS, **config.options}
         return config
 
     def save(self, path: str | os.PathLike) -> Path:

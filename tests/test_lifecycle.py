@@ -174,3 +174,12 @@ def test_a_malformed_config_or_resume_state_is_one_line_naming_it(checkpoints, t
     [line] = [e for e in err.splitlines() if e.startswith("error: ")]
     assert "resume state" in line and "is unreadable" in line and "not a state file of this area" in line
     assert (area / "state.json").exists() and not (tmp_path / "merged").exists()
+
+
+def test_a_config_saved_before_schedule_per_existed_rebuilds_with_its_per_step_schedule():
+    from hf_grasp.merge_config import MergeConfig
+
+    old = {"method": "grasp", "sources": ["a", "b"], "target": "digits-eras", "recipe": None,
+           "options": {"lr": 1e-3}, "params": {"tau": 0.3}}
+    assert MergeConfig.from_dict(old).options == {"schedule_per": "step", "lr": 1e-3}
+    assert MergeConfig.from_dict({**old, "options": {"schedule_per": "epoch"}}).options["schedule_per"] == "epoch"

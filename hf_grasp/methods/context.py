@@ -176,7 +176,7 @@ class MergeContext:
 
     def load(self, model: nn.Module, source: ResolvedSource) -> None:
         """Stream ``source`` into ``model`` in place (the only way weights enter a model)."""
-        release_freed_memory()  # the pages the model is about to fill may sit in the C heap's free chunks
+        release_freed_memory(collect=False)  # the pages the model is about to fill may sit in free heap chunks
         with self.timer.phase("load"), source.present():
             stream_into(model, source, self.skips.get(source.name, ()))
 
@@ -222,7 +222,7 @@ class MergeContext:
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         model.train(train_mode)
         model.zero_grad(set_to_none=True)
-        release_freed_memory()  # what evaluation and loading left in the C heap, before a model's gradients
+        release_freed_memory(collect=False)  # what evaluation and loading left in the C heap, before gradients
         with self.timer.phase("alignment"), _handing_over(model, consume if world == 1 else None) as last_batch:
             self._gradients(model, batches, rank, world, step, advice, last_batch)
         if consume is not None:  # what the hooks did not take: several processes, all-reduced first
