@@ -496,29 +496,6 @@ def preprocess_target(data: TargetData, transform: Transform) -> None:
                 data.notes.append(note)
 
 
-class _Rows(torch.utils.data.Dataset):
-    """Row indices ``0..n-1``: the sampler shuffles them, :class:`_Slices` turns a batch of them into tensors."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> int:
-        return i
-
-
-class _Slices:
-    """A batch of row indices -> ``{"pixel_values", "labels"}`` sliced from preprocessed tensors."""
-
-    def __init__(self, pre: Preprocessed):
-        self.pre = pre
-
-    def __call__(self, rows: list[int]) -> dict[str, torch.Tensor]:
-        return self.pre.batch(rows)
-
-
 class _Collate:
     """Rows -> ``{"pixel_values", "labels"}``; a class (not a closure) so it pickles."""
 
@@ -561,7 +538,8 @@ def make_loader(
     """
     view = _image_label_view(dataset)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    rows, collate = (view, _Collate(transform)) if preprocessed is None else (_Rows(len(view)), _Slices(preprocessed))
+    # preprocessed: the sampler shuffles row indices (a range is a map-style dataset) and the batch is sliced
+    rows, collate = (view, _Collate(transform)) if preprocessed is None else (range(len(view)), preprocessed.batch)
     return torch.utils.data.DataLoader(
         rows,
         batch_size=batch_size,

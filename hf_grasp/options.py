@@ -91,6 +91,10 @@ class MergeOptions(_Options):
     schedule_per: Literal["epoch", "step"] = option(
         "epoch", "Step the schedule once per epoch (the released GRASP code: the first epoch at the full rate) or "
         "after every batch (to zero at the round's end).", group="training")
+    keep_start: bool = option(
+        False, "A fine-tuning round may end on the state it started from: that state is evaluated on validation "
+        "too and kept when no epoch is strictly better (the epochs are still trained). Off: the best epoch is kept "
+        "(the released code).", group="training")
     align_mode: Literal["eval", "train-merged"] = option(
         "eval", "Model modes for the alignment gradients: both models in eval mode (deterministic, each model's own "
         "BatchNorm statistics), or 'train-merged' as the released code does (the merged model in train mode: batch "
@@ -108,7 +112,8 @@ class MergeOptions(_Options):
                            "off by default so both families train on the same deterministic preprocessing.",
                            group="training")
     base: str | None = option(None, "The sources' shared starting point (a model reference), for methods on task "
-                              "vectors (task-arithmetic, ties, opcm; pearl optionally).", group="training")
+                              "vectors (task-arithmetic, ties, opcm, sequential-ta; pearl optionally).",
+                              group="training")
     recalibrate_bn: bool = option(False, "After a parameter-space merge, re-estimate BatchNorm running statistics "
                                   "on target train images (forward passes only, cumulative average).",
                                   group="training")

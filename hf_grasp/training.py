@@ -186,6 +186,7 @@ def fine_tune(
     desc: str = "fine-tune",
     timer: PhaseTimer | None = None,
     step_in_backward: bool | None = None,
+    keep_start: bool = False,
 ) -> list[dict]:
     """Fine-tune ``model`` in place on ``train_loader``; keep the best-validation epoch.
 
@@ -214,6 +215,9 @@ def fine_tune(
     counts the time under ``train``, ``validation`` and ``best_state``.
     ``step_in_backward`` (default: on one process without a loss scaler)
     updates each parameter inside the backward pass (see :func:`_step_in_backward`).
+    ``keep_start``: the state before the first epoch is evaluated too and is
+    the one kept when no epoch is strictly better on validation (then no epoch
+    is marked ``kept``; the epochs were still trained).
     """
     if epochs < 0:
         raise GraspError(f"epochs must be >= 0, got {epochs}")
@@ -252,6 +256,11 @@ def fine_tune(
     best = _BestEpoch(_StateKeeper(model, best_store), epochs)
     history: list[dict] = []
     try:
+        if keep_start:
+            with phase(timer, "validation"):
+                start = _validate(model, logits_fn, val_dl, accelerator)
+            with phase(timer, "best_state"):
+                best.offer(0, start["accuracy"])
         for epoch in range(1, epochs + 1):
             with phase(timer, "train"), _step_in_backward(params, optimizer, in_backward) as flush:
                 train_loss, last_lr = _train_epoch(train_model, logits_fn, train_dl, optimizer,
@@ -438,7 +447,8 @@ class _BestEpoch:
         """After the last epoch: put the best state back into the model and mark its epoch ``kept``."""
         if self.epoch != self.epochs:
             self.keeper.restore()
-        history[self.epoch - 1]["kept"] = True
+        if self.epoch:  # epoch 0: the state the round started from (keep_start)
+            history[self.epoch - 1]["kept"] = True
 
 
 class _StateKeeper:

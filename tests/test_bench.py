@@ -217,11 +217,12 @@ def fake_runs(monkeypatch):
     def fake_sources(cfg, output, seed):
         return output / "sources" / f"seed{seed}"
 
-    def fake_run(refs, domain, seed, method, cfg, *, base, tau=None, order="given", recal=False):
-        calls.append({"refs": refs, "domain": domain, "method": method, "tau": tau, "order": order, "recal": recal})
+    def fake_run(refs, domain, seed, method, cfg, *, base, tau=None, order="given", recal=False, variant=""):
+        calls.append({"refs": refs, "domain": domain, "method": method, "tau": tau, "order": order, "recal": recal,
+                      "variant": variant})
         acc = 0.5 + 0.1 * (method == "grasp") + 0.01 * domain
         return RunResult(domain, seed, method, tau if method == "grasp" else None, order, recal, acc, acc,
-                         0 if method == "ensemble" else 2, 0.01)
+                         0 if method == "ensemble" else 2, 0.01, variant)
 
     monkeypatch.setattr(runner, "_sources", fake_sources)
     monkeypatch.setattr(runner, "_run", fake_run)
@@ -245,6 +246,9 @@ def test_pair_runs_methods_bn_tau_sweep_and_orders(fake_runs, tmp_path):
     assert ("grasp", "True") in methods and ("task-arithmetic", "True") in methods
     assert ("ensemble", "False") in methods and ("ensemble", "True") not in methods
     assert {r["tau"] for r in rows if r["method"] == "grasp"} == {"0.3", "0.9"}
+    # the variants of the methods that run: grasp keep-start once per pair, without BN recalibration
+    assert {(r["method"], r["variant"], r["recalibrate_bn"]) for r in rows if r["variant"]} == {
+        ("grasp", "keep-start", "False")}
     assert {r["tau"] for r in rows if r["method"] != "grasp"} == {""}
     for domain in ("1", "2"):
         assert len([r for r in rows if r["domain"] == domain and r["method"] == "grasp" and r["order"] != "given"]) == 1
@@ -287,6 +291,26 @@ def test_resume_adds_only_new_pairs_and_refusals(fake_runs, tmp_path, monkeypatc
     assert [h["pairs_run"] for h in json.loads((tmp_path / "history.json").read_text())] == [2, 1]
 
 
+def test_resume_adds_methods_to_finished_pairs_only_under_the_same_merge_defaults(fake_runs, tmp_path, monkeypatch):
+    bench(quick(domains=[1]), tmp_path)
+    before = len(fake_runs)
+    bench(quick(domains=[1], methods=["grasp", "finetune-only", "ensemble", "task-arithmetic", "multi-source"]),
+          tmp_path, resume=True)
+    added = fake_runs[before:]
+    assert {(c["method"], c["recal"], c["variant"]) for c in added} == {
+        ("multi-source", False, ""), ("multi-source", True, ""), ("multi-source", False, "keep-start")}
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert len(rows) == len(fake_runs)
+    # rows made under other merge defaults (here: a changed default) get no new runs beside them
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["merge_defaults"]["schedule_per"] = "step"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(GraspError, match=r"other merge defaults \(schedule_per 'step' -> 'epoch'\)"):
+        bench(quick(domains=[1], methods=["grasp", "scratch"]), tmp_path, resume=True)
+    bench(quick(domains=[1]), tmp_path, resume=True)  # nothing to run: re-drawing the tables is fine
+    assert len(fake_runs) == len(added) + before
+
+
 def test_bench_refuses_other_recipes_and_unknown_methods(fake_runs, tmp_path):
     with pytest.raises(GraspError, match=r"bench --recipe yearbook: only digits-eras"):
         bench(quick(recipe="yearbook"), tmp_path / "a")
@@ -305,10 +329,14 @@ def test_memory_runs_both_methods_per_k_in_fresh_interpreters(monkeypatch):
     monkeypatch.setattr("hf_grasp.bench.archs.new_checkpoint", lambda arch, d, **kw: made.append((arch, d.name)))
     monkeypatch.setattr(runner.subprocess, "run", fake_subprocess_run)
     rows = runner.run_memory(BenchConfig(memory_k=(2, 4), memory_arch="resnet"))
-    assert made == [("resnet", f"s{i}") for i in range(4)]
+    assert made == [("resnet", f"s{i}") for i in range(5)]  # K = 4 sources and a base
     assert [(c["method"], len(c["sources"])) for c in children] == [
-        ("grasp", 2), ("multi-source-naive", 2), ("grasp", 4), ("multi-source-naive", 4)]
-    assert rows[-1] == {"k": 4, "method": "multi-source-naive", "peak_rss_bytes": 4}
+        (m, k) for k in (2, 4) for m in runner.MEMORY_METHODS]
+    # the methods on task vectors get the extra checkpoint as their base, the others no options
+    assert all(c["options"] == ({"base": c["options"].get("base")} if c["method"] == "sequential-ta" else {})
+               for c in children)
+    assert {c["options"]["base"].rsplit("/", 1)[-1] for c in children if c["method"] == "sequential-ta"} == {"s4"}
+    assert rows[-1] == {"k": 4, "method": runner.MEMORY_METHODS[-1], "peak_rss_bytes": 2 * len(runner.MEMORY_METHODS)}
 
     monkeypatch.setattr(runner.subprocess, "run", lambda argv, **kw: subprocess.CompletedProcess(
         argv, 1, stdout="", stderr="Traceback ...\nValueError: boom\n"))

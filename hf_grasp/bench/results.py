@@ -5,8 +5,15 @@ torch. ``results.csv`` holds one row per run; :func:`summarise` turns the rows
 into ``table.md`` (mean ± std per method, each method's paired difference
 against ``finetune-only`` over the same (domain, seed) pairs, the τ sweep, the
 memory runs, accuracy by target domain) and the figures :func:`claims` sets
-beside the paper's; :func:`plot` draws ``accuracy_by_method.png``,
-``accuracy_vs_tau.png``, ``accuracy_by_domain.png`` and ``memory_vs_k.png``.
+beside the paper's. The main table also has an :data:`ORACLE` row: on each
+target domain the existing method (not one of :data:`NEW_METHODS`) with the
+best mean test accuracy there, a ceiling for any choice among existing methods
+since it is chosen on test (left out when one method is best on every domain:
+its row would repeat that method's). :func:`claims` adds, once a new method has
+run, each new method against the ensemble and that oracle pair by pair, and the
+peak-RSS ratio K=8/K=2 of every method measured at both. :func:`plot` draws
+``accuracy_by_method.png``, ``accuracy_vs_tau.png``, ``accuracy_by_domain.png``
+and ``memory_vs_k.png``.
 """
 
 from __future__ import annotations
@@ -14,15 +21,21 @@ from __future__ import annotations
 import csv
 import os
 import statistics
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import GraspError
 
 #: the τ every main-table GRASP row uses; the other τ values are the sweep
 MAIN_TAU = 0.3
-# the methods drawn in accuracy_by_domain.png (all of them are in the table)
+# the methods drawn in accuracy_by_domain.png besides the new methods and the oracle (all are in the table)
 BY_DOMAIN_PLOT = ("grasp", "finetune-only", "ensemble", "multi-source", "pearl", "fisher", "task-arithmetic +bn")
+#: merge methods under evaluation: never candidates of the oracle, which stands for what existed before them
+NEW_METHODS = ("greedy-soup", "sequential-ta", "learned-interpolation")
+#: the main-table label of the best existing method on each target domain, picked on test accuracy
+ORACLE = "oracle per domain (ceiling, chosen on test)"
+#: |Δ| below this is a tie (accuracies are ratios of counts: equal ones subtract to 0 exactly)
+TIE = 1e-9
 
 PAPER_CLAIMS = {
     "GRASP vs Ensemble": "93.5% vs 71.7% mean accuracy (+21.8 points)",
@@ -50,6 +63,7 @@ class RunResult:
     val_accuracy: float
     epochs: int
     seconds: float
+    variant: str = ""  # a named option set run besides the method's defaults (runner.VARIANTS)
 
 
 def read_csv(path: Path) -> list[RunResult]:
@@ -58,7 +72,7 @@ def read_csv(path: Path) -> list[RunResult]:
         return RunResult(int(row["domain"]), int(row["seed"]), row["method"],
                          float(row["tau"]) if row["tau"] else None, row["order"], row["recalibrate_bn"] == "True",
                          float(row["test_accuracy"]), float(row["val_accuracy"]), int(row["epochs"]),
-                         float(row["seconds"]))
+                         float(row["seconds"]), row.get("variant") or "")  # absent from older CSVs
 
     with open(path, newline="") as f:
         try:
@@ -79,7 +93,7 @@ def write_csv(results: list[RunResult], path: Path) -> None:
 
 
 def _label(r: RunResult) -> str:
-    return r.method + (" +bn" if r.recalibrate_bn else "")
+    return r.method + (f" {r.variant}" if r.variant else "") + (" +bn" if r.recalibrate_bn else "")
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -103,6 +117,10 @@ def summarise(results: list[RunResult], memory: list[dict]) -> tuple[str, dict]:
     by_label: dict[str, list[RunResult]] = {}
     for r in main:
         by_label.setdefault(_label(r), []).append(r)
+    picks = _oracle_picks(by_label)
+    if len(set(picks.values())) > 1:  # one label best everywhere: the oracle's row would only repeat that label's
+        by_label[ORACLE] = [replace(r, method=ORACLE, recalibrate_bn=False)
+                            for d, label in picks.items() for r in by_label[label] if r.domain == d]
     lines = ["| method | fine-tune epochs | test accuracy % (mean ± std) | paired Δ vs finetune-only (points) | n |",
              "|---|---|---|---|---|"]
     figures: dict[str, list[float]] = {}
@@ -111,7 +129,8 @@ def summarise(results: list[RunResult], memory: list[dict]) -> tuple[str, dict]:
         diffs = [r.test_accuracy - ref[(r.domain, r.seed)] for r in runs if (r.domain, r.seed) in ref]
         figures[label] = acc
         delta = _pm(diffs, signed=True) if diffs else "–"
-        lines.append(f"| {label} | {runs[0].epochs} | {_pm(acc)} | {delta} | {len(runs)} |")
+        epochs = "–" if label == ORACLE else runs[0].epochs  # its runs come from methods with other budgets
+        lines.append(f"| {label} | {epochs} | {_pm(acc)} | {delta} | {len(runs)} |")
     taus = sorted({r.tau for r in results if _is_sweep_grasp(r)})
     figures["_tau"] = {t: [r.test_accuracy for r in results if _is_sweep_grasp(r) and r.tau == t] for t in taus}
     lines += ["", "| τ | GRASP test accuracy % |", "|---|---|"]
@@ -133,6 +152,10 @@ def summarise(results: list[RunResult], memory: list[dict]) -> tuple[str, dict]:
         per = [[r.test_accuracy for r in by_label[label] if r.domain == d] for d in domains]
         lines.append(f"| {label} | " + " | ".join(f"{100 * statistics.mean(x):.1f}" if x else "–" for x in per)
                      + " |")
+    if picks:
+        lines += ["", "oracle picks: " + ", ".join(f"d{d} {label}" for d, label in picks.items())]
+    figures["_oracle_picks"] = picks
+    figures["_pairs"] = {label: {(r.domain, r.seed): r.test_accuracy for r in runs} for label, runs in by_label.items()}
     figures["_by_domain"] = {label: {d: [r.test_accuracy for r in runs if r.domain == d] for d in domains}
                              for label, runs in by_label.items()}
     grasp = {(r.domain, r.seed): r.test_accuracy for r in by_label.get("grasp", [])}
@@ -141,9 +164,39 @@ def summarise(results: list[RunResult], memory: list[dict]) -> tuple[str, dict]:
     return "\n".join(lines), figures
 
 
+def _is_new(label: str) -> bool:
+    """A label of a method under evaluation or of a variant (an option set the bench adds to a method)."""
+    if label == ORACLE:
+        return False
+    method, *variant = label.removesuffix(" +bn").split(" ")
+    return method in NEW_METHODS or bool(variant)
+
+
+def _oracle_picks(by_label: dict[str, list[RunResult]]) -> dict[int, str]:
+    """For each domain, the existing label with the best mean test accuracy there ({} with fewer than 2 labels).
+
+    Equal means go to the label with the better overall mean, then to the first by name, so a pick never
+    depends on the order of the rows.
+    """
+    existing = sorted(label for label in by_label if not _is_new(label) and label != ORACLE)
+    if len(existing) < 2:
+        return {}
+    overall = {label: statistics.mean(r.test_accuracy for r in by_label[label]) for label in existing}
+    picks = {}
+    for d in sorted({r.domain for label in existing for r in by_label[label]}):
+        means = {label: statistics.mean(xs) for label in existing
+                 if (xs := [r.test_accuracy for r in by_label[label] if r.domain == d])}
+        picks[d] = max(means, key=lambda label: (means[label], overall[label]))
+    return picks
+
+
+def _rss(memory: list[dict]) -> dict[tuple[int, str], int]:
+    return {(m["k"], m["method"]): m["peak_rss_bytes"] for m in memory}
+
+
 def _memory_text(memory: list[dict]) -> str:
     """Peak RSS of GRASP vs naive multi-source at each K both were measured at."""
-    by = {(m["k"], m["method"]): m["peak_rss_bytes"] for m in memory}
+    by = _rss(memory)
     return "; ".join(
         f"K={k}: {by[(k, 'grasp')] / 2**20:.0f} vs {by[(k, 'multi-source-naive')] / 2**20:.0f} MiB "
         f"({by[(k, 'multi-source-naive')] / by[(k, 'grasp')]:.2f}x)"
@@ -186,6 +239,60 @@ def claims(figures: dict, memory: list[dict]) -> str:
     }
     rows = ["| claim | paper | measured here |", "|---|---|---|"]
     rows += [f"| {k} | {PAPER_CLAIMS[k]} | {measured[k]} |" for k in PAPER_CLAIMS]
+    labels = [k for k in figures if not k.startswith("_")]
+    new = sorted((k for k in labels if _is_new(k) and k != ORACLE), key=lambda k: -statistics.mean(figures[k]))
+    if new:  # the section judges the new methods; without them the table above already says it for GRASP
+        best = max((k for k in labels if k != ORACLE), key=lambda k: statistics.mean(figures[k]))
+        rows += ["", "## Against the ensemble and the per-domain oracle", "",
+                 f"Pairs are (domain, seed). The oracle takes, on each domain, the existing method with the best "
+                 f"mean test accuracy there (a ceiling: chosen on test). Best by mean without the oracle: {best}.",
+                 "", _against_table(figures, list(dict.fromkeys([*new, "grasp", best])))]
+    ratios = _rss_ratio_table(memory)
+    if ratios:
+        rows += ["", "## Peak RSS K8/K2 per method", "", ratios]
+    return "\n".join(rows)
+
+
+def _paired(figures: dict, label: str, other: dict | None) -> tuple[str, str]:
+    """``label`` minus ``other`` ({(domain, seed): accuracy}) over their common pairs: Δ text, wins/ties/losses."""
+    mine = figures["_pairs"].get(label, {})
+    diffs = [mine[key] - other[key] for key in mine if other and key in other]
+    if not diffs:
+        return "not run", "not run"
+    wins, ties = sum(d >= TIE for d in diffs), sum(abs(d) < TIE for d in diffs)
+    return _pm(diffs, signed=True), f"{wins}/{ties}/{len(diffs) - wins - ties}"
+
+
+def _against_table(figures: dict, labels: list[str]) -> str:
+    """Each of ``labels`` (those in ``figures``) against the ensemble and the per-domain oracle, pair by pair."""
+    picks, pairs = figures["_oracle_picks"], figures["_pairs"]
+    # from the picks, not figures[ORACLE]: that row is left out when one label is best on every domain
+    oracle = {key: acc for d, label in picks.items() for key, acc in pairs[label].items() if key[0] == d}
+    best = {d: statistics.mean(figures["_by_domain"][label][d]) for d, label in picks.items()}
+    rows = ["| label | mean test % | paired Δ vs ensemble (points) | wins/ties/losses vs ensemble "
+            "| paired Δ vs oracle (points) | wins/ties/losses vs oracle "
+            "| domains where mean ≥ best existing method's |", "|---|---|---|---|---|---|---|"]
+    for label in (k for k in labels if k in figures):
+        where = "not run"
+        if best:
+            per = figures["_by_domain"][label]
+            hits = [d for d in best if per.get(d) and statistics.mean(per[d]) > best[d] - TIE]
+            where = f"{len(hits)}/{len(best)}" + (": " + ", ".join(f"d{d}" for d in hits) if hits else "")
+        cells = [*_paired(figures, label, pairs.get("ensemble")), *_paired(figures, label, oracle)]
+        rows.append(f"| {label} | {100 * statistics.mean(figures[label]):.1f} | " + " | ".join(cells)
+                    + f" | {where} |")
+    return "\n".join(rows)
+
+
+def _rss_ratio_table(memory: list[dict]) -> str:
+    """Peak RSS at K=8 over K=2 for each method measured at both ("" when none was)."""
+    by = _rss(memory)
+    methods = [m for m in dict.fromkeys(m["method"] for m in memory) if (2, m) in by and (8, m) in by]
+    if not methods:
+        return ""
+    rows = ["| method | K=2 (MiB) | K=8 (MiB) | K8/K2 |", "|---|---|---|---|"]
+    rows += [f"| {m} | {by[(2, m)] / 2**20:.0f} | {by[(8, m)] / 2**20:.0f} | {by[(8, m)] / by[(2, m)]:.3f} |"
+             for m in methods]
     return "\n".join(rows)
 
 
@@ -202,8 +309,8 @@ def _plot_by_method(plt, figures: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels)), 4))
     means = [100 * statistics.mean(figures[k]) for k in labels]
     errs = [100 * _mean_std(figures[k])[1] for k in labels]
-    ax.bar(range(len(labels)), means, yerr=errs, capsize=3,
-           color=["#dd8452" if k == "grasp" else "#4c72b0" for k in labels])
+    colours = {"grasp": "#dd8452", ORACLE: "#8c8c8c"}  # the oracle is a ceiling, not a method: drawn apart
+    ax.bar(range(len(labels)), means, yerr=errs, capsize=3, color=[colours.get(k, "#4c72b0") for k in labels])
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(max(0, min(means) - 10), 100)
@@ -223,15 +330,19 @@ def _plot_tau(plt, by_tau: dict, path: Path) -> None:
 
 
 def _plot_by_domain(plt, by_domain: dict, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, per in sorted(by_domain.items()):
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    tab20 = plt.get_cmap("tab20").colors  # up to 7 + 6 new + oracle lines: more than the default 10 colours
+    colours = tab20[0::2] + tab20[1::2]  # the 10 strong ones first: tab20 pairs each with a paler twin
+    for i, (label, per) in enumerate(sorted(by_domain.items())):
         ds = [d for d, xs in sorted(per.items()) if xs]
-        ax.plot(ds, [100 * statistics.mean(per[d]) for d in ds], marker="o", label=label,
-                linewidth=2.5 if label == "grasp" else 1.2)
+        style = ":" if label == ORACLE else "--" if _is_new(label) else "-"
+        ax.plot(ds, [100 * statistics.mean(per[d]) for d in ds], marker="o", label=label, linestyle=style,
+                color="black" if label == ORACLE else colours[i % len(colours)],
+                linewidth=2.5 if label in ("grasp", ORACLE) else 1.2)
     ax.set_xlabel("target domain (rotation 15·d degrees)")
     ax.set_ylabel("test accuracy (%, mean over seeds)")
     ax.set_title("accuracy by target domain")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside: 14 lines would hide the plot
     _save(fig, path)
 
 
@@ -258,7 +369,7 @@ def plot(results: list[RunResult], memory: list[dict], figures: dict, output: Pa
     _plot_by_method(plt, figures, output / "accuracy_by_method.png")
     if any(figures["_tau"].values()):
         _plot_tau(plt, figures["_tau"], output / "accuracy_vs_tau.png")
-    by_domain = {k: v for k, v in figures["_by_domain"].items() if k in BY_DOMAIN_PLOT}
+    by_domain = {k: v for k, v in figures["_by_domain"].items() if k in BY_DOMAIN_PLOT or _is_new(k) or k == ORACLE}
     if by_domain:
         _plot_by_domain(plt, by_domain, output / "accuracy_by_domain.png")
     if memory:

@@ -37,6 +37,13 @@ N_ORDERS = 5
 MEMORY_K = (2, 4, 8)
 # multi-source-naive only exists for the memory comparison; it equals multi-source in accuracy
 SKIP_IN_ACCURACY = {"multi-source-naive"}
+#: option sets run besides each method's defaults, by name (the name is appended to the row's label)
+VARIANTS = {"keep-start": {"keep_start": True}}
+#: which methods run in which variant (each once, without BN recalibration)
+VARIANT_RUNS = (("grasp", "keep-start"), ("multi-source", "keep-start"), ("greedy-soup", "keep-start"),
+                ("sequential-ta", "keep-start"), ("learned-interpolation", "keep-start"))
+#: the methods each memory run compares (each in a fresh interpreter, K = cfg.memory_k)
+MEMORY_METHODS = ("grasp", "multi-source-naive", "greedy-soup", "sequential-ta", "learned-interpolation")
 
 
 @dataclass
@@ -74,12 +81,13 @@ def _source_order(domain: int) -> list[int]:
     return sorted(others, key=lambda d: (-abs(d - domain), d))  # farthest first, alternating sides by tie order
 
 
-def _run(refs, domain, seed, method, cfg: BenchConfig, *, base, tau=None, order="given", recal=False) -> RunResult:
+def _run(refs, domain, seed, method, cfg: BenchConfig, *, base, tau=None, order="given", recal=False,
+         variant="") -> RunResult:
     """One merge through the public API, as a user would run it; its accuracies and epochs as a row."""
     from ..merger import GraspMerger
 
-    opts = {**cfg.options, "seed": seed, "target_domain": str(domain), "order": order, "recalibrate_bn": recal,
-            "eval_sources": False}
+    opts = {**cfg.options, **VARIANTS.get(variant, {}), "seed": seed, "target_domain": str(domain), "order": order,
+            "recalibrate_bn": recal, "eval_sources": False}
     if tau is not None:
         opts["tau"] = tau
     if METHODS[method].needs_base:
@@ -89,7 +97,7 @@ def _run(refs, domain, seed, method, cfg: BenchConfig, *, base, tau=None, order=
     report = merger.merge().report
     return RunResult(domain, seed, method, tau if method == "grasp" else None, order, recal,
                      report.final["test"]["accuracy"], report.final["validation"]["accuracy"],
-                     report.epochs_trained, time.time() - start)
+                     report.epochs_trained, time.time() - start, variant)
 
 
 def _sources(cfg: BenchConfig, output: Path, seed: int) -> Path:
@@ -111,28 +119,40 @@ def _methods(cfg: BenchConfig) -> list[str]:
     return methods
 
 
-def run_pair(cfg: BenchConfig, output: Path, domain: int, seed: int) -> list[RunResult]:
-    """Every run for one (target domain, seed): methods (± BN recalibration), τ sweep, source orders."""
+def pair_runs(cfg: BenchConfig, seed: int, n_sources: int) -> list[dict]:
+    """The runs of one (target domain, seed), each as ``_run``'s keyword arguments besides the sources:
+    methods (± BN recalibration), their variants, the τ sweep, source orders."""
     methods = _methods(cfg)
-    root = _sources(cfg, output, seed)
-    refs = [str(root / f"d{d}") for d in _source_order(domain)[: cfg.max_sources]]
-    base = root / "base"
-    results: list[RunResult] = []
+    runs = []
     for method in methods:
         tau = MAIN_TAU if method == "grasp" else None
-        results.append(_run(refs, domain, seed, method, cfg, base=base, tau=tau))
+        runs.append(dict(method=method, tau=tau))
         if METHODS[method].parameter_space:
-            results.append(_run(refs, domain, seed, method, cfg, base=base, tau=tau, recal=True))
-    for tau in cfg.taus:
-        if tau != MAIN_TAU or "grasp" not in methods:
-            results.append(_run(refs, domain, seed, "grasp", cfg, base=base, tau=tau))
+            runs.append(dict(method=method, tau=tau, recal=True))
+    runs += [dict(method=m, tau=MAIN_TAU if m == "grasp" else None, variant=v) for m, v in VARIANT_RUNS
+             if m in methods]
+    runs += [dict(method="grasp", tau=tau) for tau in cfg.taus if tau != MAIN_TAU or "grasp" not in methods]
     rng = random.Random(seed)
     for _ in range(cfg.n_orders - 1):
-        perm = list(range(len(refs)))
+        perm = list(range(n_sources))
         rng.shuffle(perm)
-        results.append(_run(refs, domain, seed, "grasp", cfg, base=base, tau=MAIN_TAU,
-                            order=",".join(map(str, perm))))
-    return results
+        runs.append(dict(method="grasp", tau=MAIN_TAU, order=",".join(map(str, perm))))
+    return runs
+
+
+def run_key(method: str, tau: float | None = None, order: str = "given", recal: bool = False,
+            variant: str = "") -> tuple:
+    """What tells one run of a (domain, seed) pair from another: a finished one is not run again (--resume)."""
+    return method, tau, order, bool(recal), variant
+
+
+def run_pair(cfg: BenchConfig, output: Path, domain: int, seed: int, done: frozenset = frozenset()
+             ) -> list[RunResult]:
+    """The runs of :func:`pair_runs` for one (target domain, seed) whose :func:`run_key` is not in ``done``."""
+    root = _sources(cfg, output, seed)
+    refs = [str(root / f"d{d}") for d in _source_order(domain)[: cfg.max_sources]]
+    return [_run(refs, domain, seed, cfg=cfg, base=root / "base", **run) for run in pair_runs(cfg, seed, len(refs))
+            if run_key(**run) not in done]
 
 
 def _worker_init(threads: int, log_dir: str) -> None:
@@ -159,18 +179,35 @@ def _each(fn, jobs: list[tuple], workers: int, output: Path):
             yield futures[fut], fut.result()
 
 
+def _finished(done: list[RunResult]) -> dict[tuple[int, int], set]:
+    finished: dict[tuple[int, int], set] = {}
+    for r in done:
+        finished.setdefault((r.domain, r.seed), set()).add(
+            run_key(r.method, r.tau, r.order, r.recalibrate_bn, r.variant))
+    return finished
+
+
+def missing_runs(cfg: BenchConfig, done: list[RunResult]) -> list[tuple[int, int]]:
+    """The (domain, seed) pairs that lack some of their runs: all of them, or those of methods added since."""
+    finished = _finished(done)
+    n_sources = len(_source_order(0)[: cfg.max_sources])
+    return [(d, s) for d in cfg.domains for s in cfg.seeds
+            if any(run_key(**run) not in finished.get((d, s), set()) for run in pair_runs(cfg, s, n_sources))]
+
+
 def run_accuracy(cfg: BenchConfig, output: Path, *, done: list[RunResult] = (), workers: int = 1) -> list[RunResult]:
     """All accuracy runs of every (domain, seed) not already in ``done``; ``results.csv`` after each."""
     _methods(cfg)  # unknown names fail before hours of work
     results = list(done)
-    finished = {(r.domain, r.seed) for r in results}
-    pairs = [(d, s) for d in cfg.domains for s in cfg.seeds if (d, s) not in finished]
+    finished = _finished(done)
+    pairs = missing_runs(cfg, done)
     # sources first (one set per seed), so parallel pairs never build the same set twice
     seeds = sorted({s for _, s in pairs})
     for _ in _each(_sources, [(cfg, output, s) for s in seeds], workers, output):
         pass
-    finishing = _each(run_pair, [(cfg, output, d, s) for d, s in pairs], workers, output)
-    for (_, _, domain, seed), runs in progress(finishing, desc="bench: (domain, seed) pairs", total=len(pairs),
+    finishing = _each(run_pair, [(cfg, output, d, s, frozenset(finished.get((d, s), ()))) for d, s in pairs],
+                      workers, output)
+    for (_, _, domain, seed, _), runs in progress(finishing, desc="bench: (domain, seed) pairs", total=len(pairs),
                                                unit="pair"):
         results += runs
         results.sort(key=lambda r: (r.domain, r.seed))  # stable: runs keep their order within a pair
@@ -186,27 +223,28 @@ from hf_grasp import GraspMerger
 from hf_grasp.report import peak_rss_bytes
 args = json.loads(sys.argv[1])
 GraspMerger.from_pretrained(args["sources"], target="digits-eras", method=args["method"], eval_sources=False,
-                            initial_epochs=1, finetune_epochs=1, lr=1e-3).merge()
+                            initial_epochs=1, finetune_epochs=1, lr=1e-3, **args["options"]).merge()
 print(json.dumps(peak_rss_bytes()))
 """
 
 
 def run_memory(cfg: BenchConfig) -> list[dict]:
-    """Peak RSS of grasp vs naive multi-source for each K, each run in a fresh interpreter."""
+    """Peak RSS of each of :data:`MEMORY_METHODS` for each K, each run in a fresh interpreter."""
     from . import archs
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="hf-grasp-mem-") as tmp:
         dirs = []
-        for i in range(max(cfg.memory_k)):
+        for i in range(max(cfg.memory_k) + 1):  # the last one is the base of the methods that take one
             d = Path(tmp) / f"s{i}"
             archs.new_checkpoint(cfg.memory_arch, d, num_labels=10, image_size=32, seed=i)
             dirs.append(str(d))
         for k in cfg.memory_k:
-            for method in ("grasp", "multi-source-naive"):
+            for method in MEMORY_METHODS:
                 if method not in METHODS:
                     continue
-                arg = json.dumps({"sources": dirs[:k], "method": method})
+                options = {"base": dirs[-1]} if METHODS[method].needs_base else {}
+                arg = json.dumps({"sources": dirs[:k], "method": method, "options": options})
                 proc = subprocess.run([sys.executable, "-c", MEMORY_CHILD, arg], capture_output=True, text=True)
                 if proc.returncode != 0:
                     raise GraspError(f"memory run {method} K={k} failed: {proc.stderr.strip().splitlines()[-1]}")
@@ -223,14 +261,38 @@ def _check_resumable(cfg: BenchConfig, output: Path, resume: bool) -> list[RunRe
         raise GraspError(f"{csv_path} exists: pass --resume to continue that bench, or choose another --output")
     # domains and seeds may grow between runs; everything else must match what made the earlier rows
     # (the memory runs are redone by every invocation, so their settings may differ too)
+    # methods may be added: a pair then runs only what it lacks
     same = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items()
-            if k not in ("domains", "seeds", "memory_k", "memory_arch")}
+            if k not in ("domains", "seeds", "methods", "memory_k", "memory_arch")}
     before = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     changed = sorted(k for k in same if before.get(k) != same[k])
     if changed:
         raise GraspError(f"--resume: {cfg_path} was written with other settings ({', '.join(changed)}); "
                          "rerun with the same settings or choose another --output")
     return read_csv(csv_path)
+
+
+def merge_defaults() -> dict:
+    """The merge options' defaults of this hf_grasp, recorded with a bench: a row is comparable with rows of
+    another hf_grasp only if the defaults it ran with are the same."""
+    from ..options import MergeOptions
+
+    return json.loads(json.dumps(MergeOptions().to_dict()))
+
+
+def _check_defaults(output: Path) -> None:
+    """Refuse to add runs to a bench whose rows ran under other merge defaults than this hf_grasp's."""
+    path = output / "config.json"
+    before = json.loads(path.read_text()).get("merge_defaults") if path.exists() else None
+    now = merge_defaults()
+    if before is None:
+        changed = ["(not recorded: the bench predates the record)"]
+    else:
+        changed = [f"{k} {before.get(k)!r} -> {now[k]!r}" for k in now if before.get(k) != now[k]]
+    if changed:
+        raise GraspError(f"--resume: the runs in {output / 'results.csv'} ran under other merge defaults "
+                         f"({'; '.join(changed)}); new runs would not be comparable with them: choose another "
+                         "--output (re-drawing the tables without new runs is fine)")
 
 
 def bench(cfg: BenchConfig, output: str | Path, *, resume: bool = False, workers: int = 1) -> dict:
@@ -245,7 +307,11 @@ def bench(cfg: BenchConfig, output: str | Path, *, resume: bool = False, workers
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     done = _check_resumable(cfg, output, resume)
-    (output / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if done and missing_runs(cfg, done):
+        _check_defaults(output)
+    if not done or missing_runs(cfg, done):  # a re-draw keeps the record of what its rows ran with
+        (output / "config.json").write_text(json.dumps({**asdict(cfg), "merge_defaults": merge_defaults()},
+                                                       indent=2))
     start = time.time()
     results = run_accuracy(cfg, output, done=done, workers=workers)
     if cfg.memory_k:
@@ -262,10 +328,12 @@ def bench(cfg: BenchConfig, output: str | Path, *, resume: bool = False, workers
     history = json.loads(history_path.read_text()) if done and history_path.exists() else []
     history.append({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "minutes": round(seconds / 60, 1),
                     "pairs_run": len({(r.domain, r.seed) for r in results}) - len({(r.domain, r.seed) for r in done}),
+                    "runs": len(results) - len(done),
                     "workers": workers, "cpu_cores": os.cpu_count(), "memory_runs": bool(cfg.memory_k)})
     history_path.write_text(json.dumps(history, indent=2))
     domains, seeds = sorted({r.domain for r in results}), sorted({r.seed for r in results})
-    runs_text = "; ".join(f"{h['pairs_run']} pairs{' + memory' if h['memory_runs'] else ''} in {h['minutes']} min "
+    runs_text = "; ".join(f"{h['pairs_run']} new pairs, {h.get('runs', '?')} runs"
+                          f"{' + memory' if h['memory_runs'] else ''} in {h['minutes']} min "
                           f"({h['workers']} worker(s), {h['cpu_cores']} CPU cores)" for h in history)
     header = (f"hf-grasp bench --recipe {cfg.recipe}: arch {cfg.arch}, target domains {domains}, seeds {seeds}, "
               f"K = {cfg.max_sources or 'all'}; every method that trains gets the same fine-tuning epochs "

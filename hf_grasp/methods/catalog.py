@@ -20,6 +20,8 @@ TASK_ARITHMETIC_PAPER = "https://arxiv.org/abs/2212.04089"
 TIES_PAPER = "https://arxiv.org/abs/2306.01708"
 FISHER_PAPER = "https://arxiv.org/abs/2111.09832"
 OPCM_PAPER = "https://arxiv.org/abs/2501.09522"
+SOUPS_PAPER = "https://arxiv.org/abs/2203.05482"
+ADAMERGING_PAPER = "https://arxiv.org/abs/2310.02575"
 
 #: the units GRASP can score (see hf_grasp.alignment)
 Granularity = Literal["tensor", "row", "element"]
@@ -76,6 +78,27 @@ class PearlParams(MethodParams):
     # the paper's PEARL settings
     pearl_rank: int = option(16, "PEARL: rank of each source's LoRA adapter.", ge=1)
     pearl_lr: float = option(1e-3, "PEARL: learning rate of the adapters and composition weights (not --lr).", gt=0)
+
+
+class InterpolationParams(GraspParams):
+    """GRASP's gate parameters (α starts at the gate) and the α training's own."""
+
+    interp_epochs: int = option(3, "Learned interpolation: epochs over target train learning α (0: α stays at "
+                                "GRASP's gate, which is then GRASP exactly).", ge=0)
+    interp_lr: float = option(0.05, "Learned interpolation: AdamW learning rate of the coefficients α in [0, 1].",
+                              gt=0)
+
+
+class SequentialTaParams(MethodParams):
+    # λ = 0 first: a source that does not help on validation is left out; ties go to the smaller λ
+    ta_grid: tuple[float, ...] = option((0.0, 0.2, 0.4, 0.6, 0.8, 1.0), "Sequential task arithmetic: the λ values "
+                                        "tried for each source (comma-separated on the command line).",
+                                        min_length=1)
+
+    @field_validator("ta_grid", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        return tuple(float(v) for v in value.split(",") if v.strip()) if isinstance(value, str) else value
 
 
 # --------------------------------------------------------------------------- methods
@@ -136,5 +159,22 @@ for _info in (
                "gives each source a low-rank (LoRA) adapter initialised from its task vector, trains the adapters "
                "and one composition weight per source on the target, then merges them into the weights.",
                PearlParams, multi_process=False, impl="hf_grasp.methods.pearl:pearl"),
+    MethodInfo("greedy-soup", "Greedy soup (Wortsman et al., 2022), streamed", "Greedy soup",
+               "judges each source alone on target validation (BatchNorm re-estimated on target train), then, best "
+               "first, adds each source to a uniform parameter average only if validation accuracy does not drop; "
+               "the soup is then fine-tuned.", paper=SOUPS_PAPER, multi_process=False,
+               impl="hf_grasp.methods.soup:greedy_soup"),
+    MethodInfo("sequential-ta", "Sequential task arithmetic (λ per source chosen on validation)", "Sequential TA",
+               "starts from --base and adds each source's task vector (source − base) scaled by the λ of a small "
+               "grid that scores best on target validation (λ = 0 leaves the source out); then fine-tunes.",
+               SequentialTaParams, TASK_ARITHMETIC_PAPER, needs_base=True, multi_process=False,
+               impl="hf_grasp.methods.sequential_ta:sequential_ta"),
+    MethodInfo("learned-interpolation", "Learned interpolation (AdaMerging-style, sequential and supervised)",
+               "Learned interpolation",
+               "runs GRASP's steps, but instead of copying a tensor where its alignment score is above τ it learns a "
+               "coefficient α in [0, 1] per tensor between the merged model and the source on target training data, "
+               "starting at GRASP's gate and kept only if validation improves; each step then fine-tunes.",
+               InterpolationParams, ADAMERGING_PAPER, sequential=True, multi_process=False,
+               impl="hf_grasp.methods.interpolation:learned_interpolation"),
 ):
     declare_method(_info)

@@ -126,6 +126,9 @@ class MergeContext:
         # augmented training images differ every epoch: those are decoded per batch
         self.train_loader = make_loader(splits["train"], train_tf, batch_size=bs, shuffle=True, seed=seed,
                                         preprocessed=None if self.options.augment else pre.get("train"))
+        # in a fixed order: BatchNorm statistics re-estimated for a choice must not depend on the shuffling
+        self.train_in_order = make_loader(splits["train"], self.eval_transform, batch_size=bs, shuffle=False,
+                                          preprocessed=pre.get("train"))
         self.val_loader = make_loader(splits["validation"], self.eval_transform, batch_size=bs, shuffle=False,
                                       preprocessed=pre.get("validation"))
         self.test_loader = make_loader(splits["test"], self.eval_transform, batch_size=bs, shuffle=False,
@@ -283,6 +286,7 @@ class MergeContext:
                 self.merged, self.family.logits, self.train_loader, self.val_loader, self.accelerator,
                 epochs=epochs, lr=o.lr if lr is None else lr, weight_decay=o.weight_decay, schedule=o.schedule,
                 schedule_per=o.schedule_per, best_store=Path(tmp) / "best.safetensors", desc=desc, timer=self.timer,
+                keep_start=o.keep_start,
             )
 
     def check_finite(self) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
 import torch
 from torch import nn
@@ -31,15 +32,21 @@ from ..errors import NumericalError
 from ..sources import ResolvedSource
 from .context import MergeContext
 
+#: Stage 4 of one step: ``(ctx, scorer, source_model, record_extra) -> (scores, fraction moved)`` per tensor
+Transfer = Callable[[MergeContext, "AlignmentScorer", nn.Module, dict], tuple[dict, dict]]
 
-def grasp(ctx: MergeContext) -> None:
+
+def grasp(ctx: MergeContext, transfer: Transfer | None = None) -> None:
     """Merge ``ctx.sources`` into ``ctx.merged`` by gradient-aligned transfer (``ctx.params``: GraspParams).
 
     Step 0 takes the initial model and fine-tunes it; step k >= 1 merges one
     more source. Every step starts reseeded and ends checkpointed (when the run
     keeps a checkpoint), so a run resumes after its last finished step; a
     continuation of an earlier merge (``ctx.earlier``) starts from that merge's
-    weights at its next step number.
+    weights at its next step number. ``transfer(ctx, scorer, source_model)``
+    replaces Stage 4 (the hard gate, :meth:`AlignmentScorer.transfer`) for a
+    variant that uses the scores otherwise (learned interpolation); it returns
+    the per-tensor scores and fractions moved, and may add entries to the step's record.
     """
     sources = list(ctx.sources)
     plan: list[tuple[int, ResolvedSource | None]] = []  # (step, what it brings in; None: a random init)
@@ -55,7 +62,7 @@ def grasp(ctx: MergeContext) -> None:
         if step == 0:
             _initial_step(ctx, source)
         else:
-            _transfer_step(ctx, step, source)
+            _transfer_step(ctx, step, source, transfer or _gate)
         ctx.end_step()
 
 
@@ -72,7 +79,12 @@ def _initial_step(ctx: MergeContext, first: ResolvedSource | None) -> None:
                seconds=time.time() - start)
 
 
-def _transfer_step(ctx: MergeContext, k: int, source: ResolvedSource) -> None:
+def _gate(ctx: MergeContext, scorer: "AlignmentScorer", source: nn.Module, extra: dict) -> tuple[dict, dict]:
+    """Stage 4 as in the paper: copy every unit whose score is above τ."""
+    return scorer.transfer(source, buffers=ctx.params.buffers)
+
+
+def _transfer_step(ctx: MergeContext, k: int, source: ResolvedSource, transfer: Transfer) -> None:
     """Step k: align the merged model with ``source`` on target-train gradients, transfer, fine-tune."""
     o, p, start = ctx.options, ctx.params, time.time()
     batches = ctx.alignment_batches(step=k, n_batches=p.align_batches)
@@ -90,8 +102,9 @@ def _transfer_step(ctx: MergeContext, k: int, source: ResolvedSource) -> None:
     ctx.gradients(ctx.probe, batches, step=f"{step}, source model", consume=scorer.take,
                   advice="check the source: its weights overflow on the target images; re-export it or "
                          "leave it out of --sources")
+    extra: dict = {}
     with ctx.timer.phase("transfer"):
-        scores, transferred = scorer.transfer(ctx.probe, buffers=p.buffers)
+        scores, transferred = transfer(ctx, scorer, ctx.probe, extra)
     ctx.merged.zero_grad(set_to_none=True)
     ctx.probe.zero_grad(set_to_none=True)
     release_freed_memory()  # both gradient sets, before fine-tuning allocates its own
@@ -99,7 +112,7 @@ def _transfer_step(ctx: MergeContext, k: int, source: ResolvedSource) -> None:
     ctx.record(step=f"source {k}", source=source.name, scores=scores, transferred=transferred,
                skipped=sorted(skipped), source_alone=source_alone, history=history,
                validation=ctx.validation_after(history), test=ctx.evaluate(split="test"),
-               seconds=time.time() - start)
+               seconds=time.time() - start, **extra)
 
 
 class AlignmentScorer:
@@ -141,15 +154,19 @@ class AlignmentScorer:
             self.error = _gradient_error(self.step, name, g_t, g_s)
         p.grad = None
 
-    def transfer(self, source: nn.Module, *, buffers: str = "keep") -> tuple[dict[str, float | None],
-                                                                           dict[str, float]]:
-        """Copy the aligned units of ``source`` into the merged model; per-tensor mean score and fraction copied."""
+    def finish(self) -> None:
+        """Score what no gradient reached (0), give row-partner biases their weight's mask, raise a NaN score."""
         for name in self.params:
-            self.take(name, None)  # what no gradient reached scores 0
+            self.take(name, None)
         if self.error is not None:
             raise self.error
         for bias, weight in self.partners.items():
             self.masks[bias], self.scores[bias] = self.masks[weight], self.scores[weight]
+
+    def transfer(self, source: nn.Module, *, buffers: str = "keep") -> tuple[dict[str, float | None],
+                                                                           dict[str, float]]:
+        """Copy the aligned units of ``source`` into the merged model; per-tensor mean score and fraction copied."""
+        self.finish()
         src_params = dict(source.named_parameters())
         transferred = {name: apply_transfer(p.data, src_params[name].data, self.masks[name])
                        for name, p in self.params.items() if name not in self.skip}

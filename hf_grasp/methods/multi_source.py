@@ -20,13 +20,13 @@ from ..progress import progress
 from .context import MergeContext
 from .state import fold_mean, unique_state
 
-def finish_training_method(ctx: MergeContext, start: float, what: str) -> None:
-    """Record the merge as is (step ``average``), fine-tune for ``ctx.total_epochs``, record again.
+def finish_training_method(ctx: MergeContext, start: float, what: str, **entry) -> None:
+    """Record the merge as is (step ``average``, with ``entry``), fine-tune for ``ctx.total_epochs``, record again.
 
     No ``fine-tune`` step is recorded when the budget is 0 epochs.
     """
     ctx.record(step="average", source=None, validation=ctx.evaluate(split="validation"),
-               test=ctx.evaluate(split="test"), seconds=time.time() - start)
+               test=ctx.evaluate(split="test"), seconds=time.time() - start, **entry)
     epochs = ctx.total_epochs
     if epochs == 0:
         return

@@ -1,0 +1,132 @@
+"""The methods that choose on target validation or learn how much to take: greedy soup, sequential task
+arithmetic, learned interpolation. Small real runs (random and one trained ResNet), mechanics checked exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_grasp import GraspMerger
+from hf_grasp.methods.interpolation import interpolate
+
+NO_TRAINING = dict(initial_epochs=0, finetune_epochs=0, eval_sources=False, lr=1e-3)
+
+
+def _merge(sources, method, **opts):
+    return GraspMerger.from_pretrained([str(s) for s in sources], target="digits-eras", method=method,
+                                       **{**NO_TRAINING, **opts}).merge()
+
+
+def _params(path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def _extra(report, step: str) -> dict:
+    return next(e for e in report.extras if e["step"] == step)
+
+
+@pytest.fixture(scope="module")
+def trained(checkpoints, tmp_path_factory):
+    """A source fine-tuned on the target from the first random checkpoint (far better than chance)."""
+    srcs = checkpoints("resnet", 2)
+    out = tmp_path_factory.mktemp("trained") / "t"
+    GraspMerger.from_pretrained([str(s) for s in srcs], target="digits-eras", method="finetune-only",
+                                initial_epochs=4, finetune_epochs=0, lr=1e-3, eval_sources=False,
+                                ).merge().save_pretrained(out)
+    return out
+
+
+def test_greedy_soup_keeps_a_source_only_when_validation_holds_and_averages_exactly_the_kept(checkpoints):
+    srcs = checkpoints("resnet", 4)
+    result = _merge(srcs, "greedy-soup")
+    report = result.report
+    alone = {s.step: s.val_accuracy for s in report.steps if s.step.startswith("ingredient")}
+    assert len(alone) == 4
+    soup = _extra(report, "average")
+    current = max(alone.values())  # the soup starts as the best source on validation
+    for tried in soup["tried"]:
+        assert tried["kept"] == (tried["val_accuracy"] >= current)
+        if tried["kept"]:
+            current = tried["val_accuracy"]
+    by_name = {str(s): _params(s) for s in srcs}
+    assert soup["kept"][0] in by_name and len(soup["kept"]) == 1 + sum(t["kept"] for t in soup["tried"])
+    for name, p in result.model.named_parameters():
+        mean = torch.stack([by_name[k][name] for k in soup["kept"]]).mean(0)
+        torch.testing.assert_close(p.detach(), mean, rtol=0, atol=1e-6, msg=name)
+
+
+def test_greedy_soup_leaves_out_what_hurts(checkpoints, trained):
+    srcs = checkpoints("resnet", 3)
+    result = _merge([srcs[1], trained, srcs[2]], "greedy-soup")
+    soup = _extra(result.report, "average")
+    assert soup["kept"] == [str(trained)]  # ranked first; averaging a random net in loses accuracy
+    mine = _params(trained)
+    for name, p in result.model.named_parameters():
+        assert torch.equal(p.detach(), mine[name]), name
+
+
+def test_sequential_ta_with_lambda_zero_keeps_the_previous_state(checkpoints):
+    srcs = checkpoints("resnet", 4)
+    result = _merge(srcs[1:], "sequential-ta", base=str(srcs[0]), ta_grid=(0.0,))
+    base = _params(srcs[0])
+    for name, p in result.model.named_parameters():
+        assert torch.equal(p.detach(), base[name]), name
+    assert _extra(result.report, "average")["scaling"] == [0.0, 0.0, 0.0]
+
+
+def test_sequential_ta_takes_the_task_vector_that_helps(checkpoints, trained):
+    srcs = checkpoints("resnet", 3)  # trained was fine-tuned from srcs[0]: its task vector is real
+    result = _merge([srcs[2], trained], "sequential-ta", base=str(srcs[0]), ta_grid=(0.0, 1.0))
+    scaling = _extra(result.report, "average")["scaling"]
+    assert scaling[1] == 1.0
+    first = srcs[0] if scaling[0] == 0 else srcs[2]
+    expected = {n: t + (_params(trained)[n] - _params(srcs[0])[n]) for n, t in _params(first).items()}
+    for name, p in result.model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[name], rtol=0, atol=1e-5, msg=name)
+    steps = {s.step: s.val_accuracy for s in result.report.steps}
+    assert steps["source 2"] >= steps["source 1"] >= steps["init"]  # λ = 0 is always a candidate
+
+
+def test_learned_interpolation_with_alpha_fixed_to_the_gate_is_grasp(checkpoints):
+    srcs = checkpoints("resnet", 3)
+    opts = dict(initial_epochs=1, finetune_epochs=1, tau=0.0, seed=4)
+    grasp = _merge(srcs, "grasp", **opts)
+    fixed = _merge(srcs, "learned-interpolation", interp_epochs=0, **opts)
+    ours, theirs = fixed.model.state_dict(), grasp.model.state_dict()
+    assert list(ours) == list(theirs)
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
+    assert [s.transferred for s in fixed.report.sources] == [s.transferred for s in grasp.report.sources]
+
+
+def test_learned_interpolation_keeps_alpha_only_if_validation_improves(checkpoints):
+    srcs = checkpoints("resnet", 3)
+    result = _merge(srcs, "learned-interpolation", interp_epochs=2, interp_lr=0.2, tau=0.0)
+    for k in (1, 2):
+        step = _extra(result.report, f"source {k}")["interpolation"]
+        assert step["kept_val_accuracy"] >= step["gate_val_accuracy"]
+        assert (step["kept_epoch"] == 0) == (step["kept_val_accuracy"] == step["gate_val_accuracy"])
+    for src in result.report.sources[1:]:
+        assert all(0.0 <= a <= 1.0 for a in src.transferred.values())
+
+
+def test_interpolate_is_exact_at_the_ends_and_broadcasts_per_unit():
+    g = torch.Generator().manual_seed(0)
+    m, s = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    assert torch.equal(interpolate(m, s, torch.tensor(0.0)), m)
+    assert torch.equal(interpolate(m, s, torch.tensor(1.0)), s)
+    rows = interpolate(m, s, torch.tensor([0.0, 1.0, 0.5]))
+    assert torch.equal(rows[0], m[0]) and torch.equal(rows[1], s[1])
+    torch.testing.assert_close(rows[2], (m[2] + s[2]) / 2)
+
+
+def test_keep_start_ends_on_the_start_when_no_epoch_is_better(checkpoints, trained):
+    srcs = checkpoints("resnet", 2)
+    # a learning rate far too high: the epochs are worse on validation than the trained start
+    result = _merge([trained, srcs[1]], "finetune-only", initial_epochs=1, lr=0.5, keep_start=True)
+    history = result.report.sources[0].history
+    assert len(history) == 1 and not any(h["kept"] for h in history)
+    mine = _params(trained)
+    for name, p in result.model.named_parameters():
+        assert torch.equal(p.detach(), mine[name]), name
