@@ -153,3 +153,18 @@ def test_real_10_seed_bench(tmp_path):
     assert "| grasp | 1218 | 1235 | 1.014 |" in text and "| multi-source-naive | 1212 | 1439 | 1.188 |" in text
     for png in ("accuracy_by_method.png", "accuracy_vs_tau.png", "accuracy_by_domain.png", "memory_vs_k.png"):
         assert (tmp_path / png).stat().st_size > 5000, png
+
+
+def test_a_variant_is_its_own_row_never_the_oracle_nor_in_the_tau_sweep_or_order_spread():
+    from dataclasses import replace
+
+    base = rows()
+    # grasp with --keep-start, far better than anything on d0 and different from grasp everywhere
+    variant = [replace(r, variant="keep-start", test_accuracy=0.97) for r in base if r.method == "grasp"]
+    table, figures = summarise(base + variant, [])
+    main = table_rows(table.split("| τ |")[0])
+    assert main["grasp keep-start"][1].startswith("97.0")
+    assert figures["_oracle_picks"] == {0: "grasp", 1: "ensemble"}
+    assert figures["_tau"] == {0.3: [r.test_accuracy for r in base if r.method == "grasp"]}
+    assert figures["_order_spread"] == []  # one grasp run per pair at its defaults: no spread to measure
+    assert "grasp keep-start" in against_rows(claims(figures, []))

@@ -106,8 +106,8 @@ def _pm(xs: list[float], scale: float = 100.0, *, signed: bool = False) -> str:
 
 
 def _is_sweep_grasp(r: RunResult) -> bool:
-    """A GRASP run in the given source order without BN recalibration: the τ sweep's rows."""
-    return r.method == "grasp" and r.order == "given" and not r.recalibrate_bn
+    """A GRASP run at its defaults in the given source order, without BN recalibration: the τ sweep's rows."""
+    return r.method == "grasp" and r.order == "given" and not r.recalibrate_bn and not r.variant
 
 
 def summarise(results: list[RunResult], memory: list[dict]) -> tuple[str, dict]:
@@ -138,7 +138,7 @@ def summarise(results: list[RunResult], memory: list[dict]) -> tuple[str, dict]:
     spreads = []
     for key in {(r.domain, r.seed) for r in results}:
         accs = [r.test_accuracy for r in results if (r.domain, r.seed) == key and r.method == "grasp"
-                and r.tau == MAIN_TAU and not r.recalibrate_bn]
+                and r.tau == MAIN_TAU and not r.recalibrate_bn and not r.variant]
         if len(accs) > 1:
             spreads.append(max(accs) - min(accs))
     if memory:
