@@ -43,10 +43,11 @@ def grasp(ctx: MergeContext, transfer: Transfer | None = None) -> None:
     more source. Every step starts reseeded and ends checkpointed (when the run
     keeps a checkpoint), so a run resumes after its last finished step; a
     continuation of an earlier merge (``ctx.earlier``) starts from that merge's
-    weights at its next step number. ``transfer(ctx, scorer, source_model)``
+    weights at its next step number. ``transfer(ctx, scorer, source_model, extra)``
     replaces Stage 4 (the hard gate, :meth:`AlignmentScorer.transfer`) for a
     variant that uses the scores otherwise (learned interpolation); it returns
-    the per-tensor scores and fractions moved, and may add entries to the step's record.
+    the per-tensor scores and fractions moved, and may add entries to ``extra``,
+    which go into the step's record.
     """
     sources = list(ctx.sources)
     plan: list[tuple[int, ResolvedSource | None]] = []  # (step, what it brings in; None: a random init)
