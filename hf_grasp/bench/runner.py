@@ -307,9 +307,10 @@ def bench(cfg: BenchConfig, output: str | Path, *, resume: bool = False, workers
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     done = _check_resumable(cfg, output, resume)
-    if done and missing_runs(cfg, done):
+    adding = bool(missing_runs(cfg, done))
+    if done and adding:
         _check_defaults(output)
-    if not done or missing_runs(cfg, done):  # a re-draw keeps the record of what its rows ran with
+    if not done or adding:  # a re-draw (nothing to run) keeps the record of what its rows ran with
         (output / "config.json").write_text(json.dumps({**asdict(cfg), "merge_defaults": merge_defaults()},
                                                        indent=2))
     start = time.time()

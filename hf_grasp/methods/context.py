@@ -11,6 +11,7 @@ evaluation.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import tempfile
@@ -126,13 +127,17 @@ class MergeContext:
         # augmented training images differ every epoch: those are decoded per batch
         self.train_loader = make_loader(splits["train"], train_tf, batch_size=bs, shuffle=True, seed=seed,
                                         preprocessed=None if self.options.augment else pre.get("train"))
-        # in a fixed order: BatchNorm statistics re-estimated for a choice must not depend on the shuffling
-        self.train_in_order = make_loader(splits["train"], self.eval_transform, batch_size=bs, shuffle=False,
-                                          preprocessed=pre.get("train"))
         self.val_loader = make_loader(splits["validation"], self.eval_transform, batch_size=bs, shuffle=False,
                                       preprocessed=pre.get("validation"))
         self.test_loader = make_loader(splits["test"], self.eval_transform, batch_size=bs, shuffle=False,
                                        preprocessed=pre.get("test"))
+
+    @functools.cached_property
+    def train_in_order(self) -> torch.utils.data.DataLoader:
+        """Target train unshuffled, unaugmented: BatchNorm statistics re-estimated for a choice (greedy soup,
+        sequential task arithmetic) must not depend on the shuffling. Built by the methods that use it."""
+        return make_loader(self.data.splits["train"], self.eval_transform, batch_size=self.options.batch_size,
+                           shuffle=False, preprocessed=self.data.preprocessed.get("train"))
 
     # --- steps of a sequential method: reseeded, checkpointed, resumable, continuable
 

@@ -37,8 +37,9 @@ def sequential_ta(ctx: MergeContext) -> None:
     grid = ctx.params.ta_grid
     t0 = time.time()
     ctx.load(ctx.merged, base)
-    names = [n for n in unique_state(ctx.merged) if n in parameter_names(ctx.merged)]
     merged = unique_state(ctx.merged)
+    params = parameter_names(ctx.merged)
+    names = [n for n in merged if n in params]
     ctx.record(step="init", source=base.name, validation=judge(ctx), test=ctx.evaluate(split="test"),
                seconds=time.time() - t0)
     chosen = []
