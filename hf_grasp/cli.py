@@ -12,17 +12,16 @@ at once.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 import shutil
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from . import __version__
 from .errors import GraspError
+from .interrupts import signals_as_interrupts
 from .methods import METHODS
 from .options import add_option_arguments, options_from_args, parse_text
 from .progress import configure
@@ -230,43 +229,6 @@ def _output_flags() -> argparse.ArgumentParser:
     return common
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP as an exception: ``finally`` blocks, context managers and ``atexit`` then clean up
-    as they do for Ctrl-C (a KeyboardInterrupt, so ``except Exception`` on the way does not swallow it)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def _signals_as_interrupts():
-    """Within the block, SIGTERM and SIGHUP raise :class:`Terminated`; their handlers are restored after.
-
-    A signal ignored on purpose (``nohup``, ``trap '' TERM``) stays ignored;
-    after the first one, further ones are ignored so that they cannot cut the
-    cleanup short (SIGKILL still ends the process). Only the main thread can
-    set handlers: elsewhere (main() called from a worker thread) nothing changes.
-    """
-    wanted = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {s: signal.getsignal(s) for s in wanted if signal.getsignal(s) is signal.SIG_DFL}
-
-    def handler(signum, frame):
-        for s in previous:
-            signal.signal(s, signal.SIG_IGN)
-        raise Terminated(signum)
-
-    for s in previous:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hf-grasp`` console script.
 
@@ -278,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     configure(progress=args.progress, quiet=args.quiet)
     try:
-        with _signals_as_interrupts():
+        with signals_as_interrupts():
             return args.func(args)
     except GraspError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -29,6 +29,7 @@ from .data import TargetData, load_target, preprocess_target
 from .errors import GraspError, SourceError, first_line
 from .families.base import ModelFamily
 from .heatmap import plot_alignment_heatmap
+from .interrupts import raise_if_interrupted
 from .merge_config import CONFIG_NAME, REPORT_NAME, MergeConfig, find_merge_config, pinned_reference
 from .methods import METHODS, find_method, get_method
 from .methods.context import MergeContext
@@ -403,6 +404,7 @@ class MergeResult(ModelHubMixin):
                 except (OSError, SafetensorError) as e:  # a full disk, a quota: safetensors raises its own type
                     raise GraspError(f"output {out}: writing it failed ({first_line(e)}); free space or choose "
                                      "another --output (nothing was left behind)") from e
+                raise_if_interrupted()  # a Ctrl-C a library swallowed on the way: nothing is put in place
                 if out.exists():
                     old = old_sibling(out)
                     out.rename(old)

@@ -40,6 +40,7 @@ from torch import nn
 
 from ._memory import frozen_heap, release_freed_memory
 from .errors import DataError, GraspError, NumericalError
+from .interrupts import raise_if_interrupted
 from .options import Schedule
 from .progress import log, progress
 from .timing import PhaseTimer, phase
@@ -395,6 +396,7 @@ def _train_epoch(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], 
     model.train()
     total_loss, n_batches, last_lr = 0.0, 0, float("nan")
     for batch in progress(loader, desc=desc, unit="batch", leave=False):
+        raise_if_interrupted()
         logits = logits_fn(model, batch["pixel_values"])
         loss = F.cross_entropy(logits.float(), batch["labels"])
         accelerator.backward(loss)

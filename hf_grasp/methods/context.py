@@ -27,6 +27,7 @@ from torch import nn
 from .._memory import release_freed_memory
 from ..data import TargetData, alignment_batches, make_loader, preprocess_target
 from ..errors import NumericalError
+from ..interrupts import raise_if_interrupted
 from ..families.base import ModelFamily
 from ..options import MergeOptions, MethodParams
 from ..progress import log
@@ -184,6 +185,7 @@ class MergeContext:
 
     def load(self, model: nn.Module, source: ResolvedSource) -> None:
         """Stream ``source`` into ``model`` in place (the only way weights enter a model)."""
+        raise_if_interrupted()
         release_freed_memory(collect=False)  # the pages the model is about to fill may sit in free heap chunks
         with self.timer.phase("load"), source.present():
             stream_into(model, source, self.skips.get(source.name, ()))
