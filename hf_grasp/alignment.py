@@ -29,26 +29,25 @@ GRANULARITIES: tuple[str, ...] = ("tensor", "row", "element")
 
 #: the paper's stabiliser in the cosine denominator
 EPS = 1e-8
-#: entries per float64 chunk of a whole-tensor score (2 MiB per operand)
-CHUNK = 1 << 18
 
 
 def alignment_sums(g_source: torch.Tensor, g_target: torch.Tensor, granularity: Granularity = "tensor"):
     """Return ``(dot, source_sq, target_sq)`` per unit of ``granularity``.
 
     Shapes: scalars for ``tensor``, ``(rows,)`` for ``row``, the tensor's shape
-    for ``element``. Computed in float64 so that summing over shards is exact
-    enough to reproduce the unsharded score; for ``tensor`` in chunks of
-    :data:`CHUNK` entries, so the float64 copies stay small whatever the tensor's size.
+    for ``element``; always float64. ``tensor`` sums are three BLAS dot products
+    in the gradient's precision (at least float32), as the released code computes
+    them: converting every gradient to float64 first took 4-7x as long (a fifth of
+    an alignment step on ResNet-18) for a relative difference near 1e-6 that no
+    threshold decision can see. ``row`` and ``element`` are computed in float64.
+    Summed over shards, the sums reproduce the unsharded score to that precision.
     """
     if g_source.shape != g_target.shape:
         raise ValueError(f"gradient shapes differ: {tuple(g_source.shape)} vs {tuple(g_target.shape)}")
     if granularity == "tensor":
-        s, t = g_source.detach().reshape(-1), g_target.detach().reshape(-1)
-        sums = torch.zeros(3, dtype=torch.float64, device=s.device)
-        for i in range(0, s.numel(), CHUNK):
-            a, b = s[i:i + CHUNK].to(torch.float64), t[i:i + CHUNK].to(torch.float64)
-            sums += torch.stack([a @ b, a @ a, b @ b])
+        dtype = torch.promote_types(g_source.dtype, torch.float32)  # bf16/fp16 gradients: dot in float32
+        s, t = g_source.detach().reshape(-1).to(dtype), g_target.detach().reshape(-1).to(dtype)
+        sums = torch.stack([s @ t, s @ s, t @ t]).to(torch.float64)
         return sums[0], sums[1], sums[2]
     s = g_source.detach().to(torch.float64)
     t = g_target.detach().to(torch.float64)
@@ -86,14 +85,21 @@ def expand_mask(mask: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torc
 
 
 def apply_transfer(merged: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> float:
-    """Copy ``source`` into ``merged`` in place where ``mask`` holds; return the fraction copied."""
-    full = expand_mask(mask, merged.shape)
+    """Copy ``source`` into ``merged`` in place where ``mask`` holds; return the fraction copied.
+
+    Decided on the per-unit mask, never on its expansion to the tensor's shape
+    (a scalar mask would otherwise be read once per entry): every unit covers
+    the same number of entries, so the mask's mean is the fraction copied.
+    """
+    full = expand_mask(mask, merged.shape)  # a view; raises for a mask that does not fit
+    if merged.numel() == 0:
+        return 0.0
     with torch.no_grad():
-        if full.all():
+        if mask.all():
             merged.copy_(source)
-        elif full.any():
+        elif mask.any():
             merged.copy_(torch.where(full, source, merged))
-    return float(full.float().mean()) if full.numel() else 0.0
+    return float(mask.float().mean())
 
 
 def row_partners(named_shapes: Iterable[tuple[str, tuple[int, ...]]]) -> dict[str, str]:

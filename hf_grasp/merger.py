@@ -320,8 +320,9 @@ class GraspMerger:
             if self.method.sequential:  # the shuffling as if after one more step, resumed or not
                 ctx.begin_step(ctx.first_step + len(ctx.records))
             recalibrate_batchnorm(merged, self.family.logits, ctx.train_loader, accelerator)
-            ctx.record(step="recalibrate-bn", source=None, validation=ctx.evaluate(split="validation"),
-                       test=ctx.evaluate(split="test"), seconds=0.0)
+            ctx.record(step="recalibrate-bn", source=None, validation=ctx.step_metrics("validation"),
+                       test=ctx.step_metrics("test"), seconds=0.0)
+        ctx.complete_last_record()
         ctx.check_finite()  # a NaN/inf model is never returned, so never saved
         del ctx.probe, probe
         accelerator.free_memory()

@@ -119,6 +119,9 @@ class MergeOptions(_Options):
                                   group="training")
     eval_sources: bool = option(True, "Also evaluate each source alone on the target test split for the report.",
                                 group="training")
+    eval_steps: bool = option(True, "Evaluate the merged model on validation and test after every step, for the "
+                              "report's per-step table; off: only the final model is evaluated (the steps show a "
+                              "dash). A fine-tuning round's own validation is always recorded.", group="training")
 
     # --- loading and runtime
     allow_pickle: bool = option(False, "Allow pickle weight files (.bin/.pth) when a source has no safetensors.",

@@ -186,8 +186,8 @@ def build_report(ctx: "MergeContext", method: "MethodInfo", *, seconds: float) -
             metrics_after={"validation": rec["validation"], "test": rec["test"]} if rec else None,
             history=rec.get("history"), seconds=rec.get("seconds")))
     steps = list(earlier.steps) if earlier else []
-    steps += [StepRecord(rec["step"], rec["source"], rec["validation"]["accuracy"], rec["test"]["accuracy"],
-                         rec.get("seconds")) for rec in records]
+    steps += [StepRecord(rec["step"], rec["source"], (rec["validation"] or {}).get("accuracy"),
+                         (rec["test"] or {}).get("accuracy"), rec.get("seconds")) for rec in records]
     last = records[-1]
     param_bytes = sum(p.numel() * p.element_size() for p in ctx.merged.parameters())
     result_models = len(getattr(ctx.artifact, "members", None) or [None])

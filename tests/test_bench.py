@@ -309,6 +309,12 @@ def test_resume_adds_methods_to_finished_pairs_only_under_the_same_merge_default
         bench(quick(domains=[1], methods=["grasp", "scratch"]), tmp_path, resume=True)
     bench(quick(domains=[1]), tmp_path, resume=True)  # nothing to run: re-drawing the tables is fine
     assert len(fake_runs) == len(added) + before
+    # an option added since is no change: its default is the behaviour before it
+    config["merge_defaults"]["schedule_per"] = "epoch"
+    del config["merge_defaults"]["eval_steps"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    bench(quick(domains=[1], methods=["grasp", "scratch"]), tmp_path, resume=True)
+    assert {c["method"] for c in fake_runs[len(added) + before:]} == {"scratch"}
 
 
 def test_bench_refuses_other_recipes_and_unknown_methods(fake_runs, tmp_path):

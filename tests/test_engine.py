@@ -134,3 +134,20 @@ def test_one_source_is_refused_even_with_a_base(checkpoints):
     for extra in ({}, {"base": str(base)}):
         with pytest.raises(GraspError, match="at least 2 sources"):
             GraspMerger.from_pretrained([str(src)], target="digits-eras", **NO_TRAIN, **extra)
+
+
+def test_without_step_evaluation_only_the_final_model_is_evaluated(checkpoints, tmp_path):
+    from hf_grasp.summary import _DASH, summary_markdown
+
+    srcs = checkpoints("resnet", 3)
+    each = _merge(srcs, tau=0.0)
+    final = _merge(srcs, tau=0.0, eval_steps=False)
+    for name, t in each.model.state_dict().items():
+        assert torch.equal(final.model.state_dict()[name], t), name
+    assert final.report.final == each.report.final and final.report.test_accuracy() is not None
+    assert [s.test_accuracy is None for s in final.report.steps] == [True, True, False]
+    assert [s.val_accuracy is None for s in final.report.steps] == [True, True, False]
+    assert all(s.test_accuracy is not None and s.val_accuracy is not None for s in each.report.steps)
+    assert _DASH in summary_markdown(final.report)  # a step not evaluated shows a dash
+    final.save_pretrained(tmp_path / "merged")  # and its model card is written
+    assert "README.md" in {p.name for p in (tmp_path / "merged").iterdir()}

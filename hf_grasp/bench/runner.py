@@ -87,7 +87,7 @@ def _run(refs, domain, seed, method, cfg: BenchConfig, *, base, tau=None, order=
     from ..merger import GraspMerger
 
     opts = {**cfg.options, **VARIANTS.get(variant, {}), "seed": seed, "target_domain": str(domain), "order": order,
-            "recalibrate_bn": recal, "eval_sources": False}
+            "recalibrate_bn": recal, "eval_sources": False, "eval_steps": False}  # a row is the final model
     if tau is not None:
         opts["tau"] = tau
     if METHODS[method].needs_base:
@@ -288,7 +288,8 @@ def _check_defaults(output: Path) -> None:
     if before is None:
         changed = ["(not recorded: the bench predates the record)"]
     else:
-        changed = [f"{k} {before.get(k)!r} -> {now[k]!r}" for k in now if before.get(k) != now[k]]
+        # an option added since (absent before) defaults to the behaviour that came before it, by convention
+        changed = [f"{k} {before[k]!r} -> {now[k]!r}" for k in now if k in before and before[k] != now[k]]
     if changed:
         raise GraspError(f"--resume: the runs in {output / 'results.csv'} ran under other merge defaults "
                          f"({'; '.join(changed)}); new runs would not be comparable with them: choose another "

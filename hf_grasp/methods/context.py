@@ -328,15 +328,29 @@ class MergeContext:
             return evaluate_model(model if model is not None else self.merged, self.family.logits, self.test_loader,
                                   self.accelerator)
 
-    def validation_after(self, history: list[dict]) -> dict:
+    def step_metrics(self, split: str) -> dict | None:
+        """The merged model on ``split`` for a step's record; None under ``eval_steps=False``, where only the
+        last record is evaluated, by :meth:`complete_last_record` once the method is done."""
+        return self.evaluate(split=split) if self.options.eval_steps else None
+
+    def complete_last_record(self) -> None:
+        """Evaluate the final model on what the last record left out (``eval_steps=False``)."""
+        if self.records:
+            last = self.records[-1]
+            for split in ("validation", "test"):
+                if last.get(split) is None:
+                    last[split] = self.evaluate(split=split)
+
+    def validation_after(self, history: list[dict]) -> dict | None:
         """The merged model's validation metrics after a fine-tuning round that returned ``history``.
 
         The round ends on its kept epoch, which it has just evaluated on the same
-        split: those figures are reused. Without a round, the model is evaluated.
+        split: those figures are reused. Without a round, the model is evaluated
+        (see :meth:`step_metrics`).
         """
         kept = next((h for h in history if h.get("kept")), None)
         if kept is None:
-            return self.evaluate(split="validation")
+            return self.step_metrics("validation")
         return {"accuracy": kept["val_accuracy"], "loss": kept["val_loss"], "n": len(self.data.splits["validation"])}
 
     def record(self, **entry) -> dict:

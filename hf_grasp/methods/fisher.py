@@ -109,8 +109,8 @@ def fisher(ctx: MergeContext) -> None:
         for n in names:
             params[n].div_(denominator[n])
     del denominator
-    ctx.record(step="merge", source=None, validation=ctx.evaluate(split="validation"),
-               test=ctx.evaluate(split="test"), seconds=time.time() - start)
+    ctx.record(step="merge", source=None, validation=ctx.step_metrics("validation"),
+               test=ctx.step_metrics("test"), seconds=time.time() - start)
 
 
 __all__ = ["diagonal_fisher", "fisher", "fisher_loader"]

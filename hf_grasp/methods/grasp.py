@@ -76,7 +76,7 @@ def _initial_step(ctx: MergeContext, first: ResolvedSource | None) -> None:
     source_alone = ctx.evaluate_alone() if o.eval_sources and first is not None else None
     history = ctx.fine_tune(o.initial_epochs, desc=f"initial fine-tune ({name})")
     ctx.record(step="init", source=name, source_alone=source_alone, history=history,
-               validation=ctx.validation_after(history), test=ctx.evaluate(split="test"),
+               validation=ctx.validation_after(history), test=ctx.step_metrics("test"),
                seconds=time.time() - start)
 
 
@@ -112,7 +112,7 @@ def _transfer_step(ctx: MergeContext, k: int, source: ResolvedSource, transfer: 
     history = ctx.fine_tune(o.finetune_epochs, desc=f"fine-tune after {source.name}")
     ctx.record(step=f"source {k}", source=source.name, scores=scores, transferred=transferred,
                skipped=sorted(skipped), source_alone=source_alone, history=history,
-               validation=ctx.validation_after(history), test=ctx.evaluate(split="test"),
+               validation=ctx.validation_after(history), test=ctx.step_metrics("test"),
                seconds=time.time() - start, **extra)
 
 

@@ -25,15 +25,15 @@ def finish_training_method(ctx: MergeContext, start: float, what: str, **entry) 
 
     No ``fine-tune`` step is recorded when the budget is 0 epochs.
     """
-    ctx.record(step="average", source=None, validation=ctx.evaluate(split="validation"),
-               test=ctx.evaluate(split="test"), seconds=time.time() - start, **entry)
+    ctx.record(step="average", source=None, validation=ctx.step_metrics("validation"),
+               test=ctx.step_metrics("test"), seconds=time.time() - start, **entry)
     epochs = ctx.total_epochs
     if epochs == 0:
         return
     start = time.time()
     history = ctx.fine_tune(epochs, desc=f"fine-tune {what}")
     ctx.record(step="fine-tune", source=None, history=history, validation=ctx.validation_after(history),
-               test=ctx.evaluate(split="test"), seconds=time.time() - start)
+               test=ctx.step_metrics("test"), seconds=time.time() - start)
 
 
 # --- the methods ----------------------------------------------------------------

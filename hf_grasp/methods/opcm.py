@@ -87,8 +87,8 @@ def opcm(ctx: MergeContext) -> None:
         for name, (b,) in iter_across([base], names, device=dev):
             m = params[name]
             m.copy_(b + (m - b) * scale)
-    ctx.record(step="merge", source=None, validation=ctx.evaluate(split="validation"),
-               test=ctx.evaluate(split="test"), seconds=time.time() - start, opcm_scale=scale,
+    ctx.record(step="merge", source=None, validation=ctx.step_metrics("validation"),
+               test=ctx.step_metrics("test"), seconds=time.time() - start, opcm_scale=scale,
                task_vector_norms=norms)
 
 

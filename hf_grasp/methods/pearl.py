@@ -73,9 +73,9 @@ def pearl(ctx: MergeContext) -> None:
     if not targets:
         raise GraspError(f"pearl: {type(ctx.merged).__name__} has no plain Conv2d or Linear layer to adapt")
     base_weights = {n: ctx.merged.get_submodule(n).weight for n in targets}  # kept by peft as base_layer.weight
-    test = ctx.evaluate(split="test")
+    test = ctx.evaluate(split="test") if o.eval_sources and base_is_source else ctx.step_metrics("test")
     ctx.record(step="init", source=base.name, source_alone=test if o.eval_sources and base_is_source else None,
-               validation=ctx.evaluate(split="validation"), test=test, seconds=time.time() - start)
+               validation=ctx.step_metrics("validation"), test=test, seconds=time.time() - start)
 
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, lora_dropout=0.0, bias="none")
     composition = nn.ParameterDict()
@@ -99,7 +99,7 @@ def pearl(ctx: MergeContext) -> None:
         composition[name] = nn.Parameter(torch.tensor(1.0 / n_sources, device=base_weights[targets[0]].device))
         use_composition(tuner, composition)
         ctx.record(step=f"adapter {i}", source=source.name, source_alone=alone, skipped=sorted(skipped),
-                   validation=ctx.evaluate(split="validation"), test=ctx.evaluate(split="test"),
+                   validation=ctx.step_metrics("validation"), test=ctx.step_metrics("test"),
                    seconds=time.time() - start)
 
     start = time.time()
@@ -112,7 +112,7 @@ def pearl(ctx: MergeContext) -> None:
     for p in ctx.merged.parameters():
         p.requires_grad_(True)  # peft froze the base; the result is an ordinary model again
     ctx.record(step="compose + merge", source=None, history=history, composition=learned, lr=lr,
-               validation=ctx.evaluate(split="validation"), test=ctx.evaluate(split="test"),
+               validation=ctx.step_metrics("validation"), test=ctx.step_metrics("test"),
                seconds=time.time() - start,
                note=f"PEARL-style: rank-{rank} LoRA adapters initialised from each source's truncated task vector, "
                     f"composed with learned per-adapter weights (init 1/K), trained {ctx.total_epochs} epochs at "

@@ -40,7 +40,7 @@ def sequential_ta(ctx: MergeContext) -> None:
     merged = unique_state(ctx.merged)
     params = parameter_names(ctx.merged)
     names = [n for n in merged if n in params]
-    ctx.record(step="init", source=base.name, validation=judge(ctx), test=ctx.evaluate(split="test"),
+    ctx.record(step="init", source=base.name, validation=judge(ctx), test=ctx.step_metrics("test"),
                seconds=time.time() - t0)
     chosen = []
     for k, source in enumerate(progress(ctx.sources, desc="sequential task arithmetic: λ per source",
@@ -65,7 +65,7 @@ def sequential_ta(ctx: MergeContext) -> None:
         del before, vector
         chosen.append(best_lam)
         ctx.record(step=f"source {k}", source=source.name, scaling=best_lam, tried=tried, validation=best,
-                   test=ctx.evaluate(split="test"), seconds=time.time() - t0)
+                   test=ctx.step_metrics("test"), seconds=time.time() - t0)
     finish_training_method(ctx, t0, "sequential task arithmetic", scaling=chosen)
 
 

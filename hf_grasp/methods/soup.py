@@ -39,7 +39,7 @@ def greedy_soup(ctx: MergeContext) -> None:
         alone = judge(ctx)
         ranked.append((alone, i, source))
         ctx.record(step=f"ingredient {i + 1}", source=source.name, validation=alone,
-                   test=ctx.evaluate(split="test"), seconds=time.time() - t0)
+                   test=ctx.step_metrics("test"), seconds=time.time() - t0)
     ranked.sort(key=lambda r: (-r[0]["accuracy"], r[0]["loss"], r[1]))
 
     t0 = time.time()

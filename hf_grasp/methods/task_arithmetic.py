@@ -58,8 +58,8 @@ def merge_task_vectors(ctx: MergeContext, merge_one: Callable[[Tensor, list[Tens
 
 
 def _record(ctx: MergeContext, start: float) -> None:
-    ctx.record(step="merge", source=None, validation=ctx.evaluate(split="validation"),
-               test=ctx.evaluate(split="test"), seconds=time.time() - start)
+    ctx.record(step="merge", source=None, validation=ctx.step_metrics("validation"),
+               test=ctx.step_metrics("test"), seconds=time.time() - start)
 
 
 def task_arithmetic(ctx: MergeContext) -> None:
