@@ -419,3 +419,22 @@ def test_real_bench_workers_share_sources_and_resume(tmp_path, monkeypatch, caps
     assert rows[: len(first)] == first
     assert {r["domain"] for r in rows[len(first):]} == {"3"}
     assert "target domains [1, 2, 3]" in (out / "table.md").read_text()
+
+
+def test_stopping_the_workers_loop_stops_running_and_queued_jobs(tmp_path):
+    # A SIGTERM or Ctrl-C reaches the bench as an exception at its loop over finished pairs. Leaving the pool
+    # used to wait for the running pairs and then run every queued one: the bench answered a SIGTERM only at
+    # its end. Jobs here sleep 300 s; stopping after the first quick one must not wait for them.
+    import multiprocessing
+    import time
+
+    finishing = runner._each(time.sleep, [(0.01,), (300,), (300,), (300,)], 2, tmp_path)
+    assert next(finishing) == ((0.01,), None)
+    start = time.monotonic()
+    finishing.close()  # what an exception in the caller's loop does to the generator
+    for _ in range(100):
+        if not multiprocessing.active_children():
+            break
+        time.sleep(0.1)
+    assert not multiprocessing.active_children()
+    assert time.monotonic() - start < 60  # a hang check: the jobs it must not wait for take 300 s

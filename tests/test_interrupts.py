@@ -12,6 +12,20 @@ from conftest import merge_fails
 from hf_grasp.interrupts import Terminated, raise_if_interrupted, signals_as_interrupts
 
 
+@pytest.fixture(autouse=True)
+def usual_dispositions():
+    """Each test starts from Python's usual handlers. Another test in the same pytest worker may have left a
+    handler of its own on SIGINT (a full run failed so), and signals_as_interrupts leaves a handler it did
+    not expect alone, by design."""
+    names = [s for s in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, s)]
+    saved = {s: signal.getsignal(getattr(signal, s)) for s in names}
+    for s in names:
+        signal.signal(getattr(signal, s), signal.default_int_handler if s == "SIGINT" else signal.SIG_DFL)
+    yield
+    for s, handler in saved.items():
+        signal.signal(getattr(signal, s), handler)
+
+
 def _swallowed(signum: int) -> None:
     """Send ``signum`` to this process inside a bare ``except:``, as a library's code would swallow it."""
     try:

@@ -172,11 +172,22 @@ def _each(fn, jobs: list[tuple], workers: int, output: Path):
         return
     (output / "logs").mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                             initargs=(threads, str(output / "logs"))) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                               initargs=(threads, str(output / "logs")))
+    try:
         futures = {pool.submit(fn, *job): job for job in jobs}
         for fut in as_completed(futures):
             yield futures[fut], fut.result()
+    except BaseException:
+        # An interrupt (SIGTERM, Ctrl-C), a failed job or a caller that stops iterating: stop now. Leaving the
+        # pool's `with` block instead waited for the running jobs and then ran every queued one (a SIGTERM
+        # to `hf-grasp bench` was answered after the whole bench). Python 3.11 has no public way to stop
+        # the workers (3.14's terminate_workers); a killed pair is rerun by --resume.
+        for process in list((pool._processes or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)  # the workers are gone: this only closes the queues
+        raise
+    pool.shutdown()
 
 
 def _finished(done: list[RunResult]) -> dict[tuple[int, int], set]:
