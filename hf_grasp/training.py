@@ -38,7 +38,7 @@ from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 from accelerate.utils import release_memory
 from torch import nn
 
-from ._memory import frozen_heap, release_freed_memory
+from ._memory import frozen_heap, packed_empty, release_freed_memory
 from .errors import DataError, GraspError, NumericalError
 from .interrupts import raise_if_interrupted
 from .options import Schedule
@@ -295,24 +295,25 @@ def fine_tune(
 
 
 def _allocate_training_state(optimizer: torch.optim.Optimizer) -> None:
-    """Allocate AdamW's moments now, exactly as its first step would (zeros).
+    """Allocate AdamW's moments now, with the values its first step would give them (zeros).
 
-    Allocated before any activation exists, the round's long-lived buffers sit
-    together instead of in the holes the first batch's activations leave
-    behind in the C heap. AdamW takes a state it finds as its own.
+    Each moment is one packed block (:func:`~hf_grasp._memory.packed_empty`):
+    mapped on its own, out of the C heap where the batches' activations and
+    gradients come and go, and given back whole when the round ends. AdamW
+    takes a state it finds as its own.
     """
     from torch.optim.optimizer import _get_scalar_dtype
 
     inner = _raw(optimizer)
     for group in inner.param_groups:
         fused, on_device = bool(group.get("fused")), bool(group.get("fused") or group.get("capturable"))
-        for p in group["params"]:
-            state = inner.state[p]
-            if not state:  # what torch.optim.Adam._init_group puts there
-                state["step"] = torch.zeros((), dtype=_get_scalar_dtype(is_fused=fused),
-                                            device=p.device if on_device else "cpu")
-                for moment in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group.get("amsgrad") else ()):
-                    state[moment] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        fresh = [p for p in group["params"] if not inner.state[p]]  # what torch.optim.Adam._init_group fills
+        for p in fresh:
+            inner.state[p]["step"] = torch.zeros((), dtype=_get_scalar_dtype(is_fused=fused),
+                                                 device=p.device if on_device else "cpu")
+        for moment in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if group.get("amsgrad") else ()):
+            for p, zeros in zip(fresh, packed_empty(fresh, zero=True)):
+                inner.state[p][moment] = zeros
 
 
 def _raw(optimizer: Any) -> torch.optim.Optimizer:

@@ -35,11 +35,12 @@ def test_peak_rss_flat_in_k_and_bounded_in_model_sizes(checkpoints):
     print(f"peak RSS K=2 {runs[2]['peak'] / 2**20:.0f} MiB, K=16 {runs[16]['peak'] / 2**20:.0f} MiB, "
           f"ratio {ratio:.3f}; above the floor {above[2]:.2f}P and {above[16]:.2f}P")
     assert ratio <= 1.02
-    # measured 5.1P (K=2) and 5.5P (K=16), down from 7.9P: the tensors alive peak near 3.7P (model, probe,
-    # one gradient set; or model and two moments), library code paged in after the floor adds ~0.55P, and the
-    # C heap keeps ~1.3P of freed buffers resident (benchmarks/results/perf.md). The 4.5P goal is not met yet;
-    # this bound catches a return of the second gradient set or of a held source file.
-    assert max(above.values()) <= 6.0
+    # measured 4.68P (K=2) and 4.81P (K=16), down from 5.1P / 5.5P before the AdamW moments and the idle probe
+    # were packed out of the C heap and 7.9P before that: the tensors alive peak near 3.7P (the model and two
+    # moments plus a batch's activations and a few gradients while training), library code paged in after the
+    # floor adds ~0.55P, the heap's holes the rest (benchmarks/results/perf.md). The 4.5P goal is not met;
+    # this bound catches a return of a second gradient set, of a held source file or of the heap's holes.
+    assert max(above.values()) <= 5.3
 
 
 FROZEN = """

@@ -310,3 +310,54 @@ def test_step_in_backward_is_the_same_update_as_one_step_after_it(accelerator):
         assert all(p.grad is None for p in model.parameters())
     assert results[0][1] == results[1][1]
     assert_state_equal(results[0][0], results[1][0])
+
+
+def test_adamw_moments_packed_in_one_block_step_like_torchs_own():
+    # fine_tune allocates AdamW's moments itself, packed (one block each, out of the C heap's holes): the updates
+    # must be torch's, bit for bit, and a non-contiguous parameter must get a moment of its own layout
+    from hf_grasp.training import _allocate_training_state
+
+    x = TopBottom(16, seed=1).images
+    results = []
+    for packed in (True, False):
+        model = make_net(seed=3)
+        head = model[-1].weight
+        head.data = torch.randn(head.shape[::-1], generator=torch.Generator().manual_seed(2)).t()  # transposed
+        assert not head.is_contiguous()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01, fused=True)
+        if packed:
+            _allocate_training_state(optimizer)
+        for _ in range(3):
+            model(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if packed:
+            states = [optimizer.state[p] for p in model.parameters()]
+            blocks = {s["exp_avg"].untyped_storage().data_ptr() for s, p in zip(states, model.parameters())
+                      if p.is_contiguous()}
+            assert len(blocks) == 1 and len({s["exp_avg"].data_ptr() for s in states}) == len(states)
+            assert optimizer.state[head]["exp_avg_sq"].stride() == head.stride()
+        results.append(state(model))
+    assert_state_equal(results[0], results[1])
+
+
+def test_released_probe_frees_its_storage_and_comes_back_packed_with_ties_kept():
+    # MergeContext.fine_tune releases the idle probe; afterwards the same tensor objects are back, packed in one
+    # block per dtype (out of the C heap), tied parameters still one object, ready for the next source's load
+    from hf_grasp.methods.context import released
+
+    model = make_net(seed=1)
+    model.append(nn.Linear(2, 2, bias=False))
+    model.append(nn.Linear(2, 2, bias=False))
+    model[-1].weight = model[-2].weight  # tied
+    before = {n: (id(t), t.shape, t.dtype) for n, t in model.state_dict(keep_vars=True).items()}
+    with released(model):
+        assert all(t.numel() == 0 for t in model.state_dict(keep_vars=True).values())
+    after = model.state_dict(keep_vars=True)
+    assert {n: (id(t), t.shape, t.dtype) for n, t in after.items()} == before
+    assert model[-1].weight is model[-2].weight
+    by_dtype = {}
+    for t in after.values():
+        by_dtype.setdefault(t.dtype, set()).add(t.untyped_storage().data_ptr())
+    assert set(by_dtype) == {torch.float32, torch.int64} and all(len(b) == 1 for b in by_dtype.values())
+    assert len({t.data_ptr() for t in after.values()}) == len({id(t) for t in after.values()})  # disjoint views

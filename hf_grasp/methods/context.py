@@ -24,7 +24,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
-from .._memory import release_freed_memory
+from .._memory import packed_empty, release_freed_memory
 from ..data import TargetData, alignment_batches, make_loader, preprocess_target
 from ..errors import NumericalError
 from ..interrupts import raise_if_interrupted
@@ -39,17 +39,21 @@ from ..training import evaluate_model, fine_tune
 @contextlib.contextmanager
 def released(model: nn.Module):
     """Free ``model``'s tensor storage for the duration; afterwards it has the same
-    tensors again (same objects, same shapes, uninitialised values)."""
+    tensors again (same objects, same shapes, uninitialised values), packed in one
+    block per dtype (:func:`~hf_grasp._memory.packed_empty`: out of the C heap)."""
     tensors = [t for t in itertools.chain(model.parameters(), model.buffers())]
-    shapes = [(t.shape, t.dtype, t.device) for t in tensors]
+    like = [torch.empty(t.shape, dtype=t.dtype, device="meta") for t in tensors]  # shapes and dtypes only
+    devices = [t.device for t in tensors]
     for t in tensors:
         t.data = torch.empty(0, dtype=t.dtype, device=t.device)
     release_freed_memory()
     try:
         yield
     finally:
-        for t, (shape, dtype, device) in zip(tensors, shapes):
-            t.data = torch.empty(shape, dtype=dtype, device=device)
+        for device in dict.fromkeys(devices):
+            index = [i for i, d in enumerate(devices) if d == device]
+            for i, fresh in zip(index, packed_empty([like[i] for i in index], device=device)):
+                tensors[i].data = fresh
 
 
 def _all_reduce_gradients(model: nn.Module, loss: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
