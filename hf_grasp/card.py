@@ -7,14 +7,17 @@ tell the same story. The method section is the method's own: its name, paper,
 description and parameters; GRASP's open points (granularity, buffers, model
 modes, heads) appear only for GRASP and its gated variants. The YAML header
 (``ModelCardData``) carries ``base_model`` (Hub sources only) with
-``base_model_relation: merge``, the library, tags, the target's Hub dataset and
-the test accuracy as an eval result (``model-index``). The body shows the
-alignment heatmap (``alignment.png``, saved beside it), how to load the model
-without hf_grasp and how to reproduce or extend the merge with it.
+``base_model_relation: merge``, the library, tags, the license (given, or the one
+every source's card states; ``license_name``/``license_link`` for ``other``),
+the target's Hub dataset and the test accuracy as an eval result
+(``model-index``). The body shows the alignment heatmap (``alignment.png``,
+saved beside it), how to load the model without hf_grasp, how to reproduce or
+extend the merge with it, and where its license came from.
 
 The card is meant to be published: it names local folders (sources, base,
 target) by their last path parts, never by the absolute path of the machine
-that made the merge (``grasp_report.json`` keeps the paths).
+that made the merge (``grasp_report.json`` and ``grasp_config.json`` keep them as the user gave them, and
+no path the tool derived, such as a cache snapshot).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .licenses import License
 from .merge_config import CONFIG_NAME
 from .report import MergeReport
 from .summary import summary_markdown
@@ -59,10 +63,10 @@ TEMPLATE = """---
 
 ## What was merged
 
-| # | Source | Revision | Commit | Role | Weights (sha256) |
-| --- | --- | --- | --- | --- | --- |
+| # | Source | Revision | Commit | Role | License | Weights (sha256) |
+| --- | --- | --- | --- | --- | --- | --- |
 {% for s in source_rows -%}
-| {{ s.index }} | {{ s.ref }} | {{ s.revision }} | {{ s.commit }} | {{ s.role }} | {{ s.files }} |
+| {{ s.index }} | {{ s.ref }} | {{ s.revision }} | {{ s.commit }} | {{ s.role }} | {{ s.license }} | {{ s.files }} |
 {% endfor %}
 {% if base_row %}Task vectors are taken relative to the base `{{ base_row }}`.
 {% endif %}
@@ -140,6 +144,10 @@ hf-grasp merge --init {{ repo }} --sources NEW_SOURCE --output out/
 {{ line }}
 {% endfor %}
 {% endif %}
+## License
+
+{{ license_text }}
+
 {% if citation %}
 ## Citation
 
@@ -220,6 +228,10 @@ def build_model_card(report: MergeReport, *, dataset: str | None = None, repo_id
         metrics=["accuracy"],
         model_name=model_name,
         eval_results=eval_results,
+        # the Hub's license fields: an id of its list, and for "other" the license's name and a link to its text
+        license=report.license.id if report.license else None,
+        license_name=report.license.name if report.license else None,
+        license_link=report.license.link if report.license else None,
     )
     repo = repo_id or FOLDER
     card = ModelCard.from_template(
@@ -249,6 +261,7 @@ def build_model_card(report: MergeReport, *, dataset: str | None = None, repo_id
         reproduce_intro=_reproduce_intro(repo_id) if reproducible else None,
         extend=method.is_grasp,
         reproduce_notes=_reproduce_notes(report),
+        license_text=_license_text(report),
         citation=GRASP_CITATION if method.is_grasp else None,
         code_url=GRASP_CODE_URL if method.is_grasp else None,
         version=__version__,
@@ -345,8 +358,33 @@ def _source_rows(report: MergeReport) -> list[dict[str, Any]]:
         "revision": f"`{src.revision}`" if src.revision else "–",
         "commit": f"`{src.commit}`" if src.commit else "local",
         "role": "initial model" if src.role == "init" else "source",
+        "license": _license_cell(src.license),
         "files": "<br>".join(f"`{name}` `{str(sha)[:12]}…`" for name, sha in src.files.items()) or "–",
     } for i, src in enumerate(report.sources, start=1)]
+
+
+def _license_cell(lic: License | None) -> str:
+    """A license as the card shows it: its id, or for ``other`` its name linked to its text."""
+    if lic is None:
+        return "–"
+    if lic.id == "other" and lic.name and lic.link:
+        return f"other: [{_cell(lic.name)}]({_cell(lic.link)})"
+    return f"`{lic.id}`"
+
+
+def _license_text(report: MergeReport) -> str:
+    """Which license the merged model has, and where it came from: given for the merge, or the one every
+    input's card states; or why it has none."""
+    lic = report.license
+    if lic is None:
+        why = ("the sources' model cards do not all state the same license (the table above shows each one's)"
+               if any(s.license for s in report.sources) else "no source's model card states a license")
+        return (f"None stated: {why}, and none was given for this merge, so this card states none. Check each "
+                "source's terms before using or sharing this model.")
+    if report.license_origin == "sources":
+        return (f"{_license_cell(lic)}: the license every source's model card states (none was given for this "
+                "merge).")
+    return f"{_license_cell(lic)}: the license given for this merge."
 
 
 def _training_lines(report: MergeReport) -> list[str]:

@@ -110,12 +110,14 @@ def _cmd_merge(args) -> int:
     with claim_output(args.output, inputs=_merge_inputs(args, options), overwrite=args.overwrite):
         from .merger import check_free_space
         from .summary import print_summary
+        from .timing import RunClock
 
         area = work_area(args.output)
         if args.overwrite and not args.resume:
             shutil.rmtree(area, ignore_errors=True)  # --overwrite starts over
         with kept_for_resume(area):
             merger = _merger(args, options)
+            merger.clock = RunClock.process()  # the report's wall time: the whole command, as `time` measures it
             # before the minutes of the merge, not after
             check_free_space(args.output, merger.inputs, checkpointed=merger.method.sequential)
             result = merger.merge(checkpoint_dir=area, resume=args.resume)
@@ -181,7 +183,7 @@ DELEGATED = {
               "Serve the Gradio demo page (the Space) on this machine.",
               "Run the hf-grasp Space locally: pick sources, a target and a method, merge, and see accuracy against "
               "each source and the ensemble, the alignment heatmap, what moved, and the model on an image. Needs the "
-              "space extra: pip install -e '.[space]'."),
+              "space extra: pip install 'hf-grasp[space]'."),
 }
 
 

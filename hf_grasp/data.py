@@ -353,11 +353,22 @@ def _check_images(ds: datasets.Dataset, image_column: str, split: str, target: s
         raise DataError(f"image {name} in split '{split}' of {target} (column '{image_column}') cannot be read: "
                         f"{problem}{more}; fix or remove it, or pass --skip-bad-images to leave such rows out")
     dropped = {i for i, _, _ in bad}
-    notes.append(f"split '{split}': {len(bad)} unreadable image(s) skipped (--skip-bad-images), first: {name}")
+    notes.append(f"split '{split}': {len(bad)} unreadable image(s) skipped (--skip-bad-images), first: "
+                 f"{_published_name(name, target)}")
     kept = ds.select([i for i in range(len(ds)) if i not in dropped], keep_in_memory=True)
     if len(kept) == 0:
         raise DataError(f"split '{split}' of {target}: no readable image left after --skip-bad-images")
     return kept
+
+
+def _published_name(path: str, target: str) -> str:
+    """An image's file as a note (published with the model in its report) may name it: under the target folder as
+    the user spelled it, else by its file name alone (a datasets cache is a directory of this machine)."""
+    root = Path(target).expanduser()
+    for base in (root.absolute(), root.resolve()):
+        if Path(path).is_relative_to(base):
+            return (Path(target) / Path(path).relative_to(base)).as_posix()
+    return Path(path).name
 
 
 def _undecodable(item: dict | None) -> str | None:

@@ -6,8 +6,9 @@ so there are no weights of its own to save. What is saved instead is what it
 takes to rebuild it:
 
 * ``ensemble.json``: the family, the label names and one entry per member (the
-  reference it was given, Hub repo id, requested revision, resolved commit,
-  local path and the sha256 of its weight files);
+  reference it was given, Hub repo id, requested revision, resolved commit
+  and the sha256 of its weight files; never a path of the machine that made
+  it: a local member is found again by its reference);
 * the first member's preprocessing (``preprocessor_config.json`` for
   transformers; timm's data config inside ``ensemble.json`` for timm);
 * the model card every merge result gets (:mod:`hf_grasp.card`), which says
@@ -74,8 +75,11 @@ class EnsembleSpec:
     # --- saving and loading the description
 
     def to_dict(self) -> dict:
+        """The JSON ``ensemble.json`` holds: the members by reference and commit, without their local copies' paths
+        (a Hub member's is a cache snapshot of this machine; a local one is its reference)."""
         d = asdict(self)
         d.pop("processor_dir")
+        d["members"] = [{k: v for k, v in member.items() if k != "path"} for member in d["members"]]
         return {"format": FORMAT, "version": 1, "combine": "mean of the members' softmax probabilities", **d}
 
     def save_pretrained(self, save_directory: str | Path) -> None:
@@ -176,10 +180,11 @@ class EnsembleClassifier(nn.Module):
 def load_member(member: dict, family: str, *, token: str | bool | None = None) -> nn.Module:
     """One member, in eval mode and fp32, loaded by its own library from its Hub commit or local path."""
     repo, rev = member.get("repo_id"), member.get("commit") or member.get("revision")
-    path = member.get("path")
+    # a local member by its reference, as given; older ensemble.json files recorded its path
+    path = member.get("path") or (None if repo else _local_path(member.get("ref")))
     if repo is None and (path is None or not Path(path).is_dir()):
-        raise SourceError(f"ensemble member {member.get('ref')!r}: directory {path} does not exist (an ensemble "
-                          "refers to its members, it does not contain them)")
+        raise SourceError(f"ensemble member {member.get('ref')!r}: directory {path or member.get('ref')} does not "
+                          "exist (an ensemble refers to its members, it does not contain them)")
     try:
         if family == "transformers":
             from transformers import AutoModelForImageClassification
@@ -219,6 +224,13 @@ def _transform(spec: EnsembleSpec) -> Callable[[list], torch.Tensor] | None:
         return lambda images: processor(images=[im.convert("RGB") if im.mode != "RGB" else im for im in images],
                                         return_tensors="pt")["pixel_values"]
     return None
+
+
+def _local_path(ref: str | None) -> Path | None:
+    """The folder a local member's reference names (None for a Hub reference)."""
+    from .sources import SourceRef
+
+    return SourceRef.parse(ref).local_path if ref else None
 
 
 def _labels(config: dict) -> list[str] | None:

@@ -3,7 +3,8 @@
 A merge folder (or Hub repo) holds, beside the model and ``grasp_report.json``,
 the merge's configuration: the method and every parameter, every shared option
 (seed included), the target, and each input pinned (a Hub source as
-``org/name@<commit>``, a local one by absolute path). From it
+``org/name@<commit>``, a local one as the user gave it: the file is published
+with the model, so it names no path of this machine that the user did not write). From it
 ``GraspMerger.from_pretrained("org/merged")`` (``hf-grasp merge --from``)
 rebuilds a merger that makes the same model, ``--init org/merged`` continues
 the merge with more sources, and ``--resume`` checks that it continues the same
@@ -36,7 +37,7 @@ class MergeConfig:
 
     method: str
     sources: list[str]            # pinned, in the order given (``options["order"]`` applies to them)
-    target: str | None            # a recipe name, a dataset id, or an absolute local path
+    target: str | None            # a recipe name, a dataset id, or a local path as given
     recipe: str | None
     options: dict[str, Any]       # every shared option as run; ``init`` and ``base`` pinned
     params: dict[str, Any]        # the method's own parameters
@@ -106,12 +107,13 @@ def _show(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else repr(value)
 
 
-def pinned_reference(ref_text: str, repo_id: str | None, commit: str | None, path: str | os.PathLike) -> str:
-    """A reference that names exactly these files: ``org/name@<commit>`` (keeping ``hf-hub:``) or an absolute path."""
+def pinned_reference(ref_text: str, repo_id: str | None, commit: str | None) -> str:
+    """A reference that names exactly these files: ``org/name@<commit>`` (keeping ``hf-hub:``); a local folder
+    as the user named it (never its absolute path, which would publish this machine's directories)."""
     if repo_id and commit:
         prefix = "hf-hub:" if ref_text.strip().startswith("hf-hub:") else ""
         return f"{prefix}{repo_id}@{commit}"
-    return os.path.abspath(path)
+    return ref_text
 
 
 def find_merge_config(reference: str | os.PathLike, *, token: str | bool | None = None,

@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Literal, Sequence
 
 import torch
-from peft.utils import merge_utils
 from torch import Tensor
 
 # --- averaging ----------------------------------------------------------------
@@ -37,6 +36,14 @@ def running_mean_(mean: Tensor, new: Tensor, count: int) -> Tensor:
 # --- task vectors: task arithmetic and TIES ---------------------------------------
 
 
+def _peft_merge_utils():
+    """``peft.utils.merge_utils``, imported on first use: peft is an optional extra that only the methods built
+    on it need (they check for it before they start)."""
+    from peft.utils import merge_utils
+
+    return merge_utils
+
+
 def task_vectors(base: Tensor, tensors: Sequence[Tensor]) -> list[Tensor]:
     """``tensors[k] - base`` for every k: the task vectors of one parameter."""
     return [t - base for t in tensors]
@@ -51,7 +58,7 @@ def task_arithmetic(base: Tensor, tensors: Sequence[Tensor], scaling: float) -> 
     if not tensors:
         return base.clone()
     weights = torch.full((len(tensors),), float(scaling), dtype=base.dtype, device=base.device)
-    return base + merge_utils.task_arithmetic(task_vectors(base, tensors), weights)
+    return base + _peft_merge_utils().task_arithmetic(task_vectors(base, tensors), weights)
 
 
 def ties(
@@ -73,7 +80,7 @@ def ties(
     if not tensors:
         return base.clone()
     weights = torch.full((len(tensors),), float(scaling), dtype=base.dtype, device=base.device)
-    return base + merge_utils.ties(task_vectors(base, tensors), weights, density, majority_sign_method)
+    return base + _peft_merge_utils().ties(task_vectors(base, tensors), weights, density, majority_sign_method)
 
 
 # --- Fisher merging ----------------------------------------------------------------

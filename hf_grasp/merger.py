@@ -29,15 +29,18 @@ from .data import TargetData, load_target, preprocess_target
 from .errors import GraspError, SourceError, first_line
 from .families.base import ModelFamily
 from .heatmap import plot_alignment_heatmap
-from .interrupts import raise_if_interrupted
+from .launch import announce_processes
 from .merge_config import CONFIG_NAME, REPORT_NAME, MergeConfig, find_merge_config, pinned_reference
 from .methods import METHODS, find_method, get_method
 from .methods.context import MergeContext
+from .licenses import License, LicenseDecision, decide_license
 from .options import Layer, MergeOptions, MethodParams, resolve
+from .progress import log
 from .recipes import resolve_target
 from .report import MergeReport, build_report
 from .resolution import MergeInputs, check_family, preflight_inputs, resolve_inputs
 from .sources import expected_specs
+from .timing import RunClock
 from .training import make_accelerator, process_state, recalibrate_batchnorm, torch_threads
 
 
@@ -66,13 +69,6 @@ def _references(sources: Any) -> list[str]:
     return refs
 
 
-def _pinned_path(reference: str | None) -> str | None:
-    """A target or recipe reference that is a local path, made absolute (a name or a Hub id stays as it is)."""
-    if reference and Path(reference).expanduser().exists():
-        return os.path.abspath(Path(reference).expanduser())
-    return reference
-
-
 @dataclass
 class _EarlierMerge:
     """A merge saved by hf-grasp that ``--init`` names, to be continued."""
@@ -87,6 +83,13 @@ class _EarlierMerge:
             raise SourceError(f"--init {self.reference!r}: it has {CONFIG_NAME} but no {REPORT_NAME}, so its steps "
                               "cannot be carried on; re-save it with hf-grasp")
         return MergeReport.load(path)
+
+
+def _merged_license(options: MergeOptions, inputs: MergeInputs) -> LicenseDecision:
+    """The merged model's license: ``--license``, else the one the model card of every checkpoint its weights
+    come from states (an earlier merge continued, a base, each source)."""
+    given = License(options.license, options.license_name, options.license_link) if options.license else None
+    return decide_license(given, {s.name: s.license for s in inputs.everyone})
 
 
 def _continued_merge(init: str | None, method: str, token: str | bool | None) -> _EarlierMerge | None:
@@ -142,8 +145,11 @@ class GraspMerger:
 
     def __init__(self, inputs: MergeInputs, data: TargetData, options: MergeOptions, *, method: str = "grasp",
                  params: MethodParams | None = None, references: Sequence[str] | None = None,
-                 target: str | None = None, recipe: str | None = None, earlier: MergeReport | None = None):
+                 target: str | None = None, recipe: str | None = None, earlier: MergeReport | None = None,
+                 clock: RunClock | None = None):
         self.inputs, self.data, self.options = inputs, data, options
+        # when the run started, for the report's wall time (the CLI sets the process's start)
+        self.clock = clock or RunClock.now("the GraspMerger was made")
         self.method = get_method(method)
         self.params = params if params is not None else self.method.params()
         if self.method.needs_base and inputs.base_source is None:
@@ -154,6 +160,9 @@ class GraspMerger:
         self.references = list(references) if references is not None else [s.name for s in inputs.sources]
         self.target, self.recipe = target, recipe
         self.earlier = earlier  # the report of the merge this one continues (--init org/merged)
+        self.license = _merged_license(options, inputs)
+        if self.license.warning:  # now, before the merge's minutes: the user can stop and pass --license
+            log.warning(self.license.warning)
         # decoded and preprocessed once here, with the data, rather than every epoch of the merge
         preprocess_target(data, self.family.image_transform(self.model_dir, train=False))
 
@@ -199,6 +208,7 @@ class GraspMerger:
                 (``init="org/merged"``): the merge then continues it, one step per new source,
                 with that merge's options unless given here.
         """
+        clock = RunClock.now("GraspMerger.from_pretrained was called")  # loading the data and sources is the run too
         saved = None
         if isinstance(sources, (str, os.PathLike)):  # one reference: a published merge to rebuild
             config, _ = find_merge_config(sources, token=token, required=True)
@@ -207,6 +217,7 @@ class GraspMerger:
             if target is None and recipe is None:
                 target, recipe = config.target, config.recipe
         method = method or "grasp"
+        find_method(method).require_extra()  # before any source is resolved or any data loaded
         sources = _references(sources)
         target = os.fspath(target) if target is not None else None
         earlier = _continued_merge(options.get("init") or (saved and saved.values.get("init")), method, token)
@@ -224,6 +235,7 @@ class GraspMerger:
                              "sources must be on disk together")
         info = find_method(method)
         state = process_state(opts.cpu)  # the launch: one process, or accelerate launch / torchrun ranks
+        announce_processes(state)
         if state.num_processes > 1 and not info.multi_process:
             raise GraspError(f"method {method!r} cannot run on {state.num_processes} processes yet (its result would "
                              "differ from one process's); launch it as a single process")
@@ -240,7 +252,7 @@ class GraspMerger:
             )
             inputs = resolve_inputs(sources, opts, num_labels=data.num_labels, token=token)
         return cls(inputs, data, opts, method=method, params=params, references=sources, target=target,
-                   recipe=recipe, earlier=earlier.report(inputs.init_source) if earlier else None)
+                   recipe=recipe, earlier=earlier.report(inputs.init_source) if earlier else None, clock=clock)
 
     @property
     def config(self) -> MergeConfig:
@@ -248,14 +260,14 @@ class GraspMerger:
         from . import __version__
 
         by_name = {s.name: s for s in self.inputs.everyone}
-        pins = {name: pinned_reference(name, s.ref.repo_id, s.commit, s.path) for name, s in by_name.items()}
+        pins = {name: pinned_reference(name, s.ref.repo_id, s.commit) for name, s in by_name.items()}
         options = self.options.to_dict()
         for key, source in (("init", self.inputs.init_source), ("base", self.inputs.base_source)):
             if source is not None:
                 options[key] = pins[source.name]
         return MergeConfig(
             method=self.method.name, sources=[pins.get(r, r) for r in self.references],
-            target=_pinned_path(self.target), recipe=_pinned_path(self.recipe), options=options,
+            target=self.target, recipe=self.recipe, options=options,  # local paths as given, like the sources
             params=self.params.to_dict(), version=__version__,
             continues=pins[self.inputs.init_source.name] if self.earlier is not None else None)
 
@@ -326,9 +338,9 @@ class GraspMerger:
         ctx.check_finite()  # a NaN/inf model is never returned, so never saved
         del ctx.probe, probe
         accelerator.free_memory()
-        report = build_report(ctx, self.method, seconds=time.time() - start)
+        report = build_report(ctx, self.method, seconds=time.time() - start, license=self.license, clock=self.clock)
         return MergeResult(model=merged.cpu().eval(), family=self.family, model_dir=self.model_dir, report=report,
-                           artifact=ctx.artifact, merge_config=self.config)
+                           artifact=ctx.artifact, merge_config=self.config, clock=self.clock)
 
 
 class MergeResult(ModelHubMixin):
@@ -345,9 +357,10 @@ class MergeResult(ModelHubMixin):
     """
 
     def __init__(self, model: nn.Module, family: ModelFamily, model_dir: Path, report: MergeReport,
-                 artifact: Any = None, merge_config: MergeConfig | None = None):
+                 artifact: Any = None, merge_config: MergeConfig | None = None, clock: RunClock | None = None):
         self.model, self.family, self.model_dir, self.report = model, family, Path(model_dir), report
         self.artifact, self.merge_config = artifact, merge_config
+        self.clock = clock  # when the run started: saving is part of its wall time
         # ModelHubMixin turns JSON-able __init__ arguments (the report, a dataclass artifact) into a
         # config.json it writes when _save_pretrained did not: never wanted here.
         self._hub_mixin_config = None
@@ -357,11 +370,13 @@ class MergeResult(ModelHubMixin):
             self.artifact.save_pretrained(save_directory)
         else:
             self.family.save(self.model, save_directory, like=self.model_dir)
-        self.report.save(save_directory / REPORT_NAME)
         if self.merge_config is not None:  # what GraspMerger.from_pretrained(<this folder or repo>) rebuilds
             self.merge_config.save(save_directory / CONFIG_NAME)
         if has_heatmap(self.report):  # labelled as the card names the sources: no paths of this machine
             plot_alignment_heatmap(for_publication(self.report), save_directory / HEATMAP)
+        if self.clock is not None:  # the run's wall time up to now, its files written (the card, next, reads it)
+            self.report.wall_seconds = round(self.clock.seconds(), 3)
+        self.report.save(save_directory / REPORT_NAME)
 
     def generate_model_card(self, *args, repo_id: str | None = None, **kwargs) -> ModelCard:
         """The card of this merge; ``repo_id`` (where it is pushed) goes into its loading snippet."""
@@ -392,33 +407,16 @@ class MergeResult(ModelHubMixin):
         nothing behind; the temporary sibling carries this process's PID, so a
         later save removes one a killed run left.
         """
-        from .workspace import claim_output, old_sibling, temp_sibling
+        from .workspace import claim_output, staged
 
         inputs = [("source", s.path) for s in self.report.sources] + [("source", self.model_dir)]
         inputs += [("--base", self.report.base.path)] if self.report.base else []
         inputs += [("--target", self.report.target.name)]
         with claim_output(save_directory, inputs=inputs, overwrite=overwrite) as out:
-            tmp = temp_sibling(out)
-            try:
+            with staged(out) as tmp:
                 try:
                     super().save_pretrained(tmp, **kwargs)
                 except (OSError, SafetensorError) as e:  # a full disk, a quota: safetensors raises its own type
                     raise GraspError(f"output {out}: writing it failed ({first_line(e)}); free space or choose "
                                      "another --output (nothing was left behind)") from e
-                raise_if_interrupted()  # a Ctrl-C a library swallowed on the way: nothing is put in place
-                if out.exists():
-                    old = old_sibling(out)
-                    out.rename(old)
-                    try:
-                        tmp.rename(out)
-                    except BaseException:  # e.g. SIGTERM between the renames: the previous output goes back
-                        if not out.exists():
-                            old.rename(out)
-                        raise
-                    shutil.rmtree(old)
-                else:
-                    tmp.rename(out)
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp)
         return None

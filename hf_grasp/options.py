@@ -32,6 +32,7 @@ from typing import Any, Literal, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import GraspError
+from .licenses import hub_license_id
 
 
 def option(default: Any, help: str, *, group: str | None = None, **constraints: Any) -> Any:
@@ -137,6 +138,16 @@ class MergeOptions(_Options):
                                  "1 is much faster when another CPU-bound job shares the cores.", group="runtime",
                                  ge=1)
 
+    # --- the model card
+    license: str | None = option(None, "The merged model's license, stated in its card: a Hub license id "
+                                 "(apache-2.0, mit, cc-by-4.0, ...), or 'other' with --license-name and "
+                                 "--license-link. Default: the license every source's model card states, when they "
+                                 "all state the same one; else none (with a warning).", group="card")
+    license_name: str | None = option(None, "With --license other: the license's name (the card's license_name), "
+                                      "e.g. my-model-license.", group="card")
+    license_link: str | None = option(None, "With --license other: a link to the license's text (the card's "
+                                      "license_link): a URL, or a file of the repo such as LICENSE.", group="card")
+
     @field_validator("order")
     @classmethod
     def _order_form(cls, value: str) -> str:
@@ -146,6 +157,40 @@ class MergeOptions(_Options):
             except ValueError:
                 raise ValueError("use given, reverse, random or a comma list of 0-based indices") from None
         return value
+
+    @field_validator("license")
+    @classmethod
+    def _hub_license(cls, value: str | None) -> str | None:
+        return None if value is None else hub_license_id(value)
+
+    @field_validator("license_name", "license_link")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value if value is None else value.strip()
+
+
+#: options that go together: a layer setting the first replaces what earlier layers set of the others
+#: (``--license mit`` over a saved merge's ``other`` drops that merge's license name and link)
+TOGETHER = {"license": ("license_name", "license_link")}
+
+
+def _check_license(options: MergeOptions, origin: dict[str, tuple[str, Any]]) -> None:
+    """``license_name`` and ``license_link`` both with ``license='other'``, neither without it."""
+    extra = ("license_name", "license_link")
+    if options.license == "other":
+        missing = [flag_name(n) for n in extra if getattr(options, n) is None]
+        if missing:
+            raise GraspError(f"option license='other'{_where(origin['license'][0])} needs {' and '.join(missing)} "
+                             "too: the card must name a license the Hub's list lacks and link to its text")
+        return
+    for name in extra:
+        if getattr(options, name) is not None:
+            where, value = origin[name]
+            current = f"; the license is {options.license!r}" if options.license else ""
+            raise GraspError(f"option {name}={value!r}{_where(where)} applies only with license='other' (a "
+                             f"license the Hub's list lacks){current}")
 
 
 # --------------------------------------------------------------------------- resolving layers
@@ -168,13 +213,14 @@ class Layer:
     lenient: bool = False
 
 
-def resolve(method: str, layers: Sequence[Layer]) -> tuple[MergeOptions, MethodParams]:
+def resolve(method: str, layers: Sequence[Layer], *, complete: bool = True) -> tuple[MergeOptions, MethodParams]:
     """The shared options and ``method``'s parameters from ``layers`` (later layers win; ``None`` means unset).
 
     A name that is neither a shared option nor any method's parameter is an
     error, and so is a parameter of another method (outside lenient layers).
     Invalid values raise :class:`GraspError` naming the option, the value and
-    the layer it came from.
+    the layer it came from. ``complete``: ``layers`` are all the merge has, so
+    rules across options (``license='other'`` needs a name and a link) apply.
     """
     from .methods import METHODS, find_method
 
@@ -184,6 +230,12 @@ def resolve(method: str, layers: Sequence[Layer]) -> tuple[MergeOptions, MethodP
     own: dict[str, Any] = {}
     origin: dict[str, tuple[str, Any]] = {}
     for layer in layers:
+        for first, others in TOGETHER.items():
+            if layer.values.get(first) is not None:
+                for name in others:
+                    if layer.values.get(name) is None:
+                        shared.pop(name, None)
+                        origin.pop(name, None)
         for name, value in layer.values.items():
             if name in MergeOptions.model_fields:
                 target, model = shared, MergeOptions
@@ -201,12 +253,16 @@ def resolve(method: str, layers: Sequence[Layer]) -> tuple[MergeOptions, MethodP
             if not layer.text:
                 _refuse_wrong_kind(model, name, value, layer.origin)
             target[name], origin[name] = value, (layer.origin, value)
-    return _validated(MergeOptions, shared, origin), _validated(params_cls, own, origin)
+    options = _validated(MergeOptions, shared, origin)
+    if complete:
+        _check_license(options, origin)
+    return options, _validated(params_cls, own, origin)
 
 
 def parse_text(method: str, values: Mapping[str, str], origin: str = "the command line") -> dict[str, Any]:
-    """Command-line text converted to each option's type for ``method`` (``"0.5"`` -> 0.5), checked."""
-    shared, own = resolve(method, [Layer(values, origin=origin, text=True)])
+    """Command-line text converted to each option's type for ``method`` (``"0.5"`` -> 0.5), checked (each on
+    its own: the rules across options wait for the other layers, a recipe's or a saved merge's)."""
+    shared, own = resolve(method, [Layer(values, origin=origin, text=True)], complete=False)
     return {name: getattr(shared if name in MergeOptions.model_fields else own, name) for name in values}
 
 
@@ -367,7 +423,7 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def option_table_markdown() -> str:
-    """The README's option tables (shared options, then each method's parameters), from the declarations."""
+    """The option tables of docs/options.md (shared options, then method parameters), from the declarations."""
     from .methods import METHODS
 
     rows = ["| option (Python / CLI) | default | meaning |", "|---|---|---|"]

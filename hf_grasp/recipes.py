@@ -9,13 +9,16 @@ Every other top-level key (``dataset``, ``domains``, ``models``, ``image_size``,
 ``normalisation``, ``prepare``, ...) is documentation kept in :attr:`Recipe.meta`.
 
 The built-in recipes live in ``recipes/`` at the repository root; an editable
-install (what the README and CI use) finds them there, a wheel finds them under
-``<prefix>/share/hf-grasp/recipes`` when the build ships them as data files.
+install (what the README and CI use) finds them there. A wheel ships them as data
+files (``share/hf-grasp/recipes``), which land wherever that install puts data
+(``<prefix>``, the user base of a ``--user`` install, or the wheel's ``.data``
+folder when an exported Space carries the wheel unpacked): the installed
+distribution's own file list says where.
 """
 
 from __future__ import annotations
 
-import sys
+import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,11 +35,24 @@ BUILTIN_RECIPES = {
     "digits-eras": "digits-eras.yaml",
 }
 
-# The repository's recipes/ first (editable installs), then the data-files location of a wheel install.
-RECIPE_DIRS = (
-    Path(__file__).resolve().parents[1] / "recipes",
-    Path(sys.prefix) / "share" / "hf-grasp" / "recipes",
-)
+#: the repository's recipes/ (an editable install, a source checkout)
+SOURCE_RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def recipe_dirs() -> list[Path]:
+    """Where the built-in recipes may be: the repository's recipes/, then where the installed distribution's
+    file list (its RECORD) put them."""
+    dirs = [SOURCE_RECIPES]
+    try:
+        dist = importlib.metadata.distribution("hf-grasp")
+    except importlib.metadata.PackageNotFoundError:
+        return dirs
+    for file in dist.files or ():
+        if file.name in BUILTIN_RECIPES.values() and "recipes" in file.parts:
+            located = Path(dist.locate_file(file)).parent
+            if located not in dirs:
+                dirs.append(located)
+    return dirs
 
 @dataclass
 class Recipe:
@@ -58,12 +74,13 @@ class Recipe:
 def recipe_path(name_or_path: str) -> Path:
     """The YAML file of a built-in recipe name, or ``name_or_path`` itself."""
     if name_or_path in BUILTIN_RECIPES:
-        for directory in RECIPE_DIRS:
+        dirs = recipe_dirs()
+        for directory in dirs:
             candidate = directory / BUILTIN_RECIPES[name_or_path]
             if candidate.is_file():
                 return candidate
         raise GraspError(f"built-in recipe {name_or_path!r}: {BUILTIN_RECIPES[name_or_path]} not found in "
-                         f"{' or '.join(map(str, RECIPE_DIRS))} (is hf-grasp installed from its repository?)")
+                         f"{' or '.join(map(str, dirs))} (reinstall hf-grasp: its wheel ships the recipes)")
     path = Path(name_or_path).expanduser()
     if not path.is_file():
         raise GraspError(f"recipe {name_or_path!r} is neither a built-in ({', '.join(BUILTIN_RECIPES)}) "

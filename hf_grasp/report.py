@@ -19,20 +19,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .licenses import License, LicenseDecision
+
 if TYPE_CHECKING:
     from .methods.context import MergeContext
     from .methods.registry import MethodInfo
+    from .timing import RunClock
 
 Metrics = dict[str, Any]  # {"accuracy": float, "loss": float, "n": int}
-SCHEMA_VERSION = 4  # 4: phases
+SCHEMA_VERSION = 5  # 4: phases; 5: wall time, no local paths
 
 
 @dataclass
 class SourceRecord:
-    """One input checkpoint: where it came from and what the merge did with it."""
+    """One input checkpoint: where it came from and what the merge did with it.
 
-    ref: str
-    path: str
+    ``path`` is where its files were read on this machine (a cache snapshot, a
+    folder): kept in memory for the checks of the run that made the report
+    (the output must not overlap a source), never written out; reports saved
+    before that carry it and still load.
+    """
+
+    ref: str                                       # as the user gave it
+    path: str | None = field(default=None, compare=False)  # this machine's copy: in memory only
     repo_id: str | None = None
     revision: str | None = None
     commit: str | None = None                      # None for a local directory
@@ -45,6 +54,10 @@ class SourceRecord:
     metrics_after: dict[str, Metrics] | None = None  # {"validation", "test"} after its step
     history: list[dict] | None = None              # fine-tuning epochs of its step
     seconds: float | None = None
+    license: License | None = None                 # as its own model card states it (None: states none)
+
+    def __post_init__(self):
+        self.license = _license(self.license)
 
     @property
     def fraction_transferred(self) -> float | None:
@@ -117,6 +130,12 @@ class MergeReport:
     notes: list[str] = field(default_factory=list)
     extras: list[dict] = field(default_factory=list)  # method-specific step data (PEARL's composition, ...)
     phases: dict[str, float] = field(default_factory=dict)  # wall seconds per phase (hf_grasp.timing)
+    # the whole run's wall time since ``wall_since``, to the end of the merge and, once saved, to its files written
+    # (``seconds`` is the merge engine's part of it)
+    wall_seconds: float | None = None
+    wall_since: str | None = None             # "the process started" (CLI) | "GraspMerger.from_pretrained" (API)
+    license: License | None = None            # the merged model's, as its card states it (None: none)
+    license_origin: str | None = None         # "given" (--license) | "sources" (every input's card states it)
     version: str = ""
     schema: int = SCHEMA_VERSION
 
@@ -129,10 +148,17 @@ class MergeReport:
         return (self.final.get("test") or {}).get("accuracy")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able data, with the derived ``fraction_transferred`` of each source written out."""
+        """Plain JSON-able data, with the derived ``fraction_transferred`` of each source written out.
+
+        Nothing of this machine: the sources' local paths (:attr:`SourceRecord.path`) are left out, since a
+        report is published with the model; the references and commits name the inputs.
+        """
         out = dataclasses.asdict(self)
         for rec, src in zip(out["sources"], self.sources):
             rec["fraction_transferred"] = src.fraction_transferred
+        for rec in [*out["sources"], out["base"], out["continued_from"]]:
+            if rec is not None:
+                rec.pop("path", None)
         return out
 
     @classmethod
@@ -145,7 +171,7 @@ class MergeReport:
         return cls(**{**d, "method": MethodRecord(**d["method"]), "target": TargetRecord(**d["target"]),
                       "sources": [source(s) for s in d["sources"]], "steps": [StepRecord(**s) for s in d["steps"]],
                       "memory": MemoryRecord(**d["memory"]), "base": source(d.get("base")),
-                      "continued_from": source(d.get("continued_from"))})
+                      "continued_from": source(d.get("continued_from")), "license": _license(d.get("license"))})
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``grasp_report.json`` (atomically)."""
@@ -154,6 +180,11 @@ class MergeReport:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MergeReport":
         return cls.from_dict(read_json(path))
+
+
+def _license(value: License | dict | None) -> License | None:
+    """A license record, from the object or from the JSON object ``to_dict`` made of it."""
+    return License(**value) if isinstance(value, dict) else value
 
 
 # --------------------------------------------------------------------------- building
@@ -165,11 +196,13 @@ def method_record(info: "MethodInfo", params: Any) -> MethodRecord:
                         parameter_space=info.parameter_space, params=params.to_dict())
 
 
-def build_report(ctx: "MergeContext", method: "MethodInfo", *, seconds: float) -> MergeReport:
+def build_report(ctx: "MergeContext", method: "MethodInfo", *, seconds: float,
+                 license: LicenseDecision | None = None, clock: "RunClock | None" = None) -> MergeReport:
     """The report of a finished merge, from the context its method worked on and the records it left.
 
     A continuation (``ctx.earlier``) carries the earlier merge's sources, steps,
-    epochs and notes first, then its own.
+    epochs and notes first, then its own. ``license``: the license decided for the merged model when its
+    inputs were resolved. ``seconds``: the merge engine's wall time; ``clock``: when the whole run started.
     """
     from . import __version__
 
@@ -214,6 +247,10 @@ def build_report(ctx: "MergeContext", method: "MethodInfo", *, seconds: float) -
         notes=(list(earlier.notes) if earlier else []) + [rec["note"] for rec in records if rec.get("note")],
         extras=(list(earlier.extras) if earlier else []) + extras,
         phases={name: round(s, 3) for name, s in ctx.timer.seconds.items()},
+        wall_seconds=round(clock.seconds(), 3) if clock else None,
+        wall_since=clock.since if clock else None,
+        license=license.license if license else None,
+        license_origin=license.origin if license else None,
         version=__version__,
     )
 

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Sequence
 
@@ -38,6 +38,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .errors import NonFiniteSourceError, ShapeMismatchError, SourceError
+from .licenses import License, card_license
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
@@ -96,6 +97,7 @@ class ResolvedSource:
     remote_specs: dict | None = None   # tensor specs read on the Hub, when they were
     deferred: bool = False
     token: str | bool | None = field(default=None, repr=False, compare=False)  # for a deferred fetch
+    license: License | None = None     # as its own model card (README.md) states it
 
     @contextlib.contextmanager
     def present(self):
@@ -132,6 +134,7 @@ class ResolvedSource:
             "commit": self.commit,
             "path": str(self.path),
             "files": dict(self.hashes),
+            "license": asdict(self.license) if self.license else None,
         }
 
 
@@ -312,7 +315,7 @@ def resolve(ref: SourceRef | str | os.PathLike, *, allow_pickle: bool = False, t
             if not (root / "config.json").is_file():
                 raise SourceError(f"source {ref.text!r}: no config.json in {root}")
             return ResolvedSource(ref=ref, path=root, weight_files=[], commit=commit, remote_specs=specs,
-                                  deferred=True, token=token)
+                                  deferred=True, token=token, license=card_license(root))
     if ref.local_path is not None:
         root = ref.local_path
         if not root.is_dir():
@@ -338,7 +341,8 @@ def resolve(ref: SourceRef | str | os.PathLike, *, allow_pickle: bool = False, t
         if not pickles:
             raise SourceError(f"source {ref.text!r}: no *.safetensors or pickle weight files in {root}")
         files = _confined(root, ref.text, sorted(p for p in pickles if _is_file(p)))
-    return ResolvedSource(ref=ref, path=root, weight_files=files, commit=commit)
+    # the card came with the config (META_PATTERNS): its license is read now, from disk
+    return ResolvedSource(ref=ref, path=root, weight_files=files, commit=commit, license=card_license(root))
 
 
 def hash_files(source: ResolvedSource) -> dict[str, str]:

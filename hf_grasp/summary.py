@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from rich import filesize
 from rich.console import Console
 from rich.table import Table
 
@@ -94,16 +95,28 @@ def _baselines_table(report: MergeReport, compact: bool) -> TableSpec:
 
 
 def footer_lines(report: MergeReport) -> list[str]:
-    """Time, peak memory, and how many models the result holds."""
-    lines = [f"Total time: {_seconds(report.seconds)}"]
+    """The run's wall time (the merge engine's part beside it), peak memory, and how many models the result holds."""
+    lines = [_time_line(report)]
     memory = report.memory
     if memory.peak_rss_bytes:
-        lines.append(f"Peak RSS: {memory.peak_rss_bytes / 2**30:.2f} GiB ({memory.peak_rss_bytes / memory.param_bytes:.1f}× "
-                     f"the model's {memory.param_bytes / 2**20:.1f} MiB of parameters)")
+        # the process's own high-water mark, whatever held it (imports, the data, the models)
+        lines.append(f"Peak memory: {_size(memory.peak_rss_bytes)} (RSS of the process); model parameters: "
+                     f"{_size(memory.param_bytes)}")
     if memory.result_param_bytes != memory.param_bytes:
         lines.append(f"The result holds {memory.result_param_bytes // memory.param_bytes} models at inference "
-                     f"({memory.result_param_bytes / 2**20:.1f} MiB of parameters)")
+                     f"({_size(memory.result_param_bytes)} of parameters)")
     return lines
+
+
+def _time_line(report: MergeReport) -> str:
+    """The whole run's wall time, counted from what ``wall_since`` says, with the merge engine's share.
+
+    ``report.seconds`` alone leaves out the imports, the data, resolving the sources: a fraction of the run.
+    """
+    engine = f"{_seconds(report.seconds)} in the merge engine"
+    if report.wall_seconds is None:  # a report saved before the run's wall time was recorded
+        return f"Time: {engine} (the run's wall time was not recorded)"
+    return f"Wall time: {_seconds(report.wall_seconds)} since {report.wall_since} ({engine})"
 
 
 def header_line(report: MergeReport) -> str:
@@ -171,6 +184,11 @@ def _seconds(value: Any) -> str:
     if not isinstance(value, (int, float)):
         return _DASH
     return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
+def _size(n: int) -> str:
+    """Bytes in decimal units (``1.12 GB``), as rich prints file sizes."""
+    return filesize.decimal(n, precision=2)
 
 
 def _format_metric(name: str, value: Any) -> str:

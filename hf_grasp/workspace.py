@@ -134,6 +134,39 @@ def old_sibling(out: Path) -> Path:
     return out.with_name(f".{out.name}.old-{owner_tag()}")
 
 
+@contextlib.contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A temporary sibling to write ``out`` in (:func:`temp_sibling`); renamed into place when the block ends
+    cleanly, removed whatever happens otherwise.
+
+    An existing ``out`` is replaced only once the new one is complete, and put back if the swap is cut between
+    its two renames (a SIGTERM, say), so a failure or an interrupt never loses the previous output. A Ctrl-C a
+    library swallowed during the block (:func:`~hf_grasp.interrupts.raise_if_interrupted`) puts nothing in place.
+    The caller holds the output (:func:`claim_output`).
+    """
+    from .interrupts import raise_if_interrupted
+
+    tmp = temp_sibling(out)
+    try:
+        yield tmp
+        raise_if_interrupted()
+        if out.exists():
+            old = old_sibling(out)
+            out.rename(old)
+            try:
+                tmp.rename(out)
+            except BaseException:
+                if not out.exists():
+                    old.rename(out)
+                raise
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 def sweep_stale_siblings(out: Path) -> None:
     """Remove the ``.NAME.tmp-*`` / ``.NAME.old-*`` beside ``out`` that killed runs left."""
     _sweep(out.parent, rf"^\.{re.escape(out.name)}\.(?:tmp|old)-{_TAG}(?:-|$)")

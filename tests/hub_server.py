@@ -11,6 +11,12 @@ the LFS batch ``POST /{id}.git/info/lfs/objects/batch`` and the ``PUT`` it point
 to, and ``POST /api/models/{id}/commit/{rev}`` (ndjson). A commit becomes a new
 directory, the new head of its revision, so the read side then serves it by repo id.
 
+``/api/validate-yaml`` (what ``RepoCard.validate`` and ``create_commit`` call for a
+README.md) checks a card's metadata as the Hub does for licenses
+(:func:`card_errors`): a refusal is a 400 with the Hub's messages, as text for
+``validate`` and as ``{"errors": [{"message"}]}`` for ``create_commit``; both raise
+them as a ``ValueError``.
+
 Every request is recorded: :attr:`HubServer.log` as ``(method, path, range)``
 and :attr:`HubServer.requests` with headers and body.
 """
@@ -29,6 +35,10 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
+import yaml
+from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+from hf_grasp.licenses import HUB_LICENSES
 
 #: file suffixes the server asks to receive through LFS, as the Hub's default .gitattributes does
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".png", ".jpg")
@@ -151,6 +161,28 @@ class HubServer:
         return sha, path
 
 
+def card_errors(content: str) -> list[str]:
+    """What the Hub's validator refuses in a card's license fields, in its words (the YAML block found as
+    ``RepoCard`` finds it): a ``license`` off its list, and ``license: other`` without the ``license_name``
+    and ``license_link`` its docs ask for (checked strictly here)."""
+    match = REGEX_YAML_BLOCK.search(content)
+    try:
+        data = (yaml.safe_load(match.group(2)) if match else None) or {}
+    except yaml.YAMLError as e:
+        return [f"Invalid YAML: {str(e).splitlines()[0]}"]
+    if not isinstance(data, dict):
+        return ["Invalid YAML: the metadata block should be an object"]
+    licenses = data.get("license")
+    errors = []
+    if any(lic not in HUB_LICENSES for lic in (licenses if isinstance(licenses, list) else [licenses])
+           if lic is not None):  # a dataset card may list several
+        errors.append(f'"license" must be one of [{", ".join(HUB_LICENSES)}]')
+    if licenses == "other":
+        errors += [f'"{key}" is required when "license" is "other"' for key in ("license_name", "license_link")
+                   if not data.get(key)]
+    return errors
+
+
 def preupload_answer(files: list[dict]) -> dict:
     """Which files go through LFS (by suffix or size, as the Hub's .gitattributes decides)."""
     return {"files": [{"path": f["path"], "shouldIgnore": False, "oid": None,
@@ -218,7 +250,11 @@ def _handler(hub: HubServer):
             if path == "/api/repos/create":
                 return self._json(*hub.create_repo(json.loads(body)))
             if path == "/api/validate-yaml":
-                return self._json(200, {"errors": [], "warnings": []})
+                errors = card_errors(json.loads(body)["content"])
+                if errors and "text/plain" in self.headers.get("Accept", ""):  # RepoCard.validate raises the text
+                    return self._send(400, "\n".join(f"- {e}" for e in errors).encode(), Content_Type="text/plain")
+                # create_commit and upload_folder read {"errors": [{"message"}], "warnings": [...]}
+                return self._json(400 if errors else 200, {"errors": [{"message": e} for e in errors], "warnings": []})
             if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/branch/(.+)", path):
                 return self._json(*hub.create_branch(m[1], m[2]))
             if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/preupload/(.+)", path):

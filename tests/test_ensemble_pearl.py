@@ -73,7 +73,9 @@ def test_ensemble_is_the_mean_of_the_sources_probabilities(checkpoints, tmp_path
     assert {"ensemble.json", "preprocessor_config.json", "README.md", "grasp_report.json"} <= files
     assert not any(f.endswith((".safetensors", ".bin", ".pth")) for f in files) and "config.json" not in files
     spec = json.loads((out / "ensemble.json").read_text())
-    assert [m["path"] for m in spec["members"]] == [str(s) for s in srcs]
+    # the members by reference as given (a local one is found again by it), no path the tool derived
+    assert [m["ref"] for m in spec["members"]] == [str(s) for s in srcs]
+    assert not any("path" in m for m in spec["members"])
     assert spec["family"] == "transformers" and spec["num_labels"] == 10
     readme = (out / "README.md").read_text()
     assert "ensemble predictor, not a merged model" in readme and "EnsembleClassifier.from_pretrained" in readme

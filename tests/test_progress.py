@@ -54,6 +54,9 @@ def test_piped_merge_writes_one_plain_line_per_epoch_and_step(checkpoints):
     err = proc.stderr
 
     assert "\r" not in err and not ANSI.search(err), err[-2000:]
+    # the run's first line says how many processes it has
+    first = next(line for line in err.splitlines() if line.startswith("hf-grasp:"))
+    assert re.fullmatch(r"hf-grasp: version \S+ on 1 process \(cpu\)", first), err[-2000:]
     # initial fine-tune of source 1, then one round after source 2: one line each
     epochs = epoch_lines(err)
     assert [(m.group(1), m.group(2)) for m in epochs] == [("1", "1"), ("1", "1")], err

@@ -6,13 +6,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import re
+import subprocess
+import sys
+import time
 
 import matplotlib.image
 import pytest
 from huggingface_hub import ModelCard
 from rich.console import Console
 
-from conftest import last_json, run_python
+from conftest import OFFLINE, last_json, run_python
 from hf_grasp import GraspMerger
 from hf_grasp.card import build_model_card
 from hf_grasp.heatmap import plot_alignment_heatmap, shorten_tensor_names
@@ -78,8 +83,15 @@ def test_json_round_trip(grasp_report, ties_report, tmp_path):
         path = report.save(tmp_path / "out" / f"{report.method.name}.json")
         back = MergeReport.load(path)
         assert back == report
-        assert json.loads(path.read_text())["sources"][-1]["fraction_transferred"] == \
-            report.sources[-1].fraction_transferred
+        saved = json.loads(path.read_text())
+        assert saved["sources"][-1]["fraction_transferred"] == report.sources[-1].fraction_transferred
+        # where this machine kept the sources stays in memory (the output check), never in the file
+        assert all(s.path for s in report.sources) and not any("path" in s for s in saved["sources"])
+        assert "path" not in (saved["base"] or {})
+    # a report saved when the paths were written still loads
+    old = grasp_report.to_dict()
+    old["sources"] = [{**s, "path": f"/old/machine/{i}"} for i, s in enumerate(old["sources"])]
+    assert MergeReport.from_dict(old).sources[1].path == "/old/machine/1"
 
 
 def test_json_turns_non_finite_floats_into_null(grasp_report, tmp_path):
@@ -147,7 +159,7 @@ def test_print_summary_fits_80_columns_and_shows_the_run(grasp_report):
     print_summary(report, console=console)
     text = console.export_text()
     assert max(len(line) for line in text.splitlines()) <= 80
-    for needle in ("org/m0@v1", "org/m1", "…/dir/resnet-s2", "GRASP merge", "source 2", "Peak RSS"):
+    for needle in ("org/m0@v1", "org/m1", "…/dir/resnet-s2", "GRASP merge", "source 2", "Peak memory"):
         assert needle in text, needle
     test = report.final["test"]["accuracy"]
     assert f"{100 * test:.2f}%" in text
@@ -248,3 +260,36 @@ def test_peak_rss_sees_a_new_peak():
     before, after = last_json(run_python(PEAK))
     assert 10 * 2**20 < before < 24 * 2**30
     assert after - before > 150 * 2**20
+
+
+# --- time
+
+
+@pytest.mark.slow
+def test_wall_time_covers_the_run_from_its_process_start(srcs, tmp_path):
+    """The summary's wall time is the whole command's, from its process's start, imports, data and saving
+    included (not the merge engine's part alone): at least the time from launching the command to its summary
+    line, less what follows the stamp (the card, the printing: well under a second); at most the whole run."""
+    out = tmp_path / "out"
+    argv = ["merge", "--target", "digits-eras", "--sources", *srcs, "--output", str(out), "--initial-epochs", "0",
+            "--finetune-epochs", "0", "--no-progress"]
+    launched = time.time()
+    proc = subprocess.Popen([sys.executable, "-m", "hf_grasp.cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1"})
+    stdout, summary_seen = [], None
+    for line in proc.stdout:  # unbuffered: each line as it is printed
+        stdout.append(line)
+        if line.startswith("Wall time:") and summary_seen is None:
+            summary_seen = time.time()
+    assert proc.wait() == 0
+    ended = time.time()
+    text = "".join(stdout)
+    stated = float(re.search(r"^Wall time: ([\d.]+) s since the process started \(([\d.]+) s in the merge engine\)",
+                             text, re.M)[1])
+    report = json.loads((out / "grasp_report.json").read_text())
+    assert report["wall_since"] == "the process started" and stated == pytest.approx(report["wall_seconds"], abs=0.06)
+    # stamped as the report is written, after the weights and the heatmap; the card and the summary follow
+    assert stated >= summary_seen - launched - 1.0
+    assert stated <= ended - launched
+    assert report["wall_seconds"] > 2 * report["seconds"]  # imports and data alone outweigh this small merge

@@ -1,4 +1,4 @@
-"""The Space: its card is what Spaces read, and the page works in a real headless browser.
+"""The Space page works in a real headless browser (the exported Space folder: tests/test_packaging.py).
 
 The browser test starts ``hf-grasp space`` on 127.0.0.1 (a free port, its own
 HF_HOME, offline), drives it with Playwright through Debian's chromium, and
@@ -10,6 +10,7 @@ the test's tmp directory (their paths are printed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,46 +19,18 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
-from huggingface_hub import SpaceCard, SpaceCardData
 
 from conftest import merge_fails
 
-ROOT = Path(__file__).resolve().parents[1]
-SPACE = ROOT / "spaces" / "hf-grasp"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 TOKEN = "hf_pageTestTokenNeverShown0123456789"
-
-
-def _pinned_gradio() -> str:
-    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["space"]
-    (pin,) = [r for r in extra if r.startswith("gradio==")]
-    return pin.split("==")[1]
-
-
-def test_space_card_is_what_spaces_read():
-    import gradio
-
-    import hf_grasp
-
-    card = SpaceCard.load(SPACE / "README.md")
-    data = card.data
-    assert isinstance(data, SpaceCardData)
-    assert data.sdk == "gradio" and data.app_file == "app.py" and (SPACE / data.app_file).is_file()
-    assert data.sdk_version == _pinned_gradio() == gradio.__version__
-    assert data.title and data.license and data.models and data.datasets and "model-merging" in data.tags
-    extra = data.to_dict()
-    assert extra["emoji"] and extra["colorFrom"] and extra["colorTo"]
-    # the folder deploys as it is: its requirements install this package with the extra that pins gradio
-    lines = [ln for ln in (SPACE / "requirements.txt").read_text().splitlines() if ln and not ln.startswith("#")]
-    assert lines == [f"hf-grasp[space]=={hf_grasp.__version__}"]
 
 
 def test_space_without_gradio_is_one_error_line():
@@ -65,7 +38,7 @@ def test_space_without_gradio_is_one_error_line():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        "error: the Space needs gradio, an optional extra: pip install -e '.[space]'"]
+        "error: the Space needs gradio, which the 'space' extra installs: pip install 'hf-grasp[space]'"]
 
 
 # ------------------------------------------------------------------------------------------------ the browser
@@ -77,19 +50,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def space(tmp_path):
-    """``hf-grasp space`` on a free port of 127.0.0.1 with its own HF_HOME and home; yields (url, home, log)."""
-    port, home, log = _free_port(), tmp_path / "space-home", tmp_path / "space.log"
+def page_env(tmp_path: Path, **extra: str) -> dict:
+    """The page's environment: its own HF_HOME, offline, no analytics, and torch's threads left to the page."""
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "TQDM_DISABLE": "1"}
+           "HF_HUB_DISABLE_TELEMETRY": "1", "TQDM_DISABLE": "1", **extra}
     env.pop("OMP_NUM_THREADS", None)  # the page's own thread setting, as a Space runs it
+    return env
+
+
+@contextlib.contextmanager
+def served(argv: list, port: int, log: Path, *, env: dict, cwd: Path | None = None, wait: float = 120):
+    """Start ``argv`` (a page serving on ``port`` of 127.0.0.1), wait until it answers, yield its URL; SIGTERM
+    (then kill) at the end. Its output goes to ``log``, quoted when it dies or never answers."""
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "hf_grasp.cli", "space", "--port", str(port), "--home",
-                                 str(home)], env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([str(a) for a in argv], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + wait
         while True:
             assert proc.poll() is None, log.read_text()[-3000:]
             try:
@@ -98,7 +75,7 @@ def space(tmp_path):
             except OSError:
                 assert time.time() < deadline, "the page never answered:\n" + log.read_text()[-3000:]
                 time.sleep(0.5)
-        yield url, home, log
+        yield url
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -106,6 +83,15 @@ def space(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def space(tmp_path):
+    """``hf-grasp space`` on a free port of 127.0.0.1 with its own HF_HOME and home; yields (url, home, log)."""
+    port, home, log = _free_port(), tmp_path / "space-home", tmp_path / "space.log"
+    argv = [sys.executable, "-m", "hf_grasp.cli", "space", "--port", str(port), "--home", str(home)]
+    with served(argv, port, log, env=page_env(tmp_path)) as url:
+        yield url, home, log
 
 
 def _rows(page, elem_id: str) -> list[list[str]]:

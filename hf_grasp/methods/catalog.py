@@ -141,11 +141,12 @@ for _info in (
     MethodInfo("task-arithmetic", "Task Arithmetic (Ilharco et al., 2023)", "Task Arithmetic",
                "adds the scaled sum of the sources' task vectors (source − base) to the base, tensor by tensor; "
                "no training.", TaskArithmeticParams, TASK_ARITHMETIC_PAPER, needs_base=True,
-               reads_across_sources=True, impl="hf_grasp.methods.task_arithmetic:task_arithmetic"),
+               reads_across_sources=True, extra="peft",
+               impl="hf_grasp.methods.task_arithmetic:task_arithmetic"),
     MethodInfo("ties", "TIES-Merging (Yadav et al., 2023)", "TIES",
                "trims each task vector (source − base) to its largest entries, elects a sign per entry by total "
                "mass, averages the entries that agree with it and adds the scaled result to the base; no training.",
-               TiesParams, TIES_PAPER, needs_base=True, reads_across_sources=True,
+               TiesParams, TIES_PAPER, needs_base=True, reads_across_sources=True, extra="peft",
                impl="hf_grasp.methods.task_arithmetic:ties"),
     MethodInfo("fisher", "Fisher Merging (Matena & Raffel, 2022)", "Fisher",
                "averages the sources' parameters weighted by each source's diagonal Fisher information estimated "
@@ -158,7 +159,7 @@ for _info in (
     MethodInfo("pearl", "PEARL-style per-source low-rank adapters composed with learned weights", "PEARL",
                "gives each source a low-rank (LoRA) adapter initialised from its task vector, trains the adapters "
                "and one composition weight per source on the target, then merges them into the weights.",
-               PearlParams, multi_process=False, impl="hf_grasp.methods.pearl:pearl"),
+               PearlParams, multi_process=False, extra="peft", impl="hf_grasp.methods.pearl:pearl"),
     MethodInfo("greedy-soup", "Greedy soup (Wortsman et al., 2022), streamed", "Greedy soup",
                "judges each source alone on target validation (BatchNorm re-estimated on target train), then, best "
                "first, adds each source to a uniform parameter average only if validation accuracy does not drop; "

@@ -36,7 +36,8 @@ class MethodInfo:
     resumed after each step (``--resume``) and an earlier merge of it continued
     with more sources (``--init org/merged``). ``multi_process``: it gives the
     same result when launched on several processes (``accelerate launch``,
-    ``torchrun``); a method without it refuses such a launch. ``label``: the short name tables use ("GRASP",
+    ``torchrun``); a method without it refuses such a launch. ``extra``: the optional extra its code needs
+    (:data:`hf_grasp.extras.EXTRAS`), checked before it is imported. ``label``: the short name tables use ("GRASP",
     "TIES"); ``description``: how it merges, in a sentence or two, for the card.
     """
 
@@ -51,15 +52,24 @@ class MethodInfo:
     reads_across_sources: bool = False
     sequential: bool = False
     multi_process: bool = True
+    extra: str | None = None
     fn: Callable[["MergeContext"], None] | None = None
     impl: str | None = None
 
     def load(self) -> "MethodInfo":
         """Import the method's code if it has not been imported yet; returns ``self``."""
         if self.fn is None:
+            self.require_extra()
             module, _, attr = (self.impl or "").partition(":")
             self.fn = getattr(importlib.import_module(module), attr)
         return self
+
+    def require_extra(self) -> None:
+        """One error line naming the extra to install when the method's optional extra is missing."""
+        if self.extra:
+            from ..extras import require
+
+            require(self.extra, f"merge method {self.name!r}")
 
     @property
     def is_grasp(self) -> bool:

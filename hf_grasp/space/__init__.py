@@ -6,8 +6,8 @@ is built in :mod:`.ui`, runs merges through :mod:`.session` (``GraspMerger``,
 nothing else) and shows them with :mod:`.results`; :mod:`.builtin` makes the
 digits-eras sources once.
 
-gradio is an optional extra (``pip install -e '.[space]'``): it is imported
-only when the page is built, so ``hf-grasp --help`` never loads it.
+gradio comes with the ``space`` extra (``pip install 'hf-grasp[space]'``): it is
+imported only when the page is built, so ``hf-grasp --help`` never loads it.
 """
 
 from __future__ import annotations
@@ -32,16 +32,12 @@ def default_home() -> Path:
     return Path(constants.HF_HOME) / "hf-grasp-space"
 
 
-def _require_gradio() -> None:
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise GraspError("the Space needs gradio, an optional extra: pip install -e '.[space]'") from None
-
-
 def build(home: str | Path | None = None):
     """The page as a ``gr.Blocks``, with its queue set (one merge at a time; others wait their turn)."""
-    _require_gradio()
+    from ..extras import require
+
+    for extra in ("space", "bench"):  # the page, and the built-in digits-eras sources it offers
+        require(extra, "the Space")
     from .ui import build_demo
 
     demo = build_demo(Path(home) if home else default_home())
@@ -106,5 +102,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "else HF_HOME/hf-grasp-space).")
 
 
+    from .export import add_export_arguments
+
+    add_export_arguments(p)
+
+
 def run_from_args(args: argparse.Namespace) -> None:
-    launch(args.host, args.port, share=args.share, home=args.home)
+    if args.export is None:
+        given = [flag for flag, value in (("--wheel", args.wheel), ("--overwrite", args.overwrite),
+                                          ("--hardware", args.hardware != "cpu-basic")) if value]
+        if given:
+            raise GraspError(f"{', '.join(given)} only apply with --export DIR")
+        launch(args.host, args.port, share=args.share, home=args.home)
+        return
+    from .export import export_space
+
+    out = export_space(args.export, wheel=args.wheel, hardware=args.hardware, overwrite=args.overwrite)
+    print(f"Space folder written to {out}: upload it as a Space repo (e.g. `hf upload ORG/NAME {args.export} . "
+          "--repo-type space`)")
