@@ -244,7 +244,7 @@ def build_model_card(report: MergeReport, *, dataset: str | None = None, repo_id
         target_name=target.name,
         target_domain=target.domain,
         target_sizes=", ".join(f"{k}: {v}" for k, v in target.sizes.items()),
-        target_notes=target.notes,
+        target_notes=[*target.notes, *_label_lines(report)],
         method_link=f"[{method.pretty_name}]({method.paper})" if method.paper else f"**{method.pretty_name}**",
         method_description=method.description,
         param_rows=[(k, _cell(v)) for k, v in method.params.items()],
@@ -349,6 +349,17 @@ def _intro(report: MergeReport, is_ensemble: bool) -> str:
     if isinstance(test, (int, float)):
         text += f" Test accuracy: **{100 * test:.2f}%**."
     return text
+
+
+def _label_lines(report: MergeReport) -> list[str]:
+    """A line per input whose labels did not line up with the target's as they were (labels match by name)."""
+    said = {
+        "permuted": "holds the target's labels in another order: its classifier head's rows were put in the "
+                    "target's order as it was read",
+        "left out": "does not hold the target's labels: its classifier head was left out",
+    }
+    inputs = [*report.sources, *([report.base] if report.base else [])]
+    return [f"`{s.ref}` {said[s.label_order]}." for s in inputs if s.label_order in said]
 
 
 def _source_rows(report: MergeReport) -> list[dict[str, Any]]:

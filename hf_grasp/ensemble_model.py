@@ -56,8 +56,14 @@ class EnsembleSpec:
     processor_dir: Path | None = field(default=None, compare=False)  # where preprocessor_config.json is copied from
 
     @classmethod
-    def from_sources(cls, sources: Sequence[Any], family: Any, model_dir: Path) -> "EnsembleSpec":
-        """Spec of an ensemble of resolved ``sources`` whose preprocessing comes from ``model_dir``."""
+    def from_sources(cls, sources: Sequence[Any], family: Any, model_dir: Path,
+                     labels: list[str] | None = None) -> "EnsembleSpec":
+        """Spec of an ensemble of resolved ``sources`` whose preprocessing comes from ``model_dir``.
+
+        ``labels``: the target's class names (else ``model_dir``'s). A member
+        holding them in another order records ``label_rows``, the order its
+        outputs are put in at inference (:mod:`hf_grasp.labels`).
+        """
         from .families import read_config
 
         config = read_config(model_dir)
@@ -68,8 +74,8 @@ class EnsembleSpec:
             from .families.timm import _parse
 
             timm_data = _jsonable(resolve_data_config(pretrained_cfg=_parse(model_dir)[0]))
-        return cls(family=family.name, members=[s.describe() for s in sources],
-                   num_labels=family.num_labels(model_dir), labels=_labels(config),
+        return cls(family=family.name, members=[_member(s) for s in sources],
+                   num_labels=family.num_labels(model_dir), labels=labels or _labels(config),
                    timm_data_config=timm_data, processor_dir=Path(model_dir))
 
     # --- saving and loading the description
@@ -137,6 +143,8 @@ class EnsembleClassifier(nn.Module):
         self.members = nn.ModuleList(members)
         self.family = family
         self.spec = spec
+        # per member: its outputs' order in the target's classes, when it holds them in another order
+        self.label_rows = [m.get("label_rows") for m in spec.members] if spec else [None] * len(members)
         self._transform = transform
 
     @classmethod
@@ -164,8 +172,9 @@ class EnsembleClassifier(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> EnsembleOutput:
         total = None
-        for member in self.members:
-            p = self.member_logits(member, pixel_values).float().softmax(dim=-1)
+        for member, rows in zip(self.members, self.label_rows):
+            logits = self.member_logits(member, pixel_values)
+            p = (logits[:, rows] if rows else logits).float().softmax(dim=-1)
             total = p if total is None else total + p
         probs = total / len(self.members)
         return EnsembleOutput(logits=probs.clamp_min(torch.finfo(probs.dtype).tiny).log(), probabilities=probs)
@@ -231,6 +240,14 @@ def _local_path(ref: str | None) -> Path | None:
     from .sources import SourceRef
 
     return SourceRef.parse(ref).local_path if ref else None
+
+
+def _member(source: Any) -> dict:
+    """A member's entry: its description, and ``label_rows`` when its head's rows were permuted into the
+    target's order as it streamed (its own checkpoint, loaded at inference, still has them in its order)."""
+    labels = getattr(source, "labels", None)
+    rows = getattr(labels, "rows", None)
+    return {**source.describe(), **({"label_rows": list(rows)} if rows is not None else {})}
 
 
 def _labels(config: dict) -> list[str] | None:

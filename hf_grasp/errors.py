@@ -18,6 +18,10 @@ class ShapeMismatchError(SourceError):
     """A source tensor whose name, shape or dtype does not fit the target architecture."""
 
 
+class UnsupportedArchitectureError(SourceError):
+    """An architecture hf-grasp cannot merge (its library can load it): named, with why, before any weights are read."""
+
+
 class DataError(GraspError):
     """A target dataset, split or column that cannot be used."""
 

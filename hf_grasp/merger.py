@@ -29,6 +29,7 @@ from .data import TargetData, load_target, preprocess_target
 from .errors import GraspError, SourceError, first_line
 from .families.base import ModelFamily
 from .heatmap import plot_alignment_heatmap
+from .labels import relabel_model, relabel_saved
 from .launch import announce_processes
 from .merge_config import CONFIG_NAME, REPORT_NAME, MergeConfig, find_merge_config, pinned_reference
 from .methods import METHODS, find_method, get_method
@@ -250,7 +251,8 @@ class GraspMerger:
                 validation_fraction=opts.validation_fraction, seed=opts.seed,
                 trust_remote_code=opts.trust_remote_code, skip_bad_images=opts.skip_bad_images,
             )
-            inputs = resolve_inputs(sources, opts, num_labels=data.num_labels, token=token)
+            inputs = resolve_inputs(sources, opts, num_labels=data.num_labels, token=token,
+                                    label_names=data.label_names)
         return cls(inputs, data, opts, method=method, params=params, references=sources, target=target,
                    recipe=recipe, earlier=earlier.report(inputs.init_source) if earlier else None, clock=clock)
 
@@ -312,8 +314,9 @@ class GraspMerger:
                    "first (reorder --sources or use --order), or ")
                 + f"pass --init a checkpoint of this architecture with a {self.data.num_labels}-output head, adding "
                 "--skip-mismatched-heads for the sources whose heads differ")
+        relabel_model(merged, self.data.label_names)  # its head ends in the target's class order, not the lead's
         skips = preflight_inputs(self.inputs, expected_specs(merged), num_labels=self.data.num_labels,
-                                 skip_mismatched_heads=o.skip_mismatched_heads)
+                                 skip_mismatched_heads=o.skip_mismatched_heads, naming=self.family.naming(merged))
         accelerator = make_accelerator(cpu=o.cpu or None, mixed_precision=o.mixed_precision)
         if o.batch_size % accelerator.num_processes:
             raise GraspError(f"--batch-size {o.batch_size}: each batch is split between the "
@@ -370,6 +373,7 @@ class MergeResult(ModelHubMixin):
             self.artifact.save_pretrained(save_directory)
         else:
             self.family.save(self.model, save_directory, like=self.model_dir)
+            relabel_saved(save_directory, self.report.target.label_names)  # like's config names like's order
         if self.merge_config is not None:  # what GraspMerger.from_pretrained(<this folder or repo>) rebuilds
             self.merge_config.save(save_directory / CONFIG_NAME)
         if has_heatmap(self.report):  # labelled as the card names the sources: no paths of this machine

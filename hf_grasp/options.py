@@ -108,7 +108,9 @@ class MergeOptions(_Options):
                         "indices.", group="training")
     seed: int = option(0, "Seed for batches, shuffling, random init and random order.", group="training", ge=0)
     skip_mismatched_heads: bool = option(False, "Skip (and report) source heads whose size differs from the "
-                                         "target's label count instead of failing.", group="training")
+                                         "target's label count, or whose label names are not the target's, instead "
+                                         "of failing (labels are matched by name: the same names in another order "
+                                         "are reordered, never skipped).", group="training")
     augment: bool = option(False, "Train with the model library's own augmentation (timm's training transform); "
                            "off by default so both families train on the same deterministic preprocessing.",
                            group="training")

@@ -17,7 +17,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .licenses import License, LicenseDecision
 
@@ -55,6 +55,9 @@ class SourceRecord:
     history: list[dict] | None = None              # fine-tuning epochs of its step
     seconds: float | None = None
     license: License | None = None                 # as its own model card states it (None: states none)
+    # its labels against the target's, by name (hf_grasp.labels): "as the target", "permuted" (its head rows
+    # reordered into the target's order), "positional" (no names to match), "left out" (its head not read)
+    label_order: str | None = None
 
     def __post_init__(self):
         self.license = _license(self.license)
@@ -87,6 +90,7 @@ class TargetRecord:
     num_labels: int | None = None
     sizes: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    label_names: list[str] | None = None  # the class names by index (ClassLabel), which the merged model carries
 
 
 @dataclass
@@ -207,6 +211,8 @@ def build_report(ctx: "MergeContext", method: "MethodInfo", *, seconds: float,
     from . import __version__
 
     records, earlier = ctx.records, ctx.earlier
+    # the engine works on the model's names; the report names tensors as the sources' checkpoints do (the Hub's)
+    saved = ctx.naming.checkpoint_name
     inputs = ([ctx.init_source] if ctx.init_source and earlier is None else []) + list(ctx.sources)
     sources = list(earlier.sources) if earlier else []
     # every input is listed, in merge order, whether or not the method recorded a step for it
@@ -214,7 +220,8 @@ def build_report(ctx: "MergeContext", method: "MethodInfo", *, seconds: float,
         rec = next((r for r in records if r["source"] == src.name), {})
         sources.append(SourceRecord(
             **src.describe(), role="init" if rec.get("step") == "init" else "source",
-            scores=rec.get("scores"), transferred=rec.get("transferred"), skipped=rec.get("skipped", []),
+            scores=_renamed(rec.get("scores"), saved), transferred=_renamed(rec.get("transferred"), saved),
+            skipped=[saved(name) for name in rec.get("skipped", [])],
             metrics_alone=rec.get("source_alone"),
             metrics_after={"validation": rec["validation"], "test": rec["test"]} if rec else None,
             history=rec.get("history"), seconds=rec.get("seconds")))
@@ -233,7 +240,7 @@ def build_report(ctx: "MergeContext", method: "MethodInfo", *, seconds: float,
         method=method_record(method, ctx.params),
         options=ctx.options.to_dict(),
         target=TargetRecord(data.name, data.domain, data.num_labels, {k: len(v) for k, v in data.splits.items()},
-                            list(data.notes)),
+                            list(data.notes), data.label_names),
         family=ctx.family.name,
         architecture=type(ctx.merged).__name__,
         sources=sources,
@@ -253,6 +260,11 @@ def build_report(ctx: "MergeContext", method: "MethodInfo", *, seconds: float,
         license_origin=license.origin if license else None,
         version=__version__,
     )
+
+
+def _renamed(per_tensor: dict[str, Any] | None, name: Callable[[str], str]) -> dict[str, Any] | None:
+    """``per_tensor`` (model tensor names -> values) keyed by ``name(model name)`` instead, in the same order."""
+    return {name(k): v for k, v in per_tensor.items()} if per_tensor is not None else None
 
 
 # --------------------------------------------------------------------------- JSON

@@ -21,7 +21,8 @@ from huggingface_hub.utils import httpx  # the HTTP library huggingface_hub itse
 
 from .errors import GraspError, SourceError
 from .families import family_for, read_config
-from .families.base import ModelFamily
+from .families.base import ModelFamily, TensorNaming
+from .labels import after_preflight, match_config, match_sources
 from .options import MergeOptions
 from .sources import ResolvedSource, SourceRef, check_specs, expected_specs, hash_files, preflight, remote_header, \
     resolve
@@ -62,9 +63,15 @@ def ordered(items: list, order: str, seed: int) -> list:
 
 
 def resolve_inputs(references: list[str], options: MergeOptions, *, num_labels: int,
-                   token: str | bool | None = None) -> MergeInputs:
+                   token: str | bool | None = None, label_names: list[str] | None = None) -> MergeInputs:
     """Resolve the sources, ``--init`` and ``--base`` references; Hub sources are checked on their remote
-    headers against the architecture before any of their weights are downloaded."""
+    headers against the architecture before any of their weights are downloaded.
+
+    Every input's labels are matched by name with the target's ``label_names``
+    (:mod:`hf_grasp.labels`), from its config alone: a Hub source's before its
+    weights are downloaded, and each resolved input then carries how its head
+    lines up (``labels``: as the target, permuted, positional, left out).
+    """
     o = options
     refs = ordered([SourceRef.parse(s) for s in references], o.order, o.seed)
     init_ref = None if o.init in ("first", "random") else SourceRef.parse(o.init)
@@ -82,31 +89,46 @@ def resolve_inputs(references: list[str], options: MergeOptions, *, num_labels: 
                 remote[r] = found
     _check_hub_headers(remote, lead_source, num_labels, o,
                        config_of=lambda r: _hub_config(r, token, deferred.get(id(r))))
+    for r in remote if label_names else ():  # labels that differ are refused on the config, before the weights come
+        match_config(r.text, _hub_config(r, token, deferred.get(id(r))), label_names,
+                     skip_mismatched_heads=o.skip_mismatched_heads)
     sources = [lead_source if r is lead else deferred[id(r)] if id(r) in deferred
                else resolve(r, allow_pickle=o.allow_pickle, token=token) for r in refs]
     base = resolve(base_ref, allow_pickle=o.allow_pickle, token=token) if base_ref else None
-    return MergeInputs(sources, lead_source if init_ref else None, base)
+    inputs = MergeInputs(sources, lead_source if init_ref else None, base)
+    match_sources(inputs.everyone, label_names, model_dir=lead_source.path, num_labels=num_labels,
+                  skip_mismatched_heads=o.skip_mismatched_heads, trust_remote_code=o.trust_remote_code)
+    return inputs
 
 
 def _check_hub_headers(remote: dict[SourceRef, dict], lead: ResolvedSource, num_labels: int, options: MergeOptions,
                        *, config_of: Callable[[SourceRef], dict[str, Any] | None]) -> None:
     """Pre-flight of Hub sources on the tensor specs read from their remote safetensors headers.
 
-    A source whose tensor names differ from the architecture's is first checked
-    for being another architecture altogether (its config, from ``config_of``),
-    which says more than the first tensor it lacks.
+    A source whose tensor names (as its library loads them) differ from the
+    architecture's is first checked for being another architecture altogether
+    (its config, from ``config_of``), which says more than the first tensor it lacks.
     """
     if not remote:
         return
     lead_config = read_config(lead.path)
     family = family_for(lead_config, source=lead.name)
     with torch.device("meta"):  # shapes and dtypes only: no memory, no init
-        expected = expected_specs(family.build(lead.path, trust_remote_code=options.trust_remote_code).float())
+        model = family.build(lead.path, trust_remote_code=options.trust_remote_code).float()
+    expected, naming = expected_specs(model), family.naming(model)
     for ref, found in remote.items():
-        if found.keys() != expected.keys() and (config := config_of(ref)) is not None:
+        if _loads_as(found, naming, ref.text) != expected.keys() and (config := config_of(ref)) is not None:
             check_same_architecture(lead.name, lead_config, ref.text, config)
         check_specs(ref.text, found, expected, num_labels=num_labels,
-                    skip_mismatched_heads=options.skip_mismatched_heads)
+                    skip_mismatched_heads=options.skip_mismatched_heads, naming=naming)
+
+
+def _loads_as(found: dict, naming: TensorNaming, source: str) -> set[str] | None:
+    """The model names a checkpoint holding the tensors ``found`` loads into (None: it cannot be read so)."""
+    try:
+        return {target for read in naming.reads(found, source=source) for target in read.targets}
+    except GraspError:
+        return None
 
 
 def _hub_config(ref: SourceRef, token: str | bool | None, on_disk: ResolvedSource | None) -> dict[str, Any] | None:
@@ -159,13 +181,17 @@ def _architecture(config: dict[str, Any]) -> str:
 
 
 def preflight_inputs(inputs: MergeInputs, expected: dict, *, num_labels: int,
-                     skip_mismatched_heads: bool) -> dict[str, list[str]]:
+                     skip_mismatched_heads: bool, naming: TensorNaming | None = None) -> dict[str, list[str]]:
     """Check every input's headers against ``expected`` and hash its weight files (recorded in the report).
+    ``naming``: how the checkpoints name the model's tensors (the family's; model names by default).
 
-    Returns source name -> head tensors not to read from it.
+    Returns source name -> head tensors not to read from it: of another size,
+    or holding other labels (``--skip-mismatched-heads``, :mod:`hf_grasp.labels`).
     """
     skips = {}
     for s in inputs.everyone:
         hash_files(s)  # first: a corrupt file of the HF cache is refused as such, not as a header it cannot read
-        skips[s.name] = preflight(s, expected, num_labels=num_labels, skip_mismatched_heads=skip_mismatched_heads)
+        skipped = preflight(s, expected, num_labels=num_labels, skip_mismatched_heads=skip_mismatched_heads,
+                            naming=naming)
+        s.labels, skips[s.name] = after_preflight(s.labels, skipped)
     return skips

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from huggingface_hub import HfApi, constants, get_safetensors_metadata, snapshot_download, try_to_load_from_cache
@@ -38,6 +38,7 @@ from safetensors import safe_open
 from torch import nn
 
 from .errors import NonFiniteSourceError, ShapeMismatchError, SourceError
+from .families.base import SAME_NAMES, Read, TensorNaming
 from .licenses import License, card_license
 
 SAFE_INDEX = "model.safetensors.index.json"
@@ -98,6 +99,9 @@ class ResolvedSource:
     deferred: bool = False
     token: str | bool | None = field(default=None, repr=False, compare=False)  # for a deferred fetch
     license: License | None = None     # as its own model card (README.md) states it
+    # how its labels line up with the target's (hf_grasp.labels.LabelMatch): set at resolution, it permutes
+    # the head rows of a source holding the target's labels in another order as its tensors are read
+    labels: Any = field(default=None, repr=False, compare=False)
 
     @contextlib.contextmanager
     def present(self):
@@ -135,6 +139,7 @@ class ResolvedSource:
             "path": str(self.path),
             "files": dict(self.hashes),
             "license": asdict(self.license) if self.license else None,
+            "label_order": self.labels.order if self.labels is not None else None,
         }
 
 
@@ -419,17 +424,19 @@ def preflight(
     *,
     num_labels: int,
     skip_mismatched_heads: bool = False,
+    naming: TensorNaming | None = None,
 ) -> list[str]:
     """Check a source's tensors against the target architecture before any work.
 
     Returns the names of head tensors to skip (only with ``skip_mismatched_heads``);
     raises :class:`ShapeMismatchError` naming source, tensor, expected and found.
     A head mismatch is a tensor whose leading dimension is the target's label
-    count in the architecture but something else in the source.
+    count in the architecture but something else in the source. ``naming``: how
+    the checkpoint's names become ``expected``'s (see :func:`check_specs`).
     """
     found = source.remote_specs if source.deferred else read_header(source)
     return check_specs(source.name, found, expected, num_labels=num_labels,
-                       skip_mismatched_heads=skip_mismatched_heads)
+                       skip_mismatched_heads=skip_mismatched_heads, naming=naming)
 
 
 def remote_header(ref: SourceRef, *, token: str | bool | None = None) -> dict[str, tuple[tuple[int, ...], torch.dtype]] | None:
@@ -463,28 +470,38 @@ def check_specs(
     *,
     num_labels: int,
     skip_mismatched_heads: bool = False,
+    naming: TensorNaming | None = None,
 ) -> list[str]:
-    """:func:`preflight` on tensor specs already read (locally or from the Hub) for source ``source_name``."""
+    """:func:`preflight` on tensor specs already read (locally or from the Hub) for source ``source_name``.
+
+    ``found`` names tensors as the checkpoint does, ``expected`` (and the head
+    tensors returned) as the model does; ``naming`` (the family's) relates the
+    two as the library's loader does, and every message names a tensor as the
+    checkpoint does.
+    """
+    naming = naming or SAME_NAMES
+    found, origin = _as_loaded(source_name, found, naming)
     missing = [k for k in expected if k not in found]
     if missing:
         raise ShapeMismatchError(
-            f"source {source_name!r}: tensor {missing[0]!r} of the target architecture is missing"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            f"source {source_name!r}: tensor {naming.checkpoint_name(missing[0])!r} of the target architecture is "
+            "missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
     extra = [k for k in found if k not in expected]
     if extra:
         raise ShapeMismatchError(
-            f"source {source_name!r}: tensor {extra[0]!r} is not in the target architecture"
+            f"source {source_name!r}: tensor {origin[extra[0]]!r} is not in the target architecture"
             + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
         )
     skipped = []
-    for name, (shape, dtype) in expected.items():
-        fshape, fdtype = found[name]
+    for model_name, (shape, dtype) in expected.items():
+        fshape, fdtype = found[model_name]
+        name = origin[model_name]  # as the checkpoint names it, for the messages
         if fshape != shape:
             is_head = bool(shape) and bool(fshape) and shape[0] == num_labels and fshape[0] != num_labels \
                 and shape[1:] == fshape[1:]
             if is_head and skip_mismatched_heads:
-                skipped.append(name)
+                skipped.append(model_name)
                 continue
             hint = (
                 f"; it is a classifier head with {fshape[0]} outputs but the target has {num_labels} labels "
@@ -503,6 +520,27 @@ def check_specs(
     return skipped
 
 
+def _as_loaded(source: str, found: dict[str, tuple[tuple[int, ...], torch.dtype]], naming: TensorNaming
+               ) -> tuple[dict[str, tuple[tuple[int, ...], torch.dtype]], dict[str, str]]:
+    """``found`` (checkpoint names) as the model will hold it: model name -> (shape, dtype), and model name ->
+    the checkpoint tensor it comes from (``key[i/n]`` for part i of n of a split one)."""
+    specs, origin = {}, {}
+    for read in naming.reads(found, source=source):
+        shape, dtype = found[read.key]
+        parts = [(shape, dtype)]
+        if read.split is not None:  # the library's own conversion, run on a tensor without storage: its shapes
+            meta = torch.empty(shape, dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32, device="meta")
+            try:
+                parts = [(tuple(t.shape), dtype) for t in read.split(meta)]
+            except (RuntimeError, ValueError, IndexError) as e:
+                raise ShapeMismatchError(f"source {source!r}: tensor {read.key!r} of shape {list(shape)} cannot be "
+                                         f"converted as its library loads it ({e})") from e
+        for i, (target, spec) in enumerate(zip(read.targets, parts)):
+            specs[target] = spec
+            origin[target] = read.key if len(read.targets) == 1 else f"{read.key}[{i + 1}/{len(read.targets)}]"
+    return specs, origin
+
+
 def expected_specs(model: nn.Module) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Names, shapes and dtypes a checkpoint of ``model``'s architecture must hold."""
     return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
@@ -516,8 +554,19 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def iter_tensors(source: ResolvedSource, skip: Iterable[str] = ()) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` one at a time, lazily, shard by shard.
+def in_target_order(source: ResolvedSource, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """Source ``source``'s tensor ``name`` as every method sees it: a head holding the target's labels in
+    another order has its rows permuted into the target's (:mod:`hf_grasp.labels`); anything else as read."""
+    return source.labels.apply(name, tensor) if source.labels is not None else tensor
+
+
+def iter_tensors(source: ResolvedSource, skip: Iterable[str] = (),
+                 naming: TensorNaming | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` one at a time, lazily, shard by shard, ``name`` as the model names it.
+
+    ``naming`` (the family's) says how the checkpoint's tensors load into the
+    model: renamed, or converted as read (one checkpoint tensor split in
+    several); ``skip`` names model tensors not to yield.
 
     Each floating-point tensor is checked finite right after it is read, by
     its sum (one reduction over memory just touched, no temporary, no second
@@ -528,17 +577,30 @@ def iter_tensors(source: ResolvedSource, skip: Iterable[str] = ()) -> Iterator[t
     """
 
     skip = set(skip)
+    keys = {f: _file_keys(f) for f in source.weight_files}
+    # renamed over the whole checkpoint at once, as the library's loader does (some renames depend on the others)
+    reads = {r.key: r for r in (naming or SAME_NAMES).reads([k for ks in keys.values() for k in ks],
+                                                             source=source.name)}
     for f in source.weight_files:
+        wanted = [k for k in keys[f] if not skip.issuperset(reads[k].targets)]
         if f.suffix == ".safetensors":
-            tensors = read_tensors(f, [k for k in safetensors_keys(f) if k not in skip])
+            tensors = read_tensors(f, wanted)
         else:
-            tensors = ((k, v) for k, v in _load_pickle(f).items() if k not in skip)
-        for name, tensor in tensors:
+            wanted = set(wanted)
+            tensors = ((k, v) for k, v in _load_pickle(f).items() if k in wanted)
+        for key, tensor in tensors:
             # A NaN or inf entry makes the sum non-finite; only then (or when finite entries overflow
             # it) is the exact, several times costlier isfinite pass paid.
             if tensor.is_floating_point() and not (tensor.sum().isfinite() or tensor.isfinite().all()):
-                raise NonFiniteSourceError.of(source.name, name, tensor)
-            yield name, tensor
+                raise NonFiniteSourceError.of(source.name, key, tensor)
+            for name, part in reads[key].convert(tensor):
+                if name not in skip:
+                    yield name, in_target_order(source, name, part)
+
+
+def _file_keys(path: Path) -> list[str]:
+    """The tensor names of one weight file: a safetensors header, or (``--allow-pickle``) the loaded pickle's."""
+    return safetensors_keys(path) if path.suffix == ".safetensors" else list(_load_pickle(path))
 
 
 def safetensors_keys(path: Path) -> list[str]:
@@ -583,16 +645,18 @@ def read_tensors(path: Path, names: list[str]) -> Iterator[tuple[str, torch.Tens
                 i += 1
 
 
-def stream_into(model: nn.Module, source: ResolvedSource, skip: Iterable[str] = ()) -> None:
+def stream_into(model: nn.Module, source: ResolvedSource, skip: Iterable[str] = (),
+                naming: TensorNaming | None = None) -> None:
     """Copy a source's tensors into ``model`` in place, one tensor resident at a time.
 
     Parameters and buffers both come from the source: a source evaluated in
     eval mode must use its own BatchNorm statistics. A NaN or inf in the source
     raises (see :func:`iter_tensors`), leaving ``model`` partly overwritten.
+    ``naming``: the model family's (:meth:`~hf_grasp.families.base.ModelFamily.naming`).
     """
     state = model.state_dict()
     with torch.no_grad():
-        for name, tensor in iter_tensors(source, skip):
+        for name, tensor in iter_tensors(source, skip, naming):
             state[name].copy_(tensor)
             del tensor
 
@@ -604,8 +668,10 @@ def iter_across(
     *,
     dtype: torch.dtype | None = torch.float32,
     device: torch.device | str = "cpu",
+    naming: TensorNaming | None = None,
 ) -> Iterator[tuple[str, list[Tensor | None]]]:
-    """Yield ``(name, [tensor of source 0, tensor of source 1, ...])`` for each of ``names``.
+    """Yield ``(name, [tensor of source 0, tensor of source 1, ...])`` for each of ``names`` (model names;
+    ``naming``, the family's, says which checkpoint tensor each is read from, and how it is converted).
 
     Each source's safetensors headers (shards included) are read once up front,
     and only the K tensors of the current name are ever mapped (see
@@ -619,8 +685,9 @@ def iter_across(
     holding NaN or inf (checked as read, before the cast).
     """
 
+    naming = naming or SAME_NAMES
     skip_sets = [set(s) for s in skips] if skips is not None else [set() for _ in sources]
-    where: list[dict[str, Path]] = []  # per source: tensor name -> the file holding it
+    where: list[dict[str, tuple[Path, Read]]] = []  # per source: model name -> the file and the read giving it
     for src in sources:
         files: dict[str, Path] = {}
         for f in src.weight_files:
@@ -630,17 +697,19 @@ def iter_across(
                     "every source at a time, which needs safetensors — convert the checkpoint"
                 )
             files.update(dict.fromkeys(safetensors_keys(f), f))
-        where.append(files)
+        where.append({target: (files[r.key], r) for r in naming.reads(files, source=src.name) for target in r.targets})
     for name in names:
         row: list[Tensor | None] = []
-        for src, files, skip in zip(sources, where, skip_sets):
+        for src, held, skip in zip(sources, where, skip_sets):
             if name in skip:
                 row.append(None)
                 continue
-            if name not in files:
-                raise SourceError(f"source {src.name!r}: tensor {name!r} is missing")
-            t = read_tensor(files[name], name)
+            if name not in held:
+                raise SourceError(f"source {src.name!r}: tensor {naming.checkpoint_name(name)!r} is missing")
+            path, read = held[name]
+            t = read_tensor(path, read.key)
             if t.is_floating_point() and not (t.sum().isfinite() or t.isfinite().all()):  # as iter_tensors
-                raise NonFiniteSourceError.of(src.name, name, t)
+                raise NonFiniteSourceError.of(src.name, read.key, t)
+            t = in_target_order(src, name, dict(read.convert(t))[name])
             row.append(t.to(device=device, dtype=dtype) if dtype is not None else t.to(device))
         yield name, row

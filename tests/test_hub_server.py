@@ -95,10 +95,10 @@ from hf_grasp import GraspMerger
 
 seen, stream = [], context.stream_into
 
-def spy(model, source, skip=()):  # what is on disk whenever a source is streamed
+def spy(model, source, *args, **kwargs):  # what is on disk whenever a source is streamed
     scratch = list(Path(tempfile.gettempdir()).rglob("hf-grasp-fetch-*"))
     seen.append([source.name, len(scratch), sum(1 for d in scratch for _ in d.rglob("*.safetensors"))])
-    return stream(model, source, skip)
+    return stream(model, source, *args, **kwargs)
 
 context.stream_into = spy
 result = GraspMerger.from_pretrained(["org/a", "org/b", "org/c"], target="digits-eras", initial_epochs=0,

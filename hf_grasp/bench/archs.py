@@ -11,7 +11,8 @@ Hub models:
   ``image_size`` inputs, with that class's normalisation left as it defines it;
 * ``timm:<name>``: ``config.json`` + ``model.safetensors`` from
   ``timm.models.save_for_hf``, with ``input_size=(3, image_size, image_size)``,
-  ImageNet mean/std, bilinear interpolation and ``crop_pct=1.0``.
+  ImageNet mean/std, bilinear interpolation and ``crop_pct=1.0``, written as
+  the timm family saves a merge (loadable by timm and by transformers' TimmWrapper).
 
 The transformers configs are shrunk (0.2–0.3M parameters) so that a few epochs
 on 32x32 RGB images take seconds on a CPU; ``resnet18`` is the full
@@ -110,19 +111,25 @@ def _labels(num_labels: int, id2label: dict[int, str] | None) -> dict[int, str]:
 
 
 def new_checkpoint(arch: str, out_dir: Path, *, num_labels: int, id2label: dict[int, str] | None = None,
-                   image_size: int = 32, seed: int = 0) -> None:
+                   image_size: int = 32, seed: int = 0, timm_kwargs: dict[str, Any] | None = None) -> None:
     """Write a randomly initialised (``torch.manual_seed(seed)``) checkpoint of ``arch`` to ``out_dir``.
 
     ``arch`` is one of :data:`ARCHS` or ``timm:<timm model name>``. The
     directory holds what a Hub repo of that library holds (config, safetensors
     weights, preprocessing config) and nothing else; no pickle file is written.
+    ``timm_kwargs`` (timm arches only) go to ``timm.create_model`` (``depth=2``,
+    say, for a smaller variant); timm records them in ``model_args``, so every
+    loader of the checkpoint builds the same shape.
     """
     labels = _labels(num_labels, id2label)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if arch.startswith("timm:"):
-        _new_timm(arch[len("timm:"):], out_dir, labels=labels, image_size=image_size, seed=seed)
+        _new_timm(arch[len("timm:"):], out_dir, labels=labels, image_size=image_size, seed=seed,
+                  kwargs=timm_kwargs or {})
         return
+    if timm_kwargs:
+        raise GraspError(f"timm_kwargs apply to timm:<model name> architectures only, not {arch!r}")
     if arch not in _TRANSFORMERS:
         raise GraspError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)} or timm:<model name>")
 
@@ -147,18 +154,22 @@ _TIMM_ARCH_KEYS = ("architecture", "input_size", "fixed_input_size", "min_input_
                    "first_conv", "classifier", "num_classes")
 
 
-def _new_timm(name: str, out_dir: Path, *, labels: dict[int, str], image_size: int, seed: int) -> None:
+def _new_timm(name: str, out_dir: Path, *, labels: dict[int, str], image_size: int, seed: int,
+              kwargs: dict[str, Any]) -> None:
+    """A random timm ``name`` saved by :func:`~hf_grasp.families.timm.save_timm_checkpoint`, as merges are."""
     import timm
     import torch
-    from timm.models import get_pretrained_cfg, save_for_hf
+    from timm.models import get_pretrained_cfg
+
+    from ..families.timm import save_timm_checkpoint
 
     if not name or not timm.is_model(name):
         raise GraspError(f"unknown timm architecture {name!r} (timm.list_models() lists them); "
                          f"built-ins: {', '.join(ARCHS)}")
-    kwargs: dict[str, Any] = {"num_classes": len(labels)}
+    kwargs = {**kwargs, "num_classes": len(labels)}
     default_cfg = get_pretrained_cfg(name)
     if default_cfg is not None and default_cfg.fixed_input_size:
-        kwargs["img_size"] = image_size  # e.g. ViTs: position embeddings sized for the input
+        kwargs.setdefault("img_size", image_size)  # e.g. ViTs: position embeddings sized for the input
     torch.manual_seed(seed)
     model = timm.create_model(name, pretrained=False, **kwargs)
     # The registry's pretrained_cfg describes timm's published ImageNet weights
@@ -166,5 +177,5 @@ def _new_timm(name: str, out_dir: Path, *, labels: dict[int, str], image_size: i
     model.pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k in _TIMM_ARCH_KEYS}
     data_config = {"input_size": (3, image_size, image_size), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
                    "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"}
-    save_for_hf(model, str(out_dir), model_config={"label_names": [labels[i] for i in range(len(labels))]},
-                safe_serialization=True, data_config=data_config)
+    save_timm_checkpoint(model, out_dir, model_config={"label_names": [labels[i] for i in range(len(labels))]},
+                         data_config=data_config)

@@ -117,7 +117,8 @@ def make_sources(
                              image_size=image_size, seed=seed)
         family = family_for(read_config(init), source=str(init))
         model = family.build(init)
-        stream_into(model, resolve(init))
+        naming = family.naming(model)
+        stream_into(model, resolve(init), naming=naming)
 
         # base: the pretraining pool, 10% of it held out for validation
         pool = ds["pretrain"].train_test_split(test_size=0.1, seed=seed, stratify_by_column="label")
@@ -131,7 +132,7 @@ def make_sources(
         for d in range(digits_eras.NUM_DOMAINS):
             if d == target_domain:
                 continue
-            stream_into(model, base_src)
+            stream_into(model, base_src, naming=naming)
             set_seed(seed + d)
             # a source sees all of its own domain's rows but validation; never the target domain
             train = concatenate_datasets([_domain(ds["train"], d), _domain(ds["test"], d)])

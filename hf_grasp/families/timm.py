@@ -5,11 +5,17 @@ Such a ``config.json`` names the model in ``architecture`` and carries
 and ``pretrained_cfg`` (input size, interpolation, mean/std, crop). Older timm
 exports put the pretrained_cfg fields at the top level; timm's own parser
 (``load_model_config_from_path``) handles both, so we always go through it.
+
+What this family writes loads with timm (``create_model("local-dir:..."`` /
+``"hf-hub:..."``, ``pretrained=True``) and with transformers' TimmWrapper
+(``AutoModelForImageClassification``), which reads the same ``config.json``:
+see :func:`save_timm_checkpoint`.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +29,15 @@ from .base import ModelFamily
 # the reference config.json (pretrained_cfg, model_args, label names, any extra
 # top-level keys such as transformers' "model_type": "timm_wrapper") is carried over.
 _RECOMPUTED = ("architecture", "num_features", "global_pool")
+
+# model_args entries that TimmWrapper also passes to timm.create_model by name:
+# TimmWrapperForImageClassification calls create_model(architecture,
+# num_classes=config.num_labels, **config.model_args) (TimmWrapperModel passes
+# num_classes=0), so one more in model_args is "got multiple values for keyword
+# argument". timm's save_for_hf (1.0.31 here) records num_classes there on every
+# export (get_model_args adds the model's current traits); timm itself needs no
+# copy, it defaults num_classes from the top-level "num_classes" (via pretrained_cfg).
+_TOP_LEVEL_ARGS = ("num_classes",)
 
 
 class TimmFamily(ModelFamily):
@@ -81,21 +96,19 @@ class TimmFamily(ModelFamily):
         return model(pixel_values)
 
     def save(self, model: nn.Module, out_dir: Path, *, like: Path) -> None:
-        """``save_for_hf`` with safetensors only, carrying ``like``'s config over.
+        """:func:`save_timm_checkpoint`, carrying ``like``'s config over.
 
-        ``safe_serialization=True`` writes ``model.safetensors`` alone (timm's
-        default, False, writes a pickle ``pytorch_model.bin``; ``"both"`` writes both).
+        The folder loads with timm and with transformers' TimmWrapper alike.
         """
-        from timm.models import save_for_hf
-
         like_cfg = _raw_config(like)
         if "pretrained_cfg" in like_cfg:
             model_config = {k: v for k, v in like_cfg.items() if k not in _RECOMPUTED}
             source_cfg = {**like_cfg["pretrained_cfg"], "architecture": like_cfg["architecture"]}
         else:  # legacy flat export: let timm split it, then drop its local-source bookkeeping
-            source_cfg, _, model_args = _parse(like)
+            source_cfg, architecture, model_args = _parse(like)
             for k in ("file", "source"):
                 source_cfg.pop(k, None)
+            source_cfg["architecture"] = architecture  # the parser lifted it out; save_for_hf reads it here
             model_config = {"pretrained_cfg": dict(source_cfg), "model_args": model_args}
         # save_for_hf starts from model.pretrained_cfg, which is whatever checkpoint
         # the model was built from (and timm's parser moved label_names into it);
@@ -103,9 +116,49 @@ class TimmFamily(ModelFamily):
         own_cfg = model.pretrained_cfg
         model.pretrained_cfg = source_cfg
         try:
-            save_for_hf(model, str(out_dir), model_config=model_config, safe_serialization=True)
+            save_timm_checkpoint(model, out_dir, model_config=model_config)
         finally:
             model.pretrained_cfg = own_cfg
+
+
+def save_timm_checkpoint(model: nn.Module, out_dir: Path, *, model_config: dict[str, Any],
+                         data_config: dict[str, Any] | None = None) -> None:
+    """``timm.models.save_for_hf`` (safetensors only), with a ``config.json`` transformers loads too.
+
+    ``model_config`` and ``data_config`` are ``save_for_hf``'s.
+    ``safe_serialization=True`` writes ``model.safetensors`` alone (timm's
+    default, False, writes a pickle ``pytorch_model.bin``). The written config
+    then goes through :func:`_loadable_by_timm_wrapper`; timm reads it the same.
+    """
+    from timm.models import save_for_hf
+
+    save_for_hf(model, str(out_dir), model_config=model_config, safe_serialization=True, data_config=data_config)
+    path = Path(out_dir) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps(_loadable_by_timm_wrapper(config), indent=2), encoding="utf-8")
+
+
+def _loadable_by_timm_wrapper(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a timm export) changed so that TimmWrapper builds and labels it as timm does.
+
+    * ``model_args`` loses the keys of :data:`_TOP_LEVEL_ARGS`, each equal to
+      the top-level value timm falls back on (so timm builds the same model);
+    * labels: TimmWrapper makes ``id2label`` from the top-level ``label_names``
+      only, while timm also reads them from ``pretrained_cfg`` (legacy flat
+      exports keep them there): lift them to the top so both name the same classes.
+    """
+    config = copy.deepcopy(config)
+    model_args = config.get("model_args") or {}
+    for key in _TOP_LEVEL_ARGS:
+        if key in model_args:
+            if model_args[key] != config.get(key):  # save_for_hf checks this; never drop a differing value
+                raise SourceError(f"timm export: model_args.{key}={model_args[key]!r} differs from "
+                                  f"{key}={config.get(key)!r}")
+            del model_args[key]
+    pretrained_labels = (config.get("pretrained_cfg") or {}).get("label_names")
+    if "label_names" not in config and pretrained_labels:
+        config["label_names"] = pretrained_labels
+    return config
 
 
 def _raw_config(model_dir: Path) -> dict[str, Any]:

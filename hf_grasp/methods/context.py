@@ -28,7 +28,7 @@ from .._memory import packed_empty, release_freed_memory
 from ..data import TargetData, alignment_batches, make_loader, preprocess_target
 from ..errors import NumericalError
 from ..interrupts import raise_if_interrupted
-from ..families.base import ModelFamily
+from ..families.base import ModelFamily, TensorNaming
 from ..options import MergeOptions, MethodParams
 from ..progress import log
 from ..sources import ResolvedSource, stream_into
@@ -138,6 +138,11 @@ class MergeContext:
                                        preprocessed=pre.get("test"))
 
     @functools.cached_property
+    def naming(self) -> TensorNaming:
+        """How the sources' checkpoints name the model's tensors (the family's); the engine uses model names."""
+        return self.family.naming(self.merged)
+
+    @functools.cached_property
     def train_in_order(self) -> torch.utils.data.DataLoader:
         """Target train unshuffled, unaugmented: BatchNorm statistics re-estimated for a choice (greedy soup,
         sequential task arithmetic) must not depend on the shuffling. Built by the methods that use it."""
@@ -192,7 +197,7 @@ class MergeContext:
         raise_if_interrupted()
         release_freed_memory(collect=False)  # the pages the model is about to fill may sit in free heap chunks
         with self.timer.phase("load"), source.present():
-            stream_into(model, source, self.skips.get(source.name, ()))
+            stream_into(model, source, self.skips.get(source.name, ()), self.naming)
 
     def alignment_batches(self, step: int, n_batches: int) -> list[dict]:
         """``n_batches`` target-train batches for one alignment step, moved to the device; never val or test."""
@@ -315,9 +320,9 @@ class MergeContext:
         for (name, tensor), ok in zip(state, finite):
             if not ok:
                 raise NumericalError(
-                    f"merged model: tensor {name!r} has {NumericalError.count(tensor)} at the end of the merge, "
-                    "so it was not saved; the merge overflowed: check the sources' weights and lower --lr or "
-                    "the method's --scaling")
+                    f"merged model: tensor {self.naming.checkpoint_name(name)!r} has {NumericalError.count(tensor)} "
+                    "at the end of the merge, so it was not saved; the merge overflowed: check the sources' weights "
+                    "and lower --lr or the method's --scaling")
 
     def evaluate(self, model: nn.Module | None = None, split: str = "validation") -> dict:
         """Accuracy, loss and count of ``model`` (the merged one by default) on ``split`` (validation or test)."""

@@ -59,4 +59,4 @@ def ensemble(ctx: MergeContext) -> None:
         ctx.record(step=f"source {k}", source=source.name, source_alone=alone,
                    validation=metrics["validation"], test=metrics["test"], seconds=time.time() - start,
                    **({"note": NOTE} if last else {}))
-    ctx.artifact = EnsembleSpec.from_sources(ctx.sources, ctx.family, ctx.model_dir)
+    ctx.artifact = EnsembleSpec.from_sources(ctx.sources, ctx.family, ctx.model_dir, labels=ctx.data.label_names)

@@ -73,7 +73,7 @@ def opcm(ctx: MergeContext) -> None:
         skipped = set(ctx.skips.get(source.name, ()))
         tv_sq, sum_sq = 0.0, 0.0
         with torch.no_grad():
-            for name, (b,) in iter_across([base], names, device=dev):
+            for name, (b,) in iter_across([base], names, device=dev, naming=ctx.naming):
                 m = params[name]
                 tau = probe_params[name] - b if name not in skipped else torch.zeros_like(b)
                 tv_sq += float(tau.double().square().sum())
@@ -84,7 +84,7 @@ def opcm(ctx: MergeContext) -> None:
         norms.append(math.sqrt(tv_sq))
     scale = merge_math.opcm_scale(math.sqrt(sum_sq), norms)
     with torch.no_grad():
-        for name, (b,) in iter_across([base], names, device=dev):
+        for name, (b,) in iter_across([base], names, device=dev, naming=ctx.naming):
             m = params[name]
             m.copy_(b + (m - b) * scale)
     ctx.record(step="merge", source=None, validation=ctx.step_metrics("validation"),

@@ -78,7 +78,7 @@ def task_vector(ctx: MergeContext, source, names: list[str]) -> dict[str, torch.
     base, skipped = ctx.base_source, set(ctx.skips.get(source.name, ()))
     seen = set()
     with torch.no_grad(), base.present():
-        for name, tensor in iter_tensors(base, ctx.skips.get(base.name, ())):
+        for name, tensor in iter_tensors(base, ctx.skips.get(base.name, ()), ctx.naming):
             if name in probe and name in names and name not in skipped:
                 probe[name].sub_(tensor.to(probe[name].device, probe[name].dtype))
                 seen.add(name)

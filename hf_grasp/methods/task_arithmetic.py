@@ -45,7 +45,7 @@ def merge_task_vectors(ctx: MergeContext, merge_one: Callable[[Tensor, list[Tens
     everyone = [base, *ctx.sources]
     skips = [ctx.skips.get(s.name, ()) for s in everyone]
     with torch.no_grad():
-        rows = iter_across(everyone, names, skips, device=ctx.accelerator.device)
+        rows = iter_across(everyone, names, skips, device=ctx.accelerator.device, naming=ctx.naming)
         for name, (b, *tensors) in progress(rows, total=len(names), desc=desc, unit="tensor"):
             have = [t for t in tensors if t is not None]
             if not have:
