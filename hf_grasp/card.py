@@ -178,7 +178,8 @@ config = timm.data.resolve_data_config({{}}, model=model)
 transform = timm.data.create_transform(**config)
 with torch.no_grad():
     label = model(transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0)).argmax(-1).item()
-print(label)""",
+print(label)
+# transformers loads it too (TimmWrapper): AutoModelForImageClassification.from_pretrained("{repo}")""",
     "ensemble": """from PIL import Image
 from hf_grasp.ensemble_model import EnsembleClassifier
 

@@ -358,8 +358,13 @@ def readme_block() -> str:
     merged = [t for t in sorted(STATUS) if STATUS[t] == MERGED]
     refused = [f"{t} ({REFUSED[t][0]})" for t in sorted(REFUSED)]
     missing = [f"{t} ({NOT_BUILDABLE[t][0]})" for t in sorted(NOT_BUILDABLE)]
+    from test_timm_wrapper import TINY_TIMM  # the timm families, verified by their own sweep
+
+    timm = [f"{family} ({name})" for family, (name, _) in TINY_TIMM.items()]
     text = (f"**Architectures** merged and reloaded by `tests/test_architectures.py`: {', '.join(merged)}; "
-            f"refused in one error line: {', '.join(refused)}; not buildable here: {', '.join(missing)}.")
+            f"refused in one error line: {', '.join(refused)}; not buildable here: {', '.join(missing)}. "
+            f"timm families, merged and reloaded by timm and by transformers' TimmWrapper "
+            f"(`tests/test_timm_wrapper.py`): {', '.join(timm)}.")
     return "\n".join([START, textwrap.fill(text, width=115, break_on_hyphens=False), END])
 
 
