@@ -209,7 +209,7 @@ class GraspMerger:
                 (``init="org/merged"``): the merge then continues it, one step per new source,
                 with that merge's options unless given here.
         """
-        clock = RunClock.now("GraspMerger.from_pretrained was called")  # loading the data and sources is the run too
+        clock = RunClock.now("from_pretrained was called")  # loading the data and sources is the run too
         saved = None
         if isinstance(sources, (str, os.PathLike)):  # one reference: a published merge to rebuild
             config, _ = find_merge_config(sources, token=token, required=True)

@@ -137,7 +137,7 @@ class MergeReport:
     # the whole run's wall time since ``wall_since``, to the end of the merge and, once saved, to its files written
     # (``seconds`` is the merge engine's part of it)
     wall_seconds: float | None = None
-    wall_since: str | None = None             # "the process started" (CLI) | "GraspMerger.from_pretrained" (API)
+    wall_since: str | None = None             # "the process started" (CLI) | "from_pretrained was called" (API)
     license: License | None = None            # the merged model's, as its card states it (None: none)
     license_origin: str | None = None         # "given" (--license) | "sources" (every input's card states it)
     version: str = ""
