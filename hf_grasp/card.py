@@ -406,9 +406,19 @@ def _training_lines(report: MergeReport) -> list[str]:
     if report.method.is_grasp:
         return [f"Fine-tuning: {o['initial_epochs']} epoch(s) on the initial model ({o['init']}), "
                 f"{o['finetune_epochs']} epoch(s) after each source; AdamW (lr {o['lr']}, weight decay "
-                f"{o['weight_decay']}), {o['schedule']} schedule, best-validation epoch kept."]
+                f"{o['weight_decay']}), {_round_text(o)}."]
     return [f"Fine-tuning: {report.epochs_trained} epoch(s) on the target training data (the budget GRASP would "
-            f"spend); AdamW (weight decay {o['weight_decay']}), {o['schedule']} schedule, best-validation epoch kept."]
+            f"spend); AdamW (weight decay {o['weight_decay']}), {_round_text(o)}."]
+
+
+def _round_text(o: dict) -> str:
+    """How a fine-tuning round ran, as the options that ran it say (reports older than an option read as its
+    default, which is what those runs did)."""
+    per = ("stepped once per epoch (the released code: the first epoch at the full rate)"
+           if o.get("schedule_per", "epoch") == "epoch" else "stepped after every batch, to zero at the round's end")
+    kept = ("the round ends on the best of its starting state and its epochs by validation accuracy "
+            "(`--keep-start`)" if o.get("keep_start") else "the epoch with the best validation accuracy kept")
+    return f"{o['schedule']} schedule {per}; {kept}"
 
 
 def _grasp_open_points(report: MergeReport) -> list[str]:
@@ -425,8 +435,12 @@ def _grasp_open_points(report: MergeReport) -> list[str]:
         "Buffers (BatchNorm running statistics): "
         + ("a module's buffers follow its transferred weight." if p["buffers"] == "follow"
            else "never transferred, as in the released code; they come from the initial model and fine-tuning."),
-        "Model modes while taking gradients: both models in **eval** mode (deterministic, dropout-free, each "
-        "with its own BatchNorm statistics; the released code puts the merged model in train mode).",
+        "Model modes while taking gradients: "
+        + ("the merged model in **train** mode (BatchNorm on batch statistics, dropout on; the alignment batches "
+           "update its running statistics), the source in eval mode, as in the released code (`--align-mode "
+           "train-merged`)." if o.get("align_mode") == "train-merged" else
+           "both models in **eval** mode (deterministic, dropout-free, each with its own BatchNorm statistics; "
+           "the released code puts the merged model in train mode)."),
         "Classifier heads whose shape differs from the target's label count: "
         + ("skipped and reported." if o["skip_mismatched_heads"] else "an error."),
     ]

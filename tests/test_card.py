@@ -188,3 +188,19 @@ def test_card_without_a_saved_configuration_offers_no_reproduce_section(local_re
     text = build_model_card(local_report, repo_id="me/merged", reproducible=False).text
     assert "Reproduce" not in text and "--from" not in text and "Local sources" not in text
     assert 'from_pretrained("me/merged")' in text  # loading it stays
+
+
+def test_card_states_the_training_and_alignment_options_the_run_used(example):
+    """A run with --keep-start, --schedule-per step and --align-mode train-merged: the card says each, and none of
+    the defaults' sentences."""
+    report = MergeReport.load(example / "grasp_report.json")
+    default = build_model_card(report).text
+    assert "stepped once per epoch" in default and "the epoch with the best validation accuracy kept" in default
+    assert "both models in **eval** mode" in default
+    changed = dataclasses.replace(report, options={**report.options, "keep_start": True, "schedule_per": "step",
+                                                   "align_mode": "train-merged"})
+    text = build_model_card(changed).text
+    assert "stepped after every batch, to zero at the round's end" in text and "stepped once per epoch" not in text
+    assert "(`--keep-start`)" in text and "the epoch with the best validation accuracy kept" not in text
+    assert "the merged model in **train** mode" in text and "both models in **eval** mode" not in text
+

@@ -107,8 +107,8 @@ _GRASP_HOW = ("merges the sources one at a time, so only the merged model and on
               "each source it takes, on the same batches of target *training* data, the gradient of the loss with "
               "respect to every parameter of the merged model and of the source, and copies a parameter from the "
               "source into the merged model only where the cosine of the two gradients is strictly greater than "
-              "the threshold τ; the merged model is then fine-tuned on the target training data and the "
-              "best-validation epoch kept.")
+              "the threshold τ; the merged model is then fine-tuned on the target training data, keeping its best "
+              "state by validation accuracy.")
 
 for _info in (
     MethodInfo("grasp", "GRASP (Gradient-Aligned Sequential Parameter Transfer)", "GRASP", _GRASP_HOW,
