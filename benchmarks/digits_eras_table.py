@@ -22,8 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from hf_grasp import GraspMerger  # noqa: E402
-from hf_grasp.bench.demo import source_dirs  # noqa: E402
-from hf_grasp.bench.make_sources import make_sources  # noqa: E402
+from hf_grasp.apps.bench.demo import source_dirs  # noqa: E402
+from hf_grasp.apps.bench.make_sources import make_sources  # noqa: E402
 
 METHODS = {"fine-tune only (τ=∞)": {"tau": float("inf")}, "GRASP τ=0.3": {"tau": 0.3}}
 

@@ -2,7 +2,7 @@
 
 Every figure comes from a fresh interpreter (``python -c CHILD name json_args``, the child prints one JSON
 line last), so imports, caches and allocator state never leak from one measurement into the next. The
-sources are K random ResNet-18 checkpoints (``hf_grasp.bench.archs``, P = 44.7 MB of fp32 parameters); the
+sources are K random ResNet-18 checkpoints (``hf_grasp.apps.bench.archs``, P = 44.7 MB of fp32 parameters); the
 target is rows 0-799 / 800-899 / 900-999 of digits-eras' pretrain pool as train / validation / test. Every
 merge: tau 0.3, one alignment batch of 32, batch 32, lr 5e-5, weight decay 0.01, initial = finetune epochs E.
 
@@ -12,9 +12,9 @@ Sections (``--only`` takes their names):
    for grasp, the streamed multi-source average and the naive multi-source average, K = 2, 4, 8, 16, E = 1.
 2. ``align``: hf-grasp's load + alignment + transfer per source against the floor of that work: read the
    checkpoint once into a model, one forward+backward of each of the two models on one batch.
-3. ``finetune``: one epoch of ``hf_grasp.training.fine_tune`` (validation included) against a plain loop over
+3. ``finetune``: one epoch of ``hf_grasp.engine.training.fine_tune`` (validation included) against a plain loop over
    images preprocessed once (fused AdamW, and torch's default AdamW).
-4. ``eval``: ``hf_grasp.training.evaluate_model`` against a plain ``no_grad`` loop over preprocessed tensors.
+4. ``eval``: ``hf_grasp.engine.training.evaluate_model`` against a plain ``no_grad`` loop over preprocessed tensors.
 5. ``cache``: the disk high-water of HF_HOME plus the scratch directory with ``evict_sources`` (sources served
    by the test suite's hub server on 127.0.0.1), K = 2 and 16, in checkpoint sizes.
 6. ``breakdown``: where the wall time of one K = 8, E = 1 merge process goes.
@@ -92,7 +92,7 @@ def _import_engine() -> None:
     import torch  # noqa: F401
     import transformers.models.resnet.modeling_resnet  # noqa: F401
     import hf_grasp  # noqa: F401
-    from hf_grasp.training import load_accuracy
+    from hf_grasp.engine.training import load_accuracy
 
     load_accuracy()
 
@@ -108,7 +108,7 @@ def _status_bytes(name: str) -> int:
 def _floor_now() -> int:
     """RSS now, and VmHWM reset to it: VmHWM then holds the peak of what runs from here on.
 
-    VmHWM, not ``hf_grasp.report.peak_rss_bytes()``: that is getrusage's ru_maxrss, which in a child also
+    VmHWM, not ``hf_grasp.output.report.peak_rss_bytes()``: that is getrusage's ru_maxrss, which in a child also
     counts the RSS its parent had when it forked (a 1.5 GB parent makes every child report >= 1.5 GB).
     """
     rss = _status_bytes("VmRSS")
@@ -294,8 +294,8 @@ def _engine_objects(args: dict) -> tuple:
     ``begin_step`` seeds their shuffling as a merge step would.
     """
     from transformers import AutoModelForImageClassification
-    from hf_grasp.methods.context import MergeContext
-    from hf_grasp.training import make_accelerator
+    from hf_grasp.engine.context import MergeContext
+    from hf_grasp.engine.training import make_accelerator
 
     merger = _merger(args)
     model = AutoModelForImageClassification.from_pretrained(args["sources"][0])
@@ -324,7 +324,7 @@ def finetune_child(args: dict, t0: float) -> dict:
     """Section 3: one engine epoch (with validation) against plain loops, each from the source's weights."""
     _import_engine()
     import torch
-    from hf_grasp.training import fine_tune
+    from hf_grasp.engine.training import fine_tune
 
     merger, model, ctx = _engine_objects(args)
     pristine = copy.deepcopy(model.state_dict())
@@ -349,7 +349,7 @@ def finetune_child(args: dict, t0: float) -> dict:
 def eval_child(args: dict, t0: float) -> dict:
     """Section 4: ``evaluate_model`` over the engine's test loader against a plain loop over tensors."""
     _import_engine()
-    from hf_grasp.training import evaluate_model
+    from hf_grasp.engine.training import evaluate_model
 
     merger, model, ctx = _engine_objects(args)
     test = _batches(*_tensors(merger.data.splits["test"], merger.model_dir))
@@ -613,7 +613,7 @@ def section_align(b: Bench) -> tuple[str, dict]:
 def section_finetune(b: Bench) -> tuple[str, dict]:
     m = run_child("finetune", b.args(2, 1, repeats=b.reps(3)))
     med = {name: statistics.median(s) for name, s in m["seconds"].items()}
-    labels = {"engine": "hf_grasp.training.fine_tune (its AdamW)", "plain_fused": "plain loop, AdamW(fused=True)",
+    labels = {"engine": "hf_grasp.engine.training.fine_tune (its AdamW)", "plain_fused": "plain loop, AdamW(fused=True)",
               "plain_default": "plain loop, torch's default AdamW"}
     rows = [[labels[name], f"{s:.2f}", f"{med['engine'] / s:.2f}",
              goal(med["engine"] / s, GOAL_EPOCH) if name == "plain_fused" else ""] for name, s in med.items()]
@@ -791,14 +791,14 @@ def _built(path: Path, make: Callable[[Path], None]) -> Path:
 
 
 def _new_source(out: Path, *, seed: int) -> None:
-    from hf_grasp.bench import archs
+    from hf_grasp.apps.bench import archs
 
     archs.new_checkpoint("resnet18", out, num_labels=10, image_size=32, seed=seed)
 
 
 def _new_target(out: Path, *, sizes: tuple[int, int, int]) -> None:
     import datasets
-    from hf_grasp.bench.digits_eras import load_digits_eras
+    from hf_grasp.apps.bench.digits_eras import load_digits_eras
 
     pool, (n_train, n_val, n_test) = load_digits_eras()["pretrain"], sizes
     bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_val),

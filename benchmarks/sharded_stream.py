@@ -4,7 +4,7 @@ A synthetic transformers ResNet image classifier (bottleneck, ResNet-50
 depths, widths scaled by ``--width``) is built from a config (random weights),
 saved with ``save_pretrained(max_shard_size=...)`` as a sharded safetensors
 checkpoint, then, in a fresh interpreter, the probe is allocated and
-the checkpoint streamed into it with :func:`hf_grasp.sources.stream_into`
+the checkpoint streamed into it with :func:`hf_grasp.inputs.sources.stream_into`
 (``safe_open``, one tensor at a time). The figure is the peak RSS while
 streaming above the RSS with the probe allocated (the kernel's peak counter
 ``VmHWM`` is reset just before): a loader that held a second full copy would
@@ -37,7 +37,7 @@ STREAM = """
 import json, sys
 from pathlib import Path
 from transformers import AutoConfig, AutoModelForImageClassification
-from hf_grasp.sources import resolve, stream_into
+from hf_grasp.inputs.sources import resolve, stream_into
 
 def rss(field):
     for line in Path("/proc/self/status").read_text().splitlines():

@@ -8,7 +8,7 @@ Public API::
     result.save_pretrained("merged/")
 """
 
-from .errors import GraspError
+from .runtime.errors import GraspError
 
 __version__ = "0.1.0"
 __all__ = ["GraspMerger", "MergeResult", "MergeReport", "MergeOptions", "GraspError", "register_method", "__version__"]

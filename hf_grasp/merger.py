@@ -23,26 +23,26 @@ from huggingface_hub.utils import httpx  # the HTTP library huggingface_hub itse
 from safetensors import SafetensorError
 from torch import nn
 
-from ._memory import frozen_heap
-from .card import HEATMAP, build_model_card, for_publication, has_heatmap
-from .data import TargetData, load_target, preprocess_target
-from .errors import GraspError, SourceError, first_line
-from .families.base import ModelFamily
-from .heatmap import plot_alignment_heatmap
-from .labels import relabel_model, relabel_saved
-from .launch import announce_processes
-from .merge_config import CONFIG_NAME, REPORT_NAME, MergeConfig, find_merge_config, pinned_reference
+from .runtime.memory import frozen_heap
+from .output.card import HEATMAP, build_model_card, for_publication, has_heatmap
+from .inputs.data import TargetData, load_target, preprocess_target
+from .runtime.errors import GraspError, SourceError, first_line
+from .inputs.families.base import ModelFamily
+from .output.heatmap import plot_alignment_heatmap
+from .inputs.labels import relabel_model, relabel_saved
+from .runtime.launch import announce_processes
+from .plan.config import CONFIG_NAME, REPORT_NAME, MergeConfig, find_merge_config, pinned_reference
 from .methods import METHODS, find_method, get_method
-from .methods.context import MergeContext
-from .licenses import License, LicenseDecision, decide_license
-from .options import Layer, MergeOptions, MethodParams, resolve
-from .progress import log
-from .recipes import resolve_target
-from .report import MergeReport, build_report
-from .resolution import MergeInputs, check_family, preflight_inputs, resolve_inputs
-from .sources import expected_specs
-from .timing import RunClock
-from .training import make_accelerator, process_state, recalibrate_batchnorm, torch_threads
+from .engine.context import MergeContext
+from .plan.licenses import License, LicenseDecision, decide_license
+from .plan.options import Layer, MergeOptions, MethodParams, resolve
+from .runtime.progress import log
+from .inputs.recipes import resolve_target
+from .output.report import MergeReport, build_report
+from .inputs.resolution import MergeInputs, check_family, preflight_inputs, resolve_inputs
+from .inputs.sources import expected_specs
+from .runtime.timing import RunClock
+from .engine.training import make_accelerator, process_state, recalibrate_batchnorm, torch_threads
 
 
 def check_free_space(output: str | Path, inputs: MergeInputs, *, checkpointed: bool = False) -> None:
@@ -202,7 +202,7 @@ class GraspMerger:
                 you leave unset; with a ``target`` path, the recipe's settings apply to it.
             method: a registered merge method (default ``grasp``; ``hf_grasp.methods.METHODS`` lists them).
             token: Hub token, if not taken from the environment.
-            **options: shared options (:class:`~hf_grasp.options.MergeOptions`: ``lr``,
+            **options: shared options (:class:`~hf_grasp.plan.options.MergeOptions`: ``lr``,
                 ``initial_epochs``, ``target_domain``, ...) and the method's own parameters
                 (``tau``, ``granularity`` for GRASP; ``density`` for TIES; ...). A recipe's
                 values fill those you leave unset. ``init`` may name an earlier GRASP merge
@@ -259,7 +259,7 @@ class GraspMerger:
     @property
     def config(self) -> MergeConfig:
         """This merge's configuration, every input pinned (what ``grasp_config.json`` holds)."""
-        from . import __version__
+        from hf_grasp import __version__
 
         by_name = {s.name: s for s in self.inputs.everyone}
         pins = {name: pinned_reference(name, s.ref.repo_id, s.commit) for name, s in by_name.items()}
@@ -292,7 +292,7 @@ class GraspMerger:
             return self._merge(checkpoint_dir, resume)
 
     def _merge(self, checkpoint_dir: str | os.PathLike | None, resume: bool) -> "MergeResult":
-        from .checkpoint import Checkpoint
+        from .output.checkpoint import Checkpoint
 
         o = self.options
         if resume and not self.method.sequential:
@@ -354,7 +354,7 @@ class MergeResult(ModelHubMixin):
     and a model card; ``push_to_hub(repo_id)`` uploads the same folder.
 
     ``artifact``: a result that is not one model of the architecture (the
-    ensemble's :class:`~hf_grasp.ensemble_model.EnsembleSpec`). When set, it is
+    ensemble's :class:`~hf_grasp.methods.ensemble_model.EnsembleSpec`). When set, it is
     what gets saved (its own ``save_pretrained`` writes its files and README) and
     ``model`` is only the engine's working model, never written.
     """
@@ -405,13 +405,13 @@ class MergeResult(ModelHubMixin):
         """Write everything to a temporary sibling directory, then rename it into place.
 
         The directory is checked and locked first
-        (:func:`~hf_grasp.workspace.claim_output`: not a file, not one of the
+        (:func:`~hf_grasp.runtime.workspace.claim_output`: not a file, not one of the
         merge's inputs, writable, not being written by another run); an existing
         non-empty directory is refused unless ``overwrite``. A failure leaves
         nothing behind; the temporary sibling carries this process's PID, so a
         later save removes one a killed run left.
         """
-        from .workspace import claim_output, staged
+        from .runtime.workspace import claim_output, staged
 
         inputs = [("source", s.path) for s in self.report.sources] + [("source", self.model_dir)]
         inputs += [("--base", self.report.base.path)] if self.report.base else []

@@ -20,7 +20,7 @@ import pytest
 # the hub-compatible server on 127.0.0.1 (tests/hub_server.py), a fixture every test module can use
 from hub_server import hub_server  # noqa: F401
 
-from hf_grasp.bench import archs
+from hf_grasp.apps.bench import archs
 
 LABELS = [str(i) for i in range(10)]
 
@@ -79,7 +79,7 @@ def last_json(proc: subprocess.CompletedProcess):
 
 
 def run_cli(*args: str, env: dict | None = None, cwd=None, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hf_grasp.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "hf_grasp.apps.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
@@ -150,7 +150,7 @@ def _run_main(argv: list[str]) -> tuple[int, str, str]:
     import contextlib
     import io
 
-    from hf_grasp.cli import main
+    from hf_grasp.apps.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

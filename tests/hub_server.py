@@ -38,7 +38,7 @@ import pytest
 import yaml
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
-from hf_grasp.licenses import HUB_LICENSES
+from hf_grasp.plan.licenses import HUB_LICENSES
 
 #: file suffixes the server asks to receive through LFS, as the Hub's default .gitattributes does
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".png", ".jpg")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from hf_grasp.alignment import (
+from hf_grasp.engine.alignment import (
     EPS,
     alignment_scores,
     alignment_sums,
@@ -107,7 +107,7 @@ def test_shape_mismatch_rejected():
 def test_scoring_each_gradient_as_backward_makes_it_equals_scoring_full_gradients():
     # GRASP scores a source's gradient tensor by tensor inside its backward pass and frees it; the decisions and
     # scores must be those of scoring the two complete gradient sets, for every granularity
-    from hf_grasp.methods.context import _handing_over
+    from hf_grasp.engine.context import _handing_over
     from hf_grasp.methods.grasp import AlignmentScorer, transfer_aligned
 
     torch.manual_seed(0)

@@ -34,9 +34,9 @@ from transformers import AutoConfig, AutoModelForImageClassification
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES as MAPPED
 
 from hf_grasp import GraspMerger
-from hf_grasp.errors import UnsupportedArchitectureError
-from hf_grasp.families import family_for, read_config
-from hf_grasp.sources import read_header, resolve, stream_into
+from hf_grasp.runtime.errors import UnsupportedArchitectureError
+from hf_grasp.inputs.families import family_for, read_config
+from hf_grasp.inputs.sources import read_header, resolve, stream_into
 
 LABELS = ["cat", "dog", "owl"]
 SIZE = 32  # input images, unless a type's override says otherwise
@@ -256,7 +256,7 @@ def vit_merge(target, tmp_path_factory):
 
 @pytest.mark.slow
 def test_report_and_heatmap_name_tensors_as_the_checkpoint_does(vit_merge, tmp_path, monkeypatch):
-    import hf_grasp.heatmap
+    import hf_grasp.output.heatmap
 
     result, saved, _ = vit_merge
     query = "vit.encoder.layer.0.attention.attention.query.weight"  # q_proj in memory
@@ -264,8 +264,8 @@ def test_report_and_heatmap_name_tensors_as_the_checkpoint_does(vit_merge, tmp_p
     for record in result.report.sources[1:]:
         assert set(record.scores) <= saved and set(record.transferred) <= saved and query in record.scores
     labelled = []  # the heatmap's column names, as it shortens them for its axis
-    shorten = hf_grasp.heatmap.shorten_tensor_names
-    monkeypatch.setattr(hf_grasp.heatmap, "shorten_tensor_names", lambda names, **kw: labelled.append(names)
+    shorten = hf_grasp.output.heatmap.shorten_tensor_names
+    monkeypatch.setattr(hf_grasp.output.heatmap, "shorten_tensor_names", lambda names, **kw: labelled.append(names)
                         or shorten(names, **kw))
     result.save_pretrained(tmp_path / "merged")
     assert labelled and set(labelled[0]) <= saved and query in labelled[0]
@@ -276,10 +276,10 @@ def test_report_and_heatmap_name_tensors_as_the_checkpoint_does(vit_merge, tmp_p
 @pytest.mark.slow
 def test_hub_preflight_reads_checkpoint_names(vit_merge):
     """Remote headers hold the checkpoint's names: pre-flight converts them, and names a culprit as they do."""
-    from hf_grasp.errors import ShapeMismatchError
-    from hf_grasp.options import MergeOptions
-    from hf_grasp.resolution import _check_hub_headers
-    from hf_grasp.sources import SourceRef
+    from hf_grasp.runtime.errors import ShapeMismatchError
+    from hf_grasp.plan.options import MergeOptions
+    from hf_grasp.inputs.resolution import _check_hub_headers
+    from hf_grasp.inputs.sources import SourceRef
 
     _, _, sources = vit_merge
     lead, ref = resolve(sources[0]), SourceRef.parse("org/vit")
@@ -296,7 +296,7 @@ def test_hub_preflight_reads_checkpoint_names(vit_merge):
 
 def test_split_tensors_stream_as_from_pretrained_loads_them(tmp_path):
     """DINOv2 with SwiGLU saves gate_proj and up_proj as one fused ``weights_in``: split as it is read."""
-    from hf_grasp.families import TransformersFamily
+    from hf_grasp.inputs.families import TransformersFamily
 
     src = checkpoint("dinov2", tmp_path / "src", seed=0, use_swiglu_ffn=True)
     with safe_open(src / "model.safetensors", framework="pt") as h:
@@ -317,7 +317,7 @@ def test_a_loader_that_joins_tensors_is_refused_before_any_weights_are_read(targ
     import transformers.conversion_mapping as conversion
     from transformers.core_model_loading import Concatenate, WeightConverter
 
-    import hf_grasp.sources
+    import hf_grasp.inputs.sources
 
     sources = [checkpoint("resnet", tmp_path / f"src{seed}", seed=seed) for seed in (0, 1)]
     for src in sources:  # the head's weight stored in two halves, as such a checkpoint would hold it
@@ -337,8 +337,8 @@ def test_a_loader_that_joins_tensors_is_refused_before_any_weights_are_read(targ
     def no_reading(*args, **kwargs):
         raise AssertionError("a weight was read")
 
-    monkeypatch.setattr(hf_grasp.sources, "read_tensors", no_reading)
-    monkeypatch.setattr(hf_grasp.sources, "read_tensor", no_reading)
+    monkeypatch.setattr(hf_grasp.inputs.sources, "read_tensors", no_reading)
+    monkeypatch.setattr(hf_grasp.inputs.sources, "read_tensor", no_reading)
     with pytest.raises(UnsupportedArchitectureError) as refused:
         GraspMerger.from_pretrained([str(s) for s in sources], target=str(target), **TINY).merge()
     message = str(refused.value)

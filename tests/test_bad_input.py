@@ -62,7 +62,7 @@ def test_empty_target_split(tmp_path, checkpoints):
 
 def test_head_mismatch_errors_or_is_skipped(tmp_path, checkpoints):
     from hf_grasp import GraspMerger
-    from hf_grasp.errors import ShapeMismatchError
+    from hf_grasp.runtime.errors import ShapeMismatchError
 
     good = checkpoints("resnet", 1)[0]
     five = checkpoints("resnet", 1, seed0=50, num_labels=5)[0]

@@ -7,8 +7,9 @@ import torch
 from peft.utils import merge_utils
 from safetensors.torch import load_file
 
-from hf_grasp import GraspMerger, merge_math
-from hf_grasp.errors import GraspError
+from hf_grasp import GraspMerger
+from hf_grasp.engine import merge_math
+from hf_grasp.runtime.errors import GraspError
 
 
 def _run(srcs, method, base=None, **opts):

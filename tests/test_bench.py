@@ -21,11 +21,11 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from hf_grasp.bench import runner
-from hf_grasp.bench.runner import BenchConfig, _check_resumable, bench
-from hf_grasp.bench.results import RunResult, claims, plot, read_csv, summarise, write_csv
-from hf_grasp.cli import main
-from hf_grasp.errors import GraspError
+from hf_grasp.apps.bench import runner
+from hf_grasp.apps.bench.runner import BenchConfig, _check_resumable, bench
+from hf_grasp.apps.bench.results import RunResult, claims, plot, read_csv, summarise, write_csv
+from hf_grasp.apps.cli import main
+from hf_grasp.runtime.errors import GraspError
 
 PAIRS = [(1, 0), (1, 1), (2, 0), (2, 1)]  # (target domain, seed)
 ENSEMBLE = [0.70, 0.95, 0.72, 0.75]  # GRASP is ahead in 3 of the 4 pairs
@@ -156,7 +156,7 @@ def test_read_csv_refuses_other_files(tmp_path):
 
 
 def test_summary_and_package_import_no_torch():
-    code = ("import sys, hf_grasp.bench, hf_grasp.bench.results\n"
+    code = ("import sys, hf_grasp.apps.bench, hf_grasp.apps.bench.results\n"
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -332,7 +332,7 @@ def test_memory_runs_both_methods_per_k_in_fresh_interpreters(monkeypatch):
         children.append(json.loads(argv[-1]))
         return subprocess.CompletedProcess(argv, 0, stdout=f"noise\n{len(children)}\n", stderr="")
 
-    monkeypatch.setattr("hf_grasp.bench.archs.new_checkpoint", lambda arch, d, **kw: made.append((arch, d.name)))
+    monkeypatch.setattr("hf_grasp.apps.bench.archs.new_checkpoint", lambda arch, d, **kw: made.append((arch, d.name)))
     monkeypatch.setattr(runner.subprocess, "run", fake_subprocess_run)
     rows = runner.run_memory(BenchConfig(memory_k=(2, 4), memory_arch="resnet"))
     assert made == [("resnet", f"s{i}") for i in range(5)]  # K = 4 sources and a base

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_grasp.bench.results import NEW_METHODS, ORACLE, RunResult, claims, plot, read_csv, summarise
+from hf_grasp.apps.bench.results import NEW_METHODS, ORACLE, RunResult, claims, plot, read_csv, summarise
 
 REAL = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "bench-digits-eras-10seeds"
 PAIRS = [(0, 0), (0, 1), (1, 0), (1, 1)]  # (target domain, seed)

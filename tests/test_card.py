@@ -21,9 +21,9 @@ import pytest
 from huggingface_hub import ModelCard
 
 from conftest import run_python
-from hf_grasp.card import FOLDER, HEATMAP, build_model_card, for_publication, hub_dataset_id
-from hf_grasp.merge_config import CONFIG_NAME
-from hf_grasp.report import MergeReport
+from hf_grasp.output.card import FOLDER, HEATMAP, build_model_card, for_publication, hub_dataset_id
+from hf_grasp.plan.config import CONFIG_NAME
+from hf_grasp.output.report import MergeReport
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 EXAMPLE = DOCS / "example-model-card.md"
@@ -34,7 +34,7 @@ SOURCES = ["demo/resnet-s0@v1", "demo/resnet-s1", "demo/resnet-s2"]
 MAKE_EXAMPLE = """
 import sys
 from hf_grasp import GraspMerger
-from hf_grasp.bench.hub_cache import publish_to_cache
+from hf_grasp.apps.bench.hub_cache import publish_to_cache
 out, repo_id, refs, dirs = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4:]
 for ref, d in zip(refs, dirs):
     publish_to_cache(d, ref.split("@")[0], tags=("v1",))

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from conftest import last_json, run_python
-from hf_grasp.cli import build_parser
-from hf_grasp.errors import GraspError
+from hf_grasp.apps.cli import build_parser
+from hf_grasp.runtime.errors import GraspError
 from hf_grasp.methods import METHODS
-from hf_grasp.options import Layer, MergeOptions, flag_name, option_table_markdown, options_from_args, parse_text, \
+from hf_grasp.plan.options import Layer, MergeOptions, flag_name, option_table_markdown, options_from_args, parse_text, \
     resolve
-from hf_grasp.recipes import load_recipe
+from hf_grasp.inputs.recipes import load_recipe
 
 COMMANDS = [[], ["merge"], ["make-sources"], ["demo"], ["prepare"], ["bench"]]
 
@@ -42,7 +42,7 @@ def test_help_on_every_command(command, capsys):
 
 HELP_IMPORTS = """
 import json, sys
-from hf_grasp.cli import main
+from hf_grasp.apps.cli import main
 try:
     main(sys.argv[1:])
 except SystemExit as e:
@@ -166,4 +166,4 @@ def test_docs_option_table_matches_declarations():
     doc = (Path(__file__).parent.parent / "docs" / "options.md").read_text()
     assert option_table_markdown() in doc, (
         "docs/options.md's option tables differ from the declarations; paste in the output of "
-        "`python -c 'from hf_grasp.options import option_table_markdown as t; print(t())'`")
+        "`python -c 'from hf_grasp.plan.options import option_table_markdown as t; print(t())'`")

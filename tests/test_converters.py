@@ -13,9 +13,9 @@ import datasets
 import pytest
 from PIL import Image
 
-from hf_grasp.converters import add_arguments, clear, run_prepare, split_indices, yearbook
-from hf_grasp.data import load_target
-from hf_grasp.errors import DataError, GraspError
+from hf_grasp.inputs.converters import add_arguments, clear, run_prepare, split_indices, yearbook
+from hf_grasp.inputs.data import load_target
+from hf_grasp.runtime.errors import DataError, GraspError
 
 # Boundary years and the (period, label) the released preprocessing gives them, by hand.
 YEARBOOK_TRUTH = {

@@ -1,4 +1,4 @@
-"""hf_grasp.data: targets through `datasets` (built-in, imagefolder, save_to_disk, Hub id) and loaders."""
+"""hf_grasp.inputs.data: targets through `datasets` (built-in, imagefolder, save_to_disk, Hub id) and loaders."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-import hf_grasp.data
+import hf_grasp.inputs.data
 from conftest import write_pngs
-from hf_grasp.bench.digits_eras import load_digits_eras
-from hf_grasp.data import TargetData, alignment_batches, load_target, make_loader, preprocess, preprocess_target
-from hf_grasp.errors import DataError
+from hf_grasp.apps.bench.digits_eras import load_digits_eras
+from hf_grasp.inputs.data import TargetData, alignment_batches, load_target, make_loader, preprocess, preprocess_target
+from hf_grasp.runtime.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -188,7 +188,7 @@ def test_empty_split(monkeypatch):
     # datasets itself refuses to save or load empty splits, so hand one over in memory.
     ds = datasets.Dataset.from_dict({"image": [Image.new("RGB", (4, 4))] * 4, "label": [0, 1, 0, 1]})
     empty = datasets.DatasetDict({"train": ds, "validation": ds, "test": ds.select([])})
-    monkeypatch.setitem(hf_grasp.data._DATASETS, "tiny", lambda: empty)
+    monkeypatch.setitem(hf_grasp.inputs.data._DATASETS, "tiny", lambda: empty)
     with pytest.raises(DataError, match=r"split 'test' of tiny is empty"):
         load_target("tiny")
 
@@ -219,8 +219,8 @@ def test_missing_local_path():
 def test_missing_hub_dataset_offline(tmp_path):
     # datasets reads HF_HUB_OFFLINE when imported: run in a fresh interpreter.
     code = (
-        "from hf_grasp.data import load_target\n"
-        "from hf_grasp.errors import DataError\n"
+        "from hf_grasp.inputs.data import load_target\n"
+        "from hf_grasp.runtime.errors import DataError\n"
         "try:\n"
         "    load_target('nobody-here/no-such-dataset')\n"
         "except DataError as e:\n"
@@ -302,6 +302,6 @@ def test_preprocessed_split_gives_the_same_batches_as_decoding_per_batch(digits_
     # a split over the budget is not kept in memory: it stays decoded per batch, and the target says so
     assert preprocess(train, to_tensor, budget=pre.pixel_values.nbytes - 1) is None
     target = TargetData("t", None, digits_target.splits, 10, None, [])
-    monkeypatch.setattr(hf_grasp.data, "PREPROCESS_BUDGET_BYTES", 0)
+    monkeypatch.setattr(hf_grasp.inputs.data, "PREPROCESS_BUDGET_BYTES", 0)
     preprocess_target(target, to_tensor)
     assert target.preprocessed == {} and any("decoded batch by batch" in n for n in target.notes)

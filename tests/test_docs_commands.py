@@ -1,7 +1,7 @@
 """Every ``hf-grasp ...`` command the README and docs/*.md show is one the command line accepts today.
 
 Each command line in a fenced shell block (backslash continuations joined, leading ``VAR=value`` assignments
-dropped, ``python -m hf_grasp.cli`` under a launcher included) is parsed in-process by the parser the CLI builds,
+dropped, ``python -m hf_grasp.apps.cli`` under a launcher included) is parsed in-process by the parser the CLI builds,
 with long-option abbreviations off, then checked as ``merge`` checks it before any work: an unknown, renamed or
 misspelled flag, a missing required argument, a bad choice, a value its option refuses or another method's
 parameter fails here. ``--help`` appended alone would not catch those (argparse prints the help and
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from hf_grasp.cli import _check_push_flags, build_parser
-from hf_grasp.errors import GraspError
-from hf_grasp.options import options_from_args, parse_text
+from hf_grasp.apps.cli import _check_push_flags, build_parser
+from hf_grasp.runtime.errors import GraspError
+from hf_grasp.plan.options import options_from_args, parse_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -76,13 +76,13 @@ def _concrete(tokens: list[str]) -> list[str]:
 
 
 def _hf_grasp_argv(segment: list[str]) -> list[str] | None:
-    """The arguments after ``hf-grasp`` (or ``-m hf_grasp.cli``) in one shell command, if it runs hf-grasp."""
+    """The arguments after ``hf-grasp`` (or ``-m hf_grasp.apps.cli``) in one shell command, if it runs hf-grasp."""
     while segment and ENV_ASSIGNMENT.match(segment[0]):
         segment = segment[1:]
     if segment[:1] == ["hf-grasp"]:
         return segment[1:]
     for i in range(len(segment) - 1):
-        if segment[i] == "-m" and segment[i + 1] == "hf_grasp.cli":
+        if segment[i] == "-m" and segment[i + 1] == "hf_grasp.apps.cli":
             return segment[i + 2:]
     return None
 
@@ -195,7 +195,7 @@ def test_placeholders_become_concrete():
                                "me/m", "--private", "--revision", "BRANCH"]
     assert _concrete(["space", "[--share|--port", "8000]"]) == ["space", "--share"]
     assert _hf_grasp_argv(shlex.split("HF_HUB_OFFLINE=1 hf-grasp demo")) == ["demo"]
-    assert _hf_grasp_argv(shlex.split("torchrun --standalone -m hf_grasp.cli merge --output o")) == [
+    assert _hf_grasp_argv(shlex.split("torchrun --standalone -m hf_grasp.apps.cli merge --output o")) == [
         "merge", "--output", "o"]
 
 

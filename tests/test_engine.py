@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_grasp import GraspMerger
-from hf_grasp.errors import GraspError
+from hf_grasp.runtime.errors import GraspError
 
 NO_TRAIN = dict(initial_epochs=0, finetune_epochs=0, eval_sources=False)
 
@@ -137,7 +137,7 @@ def test_one_source_is_refused_even_with_a_base(checkpoints):
 
 
 def test_without_step_evaluation_only_the_final_model_is_evaluated(checkpoints, tmp_path):
-    from hf_grasp.summary import _DASH, summary_markdown
+    from hf_grasp.output.summary import _DASH, summary_markdown
 
     srcs = checkpoints("resnet", 3)
     each = _merge(srcs, tau=0.0)

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModelForImageClassification, ResNetForImageClassification
 
 from hf_grasp import GraspMerger
-from hf_grasp.data import load_target
-from hf_grasp.ensemble_model import EnsembleClassifier
-from hf_grasp.recipes import resolve_target
+from hf_grasp.inputs.data import load_target
+from hf_grasp.methods.ensemble_model import EnsembleClassifier
+from hf_grasp.inputs.recipes import resolve_target
 from hf_grasp.methods import METHODS, get_method
 from hf_grasp.methods.catalog import PearlParams
 

@@ -22,10 +22,10 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from hf_grasp.bench import archs
-from hf_grasp.errors import GraspError, SourceError
-from hf_grasp.families import FAMILIES, TimmFamily, TransformersFamily, family_for, read_config, register_family
-from hf_grasp.families.base import ModelFamily
+from hf_grasp.apps.bench import archs
+from hf_grasp.runtime.errors import GraspError, SourceError
+from hf_grasp.inputs.families import FAMILIES, TimmFamily, TransformersFamily, family_for, read_config, register_family
+from hf_grasp.inputs.families.base import ModelFamily
 
 NUM_LABELS = 3
 ID2LABEL = {0: "cat", 1: "dog", 2: "owl"}

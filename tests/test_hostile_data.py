@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from conftest import merge_fails, run_cli, write_pngs
 from hf_grasp import GraspMerger
-from hf_grasp.data import load_target
-from hf_grasp.errors import DataError, GraspError
-from hf_grasp.recipes import load_recipe
+from hf_grasp.inputs.data import load_target
+from hf_grasp.runtime.errors import DataError, GraspError
+from hf_grasp.inputs.recipes import load_recipe
 
 DIGITS = {str(i): 3 for i in range(10)}
 

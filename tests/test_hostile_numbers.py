@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from conftest import merge_fails
-from hf_grasp.errors import NumericalError
+from hf_grasp.runtime.errors import NumericalError
 from hf_grasp.methods.grasp import transfer_aligned
 
 STEM = "resnet.embedder.embedder.convolution.weight"  # the first conv: read first, used by every method

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import OFFLINE, merge_fails, run_cli, tree_hashes
 
-# the console script users run (beside this interpreter: the same environment); `python -m hf_grasp.cli`
+# the console script users run (beside this interpreter: the same environment); `python -m hf_grasp.apps.cli`
 # died by SIGINT after its clean exit in about 1 run in 10 here, the script not in 12 (not understood)
 HF_GRASP = Path(sys.executable).with_name("hf-grasp")
 MERGE = ["merge", "--target", "digits-eras", "--no-eval-sources", "--finetune-epochs", "0"]
@@ -193,7 +193,7 @@ def test_ctrl_c_exits_130_with_one_line_and_leaves_nothing(tmp_path, checkpoints
 
 
 def test_sigkill_leaves_scratch_the_next_run_sweeps_and_sigterm_leaves_nothing(tmp_path, checkpoints):
-    from hf_grasp.workspace import owner_tag
+    from hf_grasp.runtime.workspace import owner_tag
 
     srcs, out = checkpoints("resnet", 2), tmp_path / "merged"
     killed = _start(tmp_path, srcs, out)

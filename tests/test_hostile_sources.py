@@ -24,9 +24,9 @@ from hypothesis import given, settings, strategies as st
 from safetensors.torch import load_file
 
 from conftest import OFFLINE, last_json, merge_fails, run_python
-from hf_grasp.bench.hub_cache import publish_to_cache
-from hf_grasp.errors import GraspError, SourceError
-from hf_grasp.sources import SAFE_INDEX, hash_files, preflight, read_header, resolve
+from hf_grasp.apps.bench.hub_cache import publish_to_cache
+from hf_grasp.runtime.errors import GraspError, SourceError
+from hf_grasp.inputs.sources import SAFE_INDEX, hash_files, preflight, read_header, resolve
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -162,7 +162,7 @@ def test_unreachable_hub_is_one_line(tmp_path, checkpoints, datasets_cache):
 
 UNREACHABLE_BUT_CACHED = """
 import json, sys
-from hf_grasp.sources import SourceRef, remote_header, resolve
+from hf_grasp.inputs.sources import SourceRef, remote_header, resolve
 print(json.dumps([remote_header(SourceRef.parse("demo/m0")), str(resolve("demo/m0").weight_files[0])]))
 """
 
@@ -180,7 +180,7 @@ def test_failed_download_of_a_cached_source_suggests_offline_mode(tmp_path, chec
     from huggingface_hub.errors import LocalEntryNotFoundError
     from huggingface_hub.utils import httpx
 
-    import hf_grasp.sources as sources
+    import hf_grasp.inputs.sources as sources
 
     def no_network(*args, **kwargs):
         try:

@@ -61,7 +61,7 @@ with torch.no_grad():
 
 
 def _publish(env, dirs, org, tags=()):
-    code = ("import sys, json\nfrom hf_grasp.bench.hub_cache import publish_to_cache\n"
+    code = ("import sys, json\nfrom hf_grasp.apps.bench.hub_cache import publish_to_cache\n"
             f"print(json.dumps([publish_to_cache(d, f'{org}/m{{i}}', tags={tuple(tags)!r}) "
             "for i, d in enumerate(sys.argv[1:])]))")
     return last_json(run_python(code, *dirs, env=env))

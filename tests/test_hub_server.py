@@ -31,7 +31,7 @@ def _downloads(log):
 
 SAME_AS_LOCAL = """
 import json, sys
-from hf_grasp.sources import SourceRef, read_header, remote_header, resolve
+from hf_grasp.inputs.sources import SourceRef, read_header, remote_header, resolve
 as_text = lambda specs: {k: [list(shape), str(dtype)] for k, (shape, dtype) in specs.items()}
 remote = remote_header(SourceRef.parse("org/good"))
 print(json.dumps([remote is not None and as_text(remote) == as_text(read_header(resolve(sys.argv[1]))),
@@ -90,7 +90,7 @@ def test_merge_by_repo_id_online_pins_revisions(hub, checkpoints, tmp_path):
 EVICT = """
 import json, sys, tempfile
 from pathlib import Path
-import hf_grasp.methods.context as context
+import hf_grasp.engine.context as context
 from hf_grasp import GraspMerger
 
 seen, stream = [], context.stream_into

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import merge_fails
 
-from hf_grasp.interrupts import Terminated, raise_if_interrupted, signals_as_interrupts
+from hf_grasp.runtime.interrupts import Terminated, raise_if_interrupted, signals_as_interrupts
 
 
 @pytest.fixture(autouse=True)

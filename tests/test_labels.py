@@ -1,4 +1,4 @@
-"""Labels matched by name (hf_grasp.labels): a source holding the target's labels in another order is merged as if
+"""Labels matched by name (hf_grasp.inputs.labels): a source holding the target's labels in another order is merged as if
 it held them in the target's, one holding other labels is refused in one line (or its head left out)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from conftest import merge_fails
 from hf_grasp import GraspMerger
-from hf_grasp.errors import SourceError
-from hf_grasp.labels import (
+from hf_grasp.runtime.errors import SourceError
+from hf_grasp.inputs.labels import (
     AS_TARGET,
     LEFT_OUT,
     PERMUTED,
@@ -29,7 +29,7 @@ from hf_grasp.labels import (
     permute_rows,
     relabelled_config,
 )
-from hf_grasp.sources import iter_across, stream_into
+from hf_grasp.inputs.sources import iter_across, stream_into
 
 DIGITS = [str(i) for i in range(10)]  # digits-eras' ClassLabel names, and the test checkpoints' id2label
 ORDER = (3, 7, 0, 9, 1, 5, 2, 8, 6, 4)  # the permuted copy's class i is the original's class ORDER[i]
@@ -103,8 +103,8 @@ def test_left_out_heads_join_the_ones_preflight_skips():
 
 
 def test_the_head_is_found_on_the_architecture_not_by_its_shape(tmp_path):
-    from hf_grasp.bench import archs
-    from hf_grasp.families import TransformersFamily
+    from hf_grasp.apps.bench import archs
+    from hf_grasp.inputs.families import TransformersFamily
 
     archs.new_checkpoint("resnet", tmp_path / "r", num_labels=16, seed=0)  # its stem has 16 channels too
     state = load_file(str(tmp_path / "r" / "model.safetensors"))
@@ -230,8 +230,8 @@ def test_permuted_lead_gives_a_model_named_and_ordered_as_the_target(digits, tmp
 def test_ensemble_of_a_permuted_member_predicts_as_with_the_original(digits, tmp_path):
     """The ensemble's saved predictor loads each member as published: a renumbered member's outputs are put in
     the target's order there too."""
-    from hf_grasp.data import load_target
-    from hf_grasp.ensemble_model import EnsembleClassifier
+    from hf_grasp.inputs.data import load_target
+    from hf_grasp.methods.ensemble_model import EnsembleClassifier
 
     other, trained, permuted, _ = digits
     images = load_target("digits-eras").splits["test"].select(range(64))["image"]

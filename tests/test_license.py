@@ -16,8 +16,8 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData, constants
 
 from conftest import merge_fails
 from hf_grasp import GraspMerger
-from hf_grasp.cli import main
-from hf_grasp.licenses import HUB_LICENSES, License
+from hf_grasp.apps.cli import main
+from hf_grasp.plan.licenses import HUB_LICENSES, License
 
 NO_WORK = ["--initial-epochs", "0", "--finetune-epochs", "0", "--no-eval-sources", "--no-eval-steps"]
 OTHER = ["--license", "other", "--license-name", "my-model-license", "--license-link", "https://example.com/LICENSE"]
@@ -146,8 +146,8 @@ def test_bad_license_is_one_error_line_and_nothing_written(flags, culprit, check
 def test_a_hub_sources_card_is_read_from_the_files_it_brought(checkpoints, tmp_path, monkeypatch):
     """A source by repo id (from the HF cache, offline): its README.md comes with its config, and with it its
     license, ``other`` with its name and link included."""
-    from hf_grasp.bench.hub_cache import publish_to_cache
-    from hf_grasp.sources import resolve
+    from hf_grasp.apps.bench.hub_cache import publish_to_cache
+    from hf_grasp.inputs.sources import resolve
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

@@ -95,7 +95,7 @@ def test_published_merge_is_made_again_and_continued_by_repo_id(hub_server, chec
 
 
 def _start(log: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hf_grasp.cli", "merge", "--target", "digits-eras", *args],
+    return subprocess.Popen([sys.executable, "-m", "hf_grasp.apps.cli", "merge", "--target", "digits-eras", *args],
                             stdout=subprocess.DEVNULL, stderr=log.open("w"), env={**os.environ, **OFFLINE})
 
 
@@ -177,7 +177,7 @@ def test_a_malformed_config_or_resume_state_is_one_line_naming_it(checkpoints, t
 
 
 def test_a_config_saved_before_schedule_per_existed_rebuilds_with_its_per_step_schedule():
-    from hf_grasp.merge_config import MergeConfig
+    from hf_grasp.plan.config import MergeConfig
 
     old = {"method": "grasp", "sources": ["a", "b"], "target": "digits-eras", "recipe": None,
            "options": {"lr": 1e-3}, "params": {"tau": 0.3}}

@@ -9,7 +9,7 @@ from conftest import last_json, run_python
 PEAK = """
 import json, sys
 from hf_grasp import GraspMerger
-from hf_grasp.report import peak_rss_bytes
+from hf_grasp.output.report import peak_rss_bytes
 merger = GraspMerger.from_pretrained(sys.argv[1:], target="digits-eras", initial_epochs=1, finetune_epochs=1,
                                      eval_sources=False)
 # the floor: imports, the target data (preprocessed) and the resolved sources; the high-water mark restarts here
@@ -45,7 +45,7 @@ def test_peak_rss_flat_in_k_and_bounded_in_model_sizes(checkpoints):
 
 FROZEN = """
 import gc, json, weakref
-from hf_grasp._memory import frozen_heap
+from hf_grasp.runtime.memory import frozen_heap
 
 gc.disable()  # only the explicit collections below
 

@@ -154,7 +154,7 @@ def test_installing_beside_a_torch_in_range_keeps_it(dist, tmp_path):
 
 
 def _export(dist: Path, folder: Path) -> None:
-    _run([sys.executable, "-m", "hf_grasp.cli", "space", "--export", folder, "--wheel", _wheel(dist)])
+    _run([sys.executable, "-m", "hf_grasp.apps.cli", "space", "--export", folder, "--wheel", _wheel(dist)])
 
 
 @pytest.fixture(scope="session")
@@ -204,10 +204,10 @@ def test_exported_space_card_is_what_spaces_read(dist, tmp_path):
     assert {"torch", "transformers", "timm", "gradio", "mlxtend", "peft"} <= names and "hf-grasp" not in names
     assert gradio_pin in lines
     # refused: a second export over it, and a flag of the export without --export
-    proc = subprocess.run([sys.executable, "-m", "hf_grasp.cli", "space", "--export", folder, "--wheel",
+    proc = subprocess.run([sys.executable, "-m", "hf_grasp.apps.cli", "space", "--export", folder, "--wheel",
                            _wheel(dist)], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--overwrite" in proc.stderr, proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "hf_grasp.cli", "space", "--wheel", _wheel(dist)],
+    proc = subprocess.run([sys.executable, "-m", "hf_grasp.apps.cli", "space", "--wheel", _wheel(dist)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr == "error: --wheel only apply with --export DIR\n", proc.stderr
 
@@ -264,7 +264,7 @@ def test_wheel_alone_in_a_fresh_venv_runs_the_demo(dist, space_venv, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "PYTHONPATH": ""}
-    where = _run([python, "-c", "import hf_grasp, hf_grasp.recipes as r; print(hf_grasp.__file__); "
+    where = _run([python, "-c", "import hf_grasp, hf_grasp.inputs.recipes as r; print(hf_grasp.__file__); "
                   "print(r.recipe_path('digits-eras'))"], cwd=work, env=env).stdout.split()
     assert str(tmp_path / "venv") in where[0] and str(ROOT) not in where[0] + where[1], where
     proc = _run([tmp_path / "venv" / "bin" / "hf-grasp", "demo", "--output", work / "demo"], cwd=work, env=env,
@@ -293,7 +293,7 @@ def test_a_feature_without_its_extra_is_one_error_line(tmp_path, blocked, argv, 
     """The module an extra brings made unimportable (as if never installed): one line naming the extra, exit 2,
     nothing written; and before any source is resolved (the sources here do not exist)."""
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    code = (f"import sys; sys.modules[{blocked!r}] = None; from hf_grasp.cli import main; "
+    code = (f"import sys; sys.modules[{blocked!r}] = None; from hf_grasp.apps.cli import main; "
             f"sys.exit(main({argv!r}))")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
            "HF_DATASETS_CACHE": str(tmp_path / "datasets")}  # digits-eras not built yet

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hf_grasp import progress as progress_mod
-from hf_grasp.progress import configure, log, progress
-from hf_grasp.training import fine_tune, make_accelerator
+from hf_grasp.runtime import progress as progress_mod
+from hf_grasp.runtime.progress import configure, log, progress
+from hf_grasp.engine.training import fine_tune, make_accelerator
 
 from conftest import run_python
 

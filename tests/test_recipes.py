@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from hf_grasp.bench import digits_eras
-from hf_grasp.converters import clear, yearbook
-from hf_grasp.errors import GraspError
-from hf_grasp.options import Layer, all_option_names, resolve
-from hf_grasp.recipes import BUILTIN_RECIPES, load_recipe, resolve_target
+from hf_grasp.apps.bench import digits_eras
+from hf_grasp.inputs.converters import clear, yearbook
+from hf_grasp.runtime.errors import GraspError
+from hf_grasp.plan.options import Layer, all_option_names, resolve
+from hf_grasp.inputs.recipes import BUILTIN_RECIPES, load_recipe, resolve_target
 
 OPTION_NAMES = set(all_option_names())
 PAPER = ("yearbook", "clear10", "clear100")
@@ -175,8 +175,8 @@ def test_resolve_target_cases(tmp_path):
 
 _OFFLINE_PROBE = """
 import sys
-from hf_grasp.errors import DataError
-from hf_grasp.recipes import resolve_target
+from hf_grasp.runtime.errors import DataError
+from hf_grasp.inputs.recipes import resolve_target
 try:
     resolve_target(sys.argv[1] or None, sys.argv[2] or None)
 except DataError as e:

@@ -19,11 +19,11 @@ from rich.console import Console
 
 from conftest import OFFLINE, last_json, run_python
 from hf_grasp import GraspMerger
-from hf_grasp.card import build_model_card
-from hf_grasp.heatmap import plot_alignment_heatmap, shorten_tensor_names
+from hf_grasp.output.card import build_model_card
+from hf_grasp.output.heatmap import plot_alignment_heatmap, shorten_tensor_names
 from hf_grasp.methods.catalog import GRASP_PAPER, TIES_PAPER
-from hf_grasp.report import MergeReport
-from hf_grasp.summary import print_summary, shorten, summary_markdown
+from hf_grasp.output.report import MergeReport
+from hf_grasp.output.summary import print_summary, shorten, summary_markdown
 
 NO_TRAIN = dict(initial_epochs=0, finetune_epochs=0, target="digits-eras")
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -248,7 +248,7 @@ def test_timm_card_without_results(grasp_report, tmp_path):
 
 PEAK = """
 import json, psutil
-from hf_grasp.report import peak_rss_bytes
+from hf_grasp.output.report import peak_rss_bytes
 before = peak_rss_bytes()  # Linux carries the parent's peak over a fork: it may be above the current RSS
 blob = bytearray(before - psutil.Process().memory_info().rss + 200 * 2**20)
 blob[::4096] = b"x" * len(blob[::4096])  # touch every page: the RSS now passes the old peak by ~200 MiB
@@ -274,7 +274,7 @@ def test_wall_time_covers_the_run_from_its_process_start(srcs, tmp_path):
     argv = ["merge", "--target", "digits-eras", "--sources", *srcs, "--output", str(out), "--initial-epochs", "0",
             "--finetune-epochs", "0", "--no-progress"]
     launched = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "hf_grasp.cli", *argv], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "hf_grasp.apps.cli", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True,
                             env={**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1"})
     stdout, summary_seen = [], None

@@ -18,9 +18,9 @@ from conftest import OFFLINE, run_cli
 
 
 def _launch(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node 2 -m hf_grasp.cli merge ARGS`` (a free port per launch)."""
+    """``torchrun --standalone --nproc_per_node 2 -m hf_grasp.apps.cli merge ARGS`` (a free port per launch)."""
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "hf_grasp.cli", "merge", "--target", "digits-eras", "--no-progress", *args],
+                           "-m", "hf_grasp.apps.cli", "merge", "--target", "digits-eras", "--no-progress", *args],
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, **OFFLINE})
 
 

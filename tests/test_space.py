@@ -34,7 +34,7 @@ TOKEN = "hf_pageTestTokenNeverShown0123456789"
 
 
 def test_space_without_gradio_is_one_error_line():
-    code = "import sys; sys.modules['gradio'] = None; from hf_grasp.cli import main; sys.exit(main(['space']))"
+    code = "import sys; sys.modules['gradio'] = None; from hf_grasp.apps.cli import main; sys.exit(main(['space']))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
@@ -89,7 +89,7 @@ def served(argv: list, port: int, log: Path, *, env: dict, cwd: Path | None = No
 def space(tmp_path):
     """``hf-grasp space`` on a free port of 127.0.0.1 with its own HF_HOME and home; yields (url, home, log)."""
     port, home, log = _free_port(), tmp_path / "space-home", tmp_path / "space.log"
-    argv = [sys.executable, "-m", "hf_grasp.cli", "space", "--port", str(port), "--home", str(home)]
+    argv = [sys.executable, "-m", "hf_grasp.apps.cli", "space", "--port", str(port), "--home", str(home)]
     with served(argv, port, log, env=page_env(tmp_path)) as url:
         yield url, home, log
 
@@ -238,8 +238,8 @@ def test_page_merges_shows_the_report_classifies_and_refuses_bad_input(space, tm
 
 def test_the_form_passes_each_method_only_what_it_takes(tmp_path):
     pytest.importorskip("gradio")
-    from hf_grasp.space.builtin import sources_root
-    from hf_grasp.space.ui import BUILTIN, DATASET, DIGITS, REPO_IDS, spec_from_form
+    from hf_grasp.apps.space.builtin import sources_root
+    from hf_grasp.apps.space.ui import BUILTIN, DATASET, DIGITS, REPO_IDS, spec_from_form
 
     # ticked d4 first: the merge order is still the list's (the recipe's: d0 before d4)
     form = dict(source_kind=BUILTIN, builtin_sources=["d4", "d0"], repo_ids=None, target_kind=DIGITS, domain=3,
@@ -265,7 +265,7 @@ def test_the_form_passes_each_method_only_what_it_takes(tmp_path):
 
 
 def test_progress_per_source_reads_the_log_lines():
-    from hf_grasp.space.session import RunSpec, SourceBoard
+    from hf_grasp.apps.space.session import RunSpec, SourceBoard
 
     spec = RunSpec(sources=("/x/d1", "org/m1", "org/m10"), target="t", labels={"/x/d1": "d1"})
     board = SourceBoard(spec)

@@ -30,11 +30,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from hf_grasp import GraspMerger
-from hf_grasp.bench import archs
-from hf_grasp.bench.hub_cache import publish_to_cache
-from hf_grasp.bench.make_sources import make_sources
-from hf_grasp.families import TimmFamily, family_for, read_config
-from hf_grasp.sources import resolve, stream_into
+from hf_grasp.apps.bench import archs
+from hf_grasp.apps.bench.hub_cache import publish_to_cache
+from hf_grasp.apps.bench.make_sources import make_sources
+from hf_grasp.inputs.families import TimmFamily, family_for, read_config
+from hf_grasp.inputs.sources import resolve, stream_into
 
 NO_TRAIN = {"initial_epochs": 0, "finetune_epochs": 0, "eval_sources": False}
 DIGITS = [str(i) for i in range(10)]  # digits-eras' label names, which the sources carry

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from hf_grasp.errors import GraspError
-from hf_grasp.training import evaluate_model, fine_tune, load_accuracy, make_accelerator
+from hf_grasp.runtime.errors import GraspError
+from hf_grasp.engine.training import evaluate_model, fine_tune, load_accuracy, make_accelerator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -218,7 +218,7 @@ def test_metric_module_computes_accuracy():
 def test_metric_loads_offline_in_fresh_process(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
     code = (
-        "import json; from hf_grasp.training import load_accuracy;"
+        "import json; from hf_grasp.engine.training import load_accuracy;"
         "print(json.dumps(load_accuracy().compute(predictions=[1, 0, 1], references=[1, 1, 1])))"
     )
     out = subprocess.run(
@@ -239,7 +239,7 @@ import accelerate
 def run():
     from torch.utils.data import DataLoader
     from test_training import TopBottom, logits_fn, make_net
-    from hf_grasp.training import evaluate_model, fine_tune, make_accelerator
+    from hf_grasp.engine.training import evaluate_model, fine_tune, make_accelerator
 
     acc = make_accelerator(cpu=True)
     assert acc.num_processes == 2, acc.num_processes
@@ -269,7 +269,7 @@ def test_fine_tune_and_evaluate_in_two_processes(tmp_path):
 
 
 def test_recalibrate_batchnorm_matches_target_statistics():
-    from hf_grasp.training import make_accelerator, recalibrate_batchnorm
+    from hf_grasp.engine.training import make_accelerator, recalibrate_batchnorm
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten())
@@ -315,7 +315,7 @@ def test_step_in_backward_is_the_same_update_as_one_step_after_it(accelerator):
 def test_adamw_moments_packed_in_one_block_step_like_torchs_own():
     # fine_tune allocates AdamW's moments itself, packed (one block each, out of the C heap's holes): the updates
     # must be torch's, bit for bit, and a non-contiguous parameter must get a moment of its own layout
-    from hf_grasp.training import _allocate_training_state
+    from hf_grasp.engine.training import _allocate_training_state
 
     x = TopBottom(16, seed=1).images
     results = []
@@ -344,7 +344,7 @@ def test_adamw_moments_packed_in_one_block_step_like_torchs_own():
 def test_released_probe_frees_its_storage_and_comes_back_packed_with_ties_kept():
     # MergeContext.fine_tune releases the idle probe; afterwards the same tensor objects are back, packed in one
     # block per dtype (out of the C heap), tied parameters still one object, ready for the next source's load
-    from hf_grasp.methods.context import released
+    from hf_grasp.engine.context import released
 
     model = make_net(seed=1)
     model.append(nn.Linear(2, 2, bias=False))

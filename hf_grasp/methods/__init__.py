@@ -3,7 +3,7 @@
 :mod:`.registry` names the methods (torch-free), :mod:`.catalog` declares the
 built-in ones with their parameters, and each method's code is one module here
 (``grasp.py``, ``task_arithmetic.py``, ...), imported when the method first runs.
-:class:`~hf_grasp.methods.context.MergeContext` is what every method receives.
+:class:`~hf_grasp.engine.context.MergeContext` is what every method receives.
 """
 
 from . import catalog  # noqa: F401  (declares the built-in methods)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from .context import MergeContext
+from ..engine.context import MergeContext
 from .grasp import grasp
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import field_validator
 
-from ..options import MethodParams, option
+from ..plan.options import MethodParams, option
 from .registry import MethodInfo, declare_method
 
 GRASP_PAPER = "https://arxiv.org/abs/2606.14900"
@@ -23,7 +23,7 @@ OPCM_PAPER = "https://arxiv.org/abs/2501.09522"
 SOUPS_PAPER = "https://arxiv.org/abs/2203.05482"
 ADAMERGING_PAPER = "https://arxiv.org/abs/2310.02575"
 
-#: the units GRASP can score (see hf_grasp.alignment)
+#: the units GRASP can score (see hf_grasp.engine.alignment)
 Granularity = Literal["tensor", "row", "element"]
 
 

@@ -5,9 +5,9 @@ streamed into the probe in turn, its softmax probabilities on the validation
 and test splits are added to a running sum (N x C per split, small), and the
 averaged probabilities are scored. Memory stays at one model during the run,
 but the result is a *predictor of K models*, not one model: ``ctx.artifact``
-receives an :class:`~hf_grasp.ensemble_model.EnsembleSpec` (the sources'
+receives an :class:`~hf_grasp.methods.ensemble_model.EnsembleSpec` (the sources'
 references), which the merge result saves instead of a checkpoint, and which
-:class:`~hf_grasp.ensemble_model.EnsembleClassifier` reloads. ``ctx.merged``
+:class:`~hf_grasp.methods.ensemble_model.EnsembleClassifier` reloads. ``ctx.merged``
 is left as the engine allocated it and is not the result.
 
 Records: one per source (``step="source k"``) holding that source's own test
@@ -21,15 +21,15 @@ import time
 
 import torch
 
-from ..progress import progress
-from ..ensemble_model import EnsembleSpec
-from ..errors import SourceError
-from ..training import classification_metrics, predict_logits
-from .context import MergeContext
+from ..runtime.progress import progress
+from .ensemble_model import EnsembleSpec
+from ..runtime.errors import SourceError
+from ..engine.training import classification_metrics, predict_logits
+from ..engine.context import MergeContext
 
 NOTE = ("Ensemble is a predictor of K models (the uniform average of the sources' softmax probabilities), "
         "not one merged model: it is saved as ensemble.json (the sources' references) and reloaded with "
-        "hf_grasp.ensemble_model.EnsembleClassifier, which holds all K models at inference time.")
+        "hf_grasp.methods.ensemble_model.EnsembleClassifier, which holds all K models at inference time.")
 
 
 def ensemble(ctx: MergeContext) -> None:

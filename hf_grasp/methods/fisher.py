@@ -13,7 +13,7 @@ whose gradients are globally larger does not dominate.
 The Fisher is FusionBench's: the expectation over the model's own predictive
 distribution (not the empirical Fisher with the labels), computed per batch
 as the squared gradient of ``Σ_n Σ_y sqrt(p(y|x_n)) log p(y|x_n)`` and
-divided by the number of examples (:func:`hf_grasp.merge_math.fisher_objective`).
+divided by the number of examples (:func:`hf_grasp.engine.merge_math.fisher_objective`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..progress import progress
-from .. import merge_math
-from ..data import make_loader
-from .context import MergeContext
+from ..runtime.progress import progress
+from ..engine import merge_math
+from ..inputs.data import make_loader
+from ..engine.context import MergeContext
 from .state import fold_mean, parameter_names, unique_state
 
 MINIMAL_FISHER_WEIGHT = 1e-6

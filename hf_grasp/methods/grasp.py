@@ -25,12 +25,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..progress import progress
-from .._memory import release_freed_memory
-from ..alignment import alignment_scores, apply_transfer, row_partners, transfer_mask
-from ..errors import NumericalError
-from ..sources import ResolvedSource
-from .context import MergeContext
+from ..runtime.progress import progress
+from ..runtime.memory import release_freed_memory
+from ..engine.alignment import alignment_scores, apply_transfer, row_partners, transfer_mask
+from ..runtime.errors import NumericalError
+from ..inputs.sources import ResolvedSource
+from ..engine.context import MergeContext
 
 #: Stage 4 of one step: ``(ctx, scorer, source_model, record_extra) -> (scores, fraction moved)`` per tensor
 Transfer = Callable[[MergeContext, "AlignmentScorer", nn.Module, dict], tuple[dict, dict]]

@@ -29,9 +29,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..progress import progress
-from ..training import evaluate_model
-from .context import MergeContext
+from ..runtime.progress import progress
+from ..engine.training import evaluate_model
+from ..engine.context import MergeContext
 from .grasp import AlignmentScorer, _buffers_follow, grasp
 
 

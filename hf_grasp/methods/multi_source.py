@@ -16,8 +16,8 @@ import time
 import torch
 from torch import Tensor
 
-from ..progress import progress
-from .context import MergeContext
+from ..runtime.progress import progress
+from ..engine.context import MergeContext
 from .state import fold_mean, unique_state
 
 def finish_training_method(ctx: MergeContext, start: float, what: str, **entry) -> None:

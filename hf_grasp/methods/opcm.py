@@ -5,7 +5,7 @@ Scalable Continual Model Merging" (https://arxiv.org/abs/2501.09522),
 FusionBench's ``opcm``. Sources arrive one at a time; each new task vector
 ``τ_t = S_t - base`` is added to the running merged task vector after removing,
 per weight matrix, its components on the merged task vector's principal
-singular directions (:func:`hf_grasp.merge_math.opcm_project`). The result is
+singular directions (:func:`hf_grasp.engine.merge_math.opcm_project`). The result is
 rescaled so the merged task vector's norm is the mean of the sources' task
 vector norms (the paper's adaptive λ_t)::
 
@@ -38,10 +38,10 @@ import time
 
 import torch
 
-from ..progress import progress
-from .. import merge_math
-from ..sources import iter_across
-from .context import MergeContext
+from ..runtime.progress import progress
+from ..engine import merge_math
+from ..inputs.sources import iter_across
+from ..engine.context import MergeContext
 from .state import fold_mean, unique_state
 
 

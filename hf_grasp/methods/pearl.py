@@ -52,9 +52,9 @@ from peft import LoraConfig
 from peft.tuners.lora import LoraLayer, LoraModel
 from torch import nn
 
-from ..progress import progress
-from ..errors import GraspError
-from .context import MergeContext
+from ..runtime.progress import progress
+from ..runtime.errors import GraspError
+from ..engine.context import MergeContext
 
 #: attribute under which the composition weights are registered while training
 COMPOSITION = "pearl_composition"

@@ -12,11 +12,11 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from ..errors import GraspError
-from ..options import MethodParams, NoParams
+from ..runtime.errors import GraspError
+from ..plan.options import MethodParams, NoParams
 
 if TYPE_CHECKING:
-    from .context import MergeContext
+    from ..engine.context import MergeContext
 
 
 @dataclass
@@ -32,12 +32,12 @@ class MethodInfo:
     vectors relative to ``--base``. ``reads_across_sources``: it reads one tensor
     of every source at a time, so all K sources' files must be on disk together
     (no ``--evict-sources``). ``sequential``: it merges source by source through
-    :class:`~hf_grasp.methods.context.MergeContext`'s steps, so a run can be
+    :class:`~hf_grasp.engine.context.MergeContext`'s steps, so a run can be
     resumed after each step (``--resume``) and an earlier merge of it continued
     with more sources (``--init org/merged``). ``multi_process``: it gives the
     same result when launched on several processes (``accelerate launch``,
     ``torchrun``); a method without it refuses such a launch. ``extra``: the optional extra its code needs
-    (:data:`hf_grasp.extras.EXTRAS`), checked before it is imported. ``label``: the short name tables use ("GRASP",
+    (:data:`hf_grasp.runtime.extras.EXTRAS`), checked before it is imported. ``label``: the short name tables use ("GRASP",
     "TIES"); ``description``: how it merges, in a sentence or two, for the card.
     """
 
@@ -67,7 +67,7 @@ class MethodInfo:
     def require_extra(self) -> None:
         """One error line naming the extra to install when the method's optional extra is missing."""
         if self.extra:
-            from ..extras import require
+            from ..runtime.extras import require
 
             require(self.extra, f"merge method {self.name!r}")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..training import recalibrate_batchnorm
-from .context import MergeContext
+from ..engine.training import recalibrate_batchnorm
+from ..engine.context import MergeContext
 
 
 def judge(ctx: MergeContext, model: nn.Module | None = None) -> dict:

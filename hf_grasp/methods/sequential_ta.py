@@ -23,9 +23,9 @@ import time
 
 import torch
 
-from ..progress import progress
-from ..sources import iter_tensors
-from .context import MergeContext
+from ..runtime.progress import progress
+from ..inputs.sources import iter_tensors
+from ..engine.context import MergeContext
 from .multi_source import finish_training_method
 from .selection import better, float_buffers, judge, restore_buffers
 from .state import parameter_names, unique_state

@@ -23,8 +23,8 @@ import time
 
 import torch
 
-from ..progress import progress
-from .context import MergeContext
+from ..runtime.progress import progress
+from ..engine.context import MergeContext
 from .multi_source import finish_training_method
 from .selection import better, float_buffers, judge, restore_buffers
 from .state import unique_state

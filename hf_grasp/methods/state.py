@@ -7,7 +7,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from ..merge_math import running_mean_
+from ..engine.merge_math import running_mean_
 
 
 def unique_state(model: nn.Module) -> dict[str, Tensor]:

@@ -2,7 +2,7 @@
 
 Both run tensor by tensor across the sources: for each parameter name, the
 base's tensor and the K sources' tensors of that one name are read
-memory-mapped from their safetensors files (:func:`hf_grasp.sources.iter_across`),
+memory-mapped from their safetensors files (:func:`hf_grasp.inputs.sources.iter_across`),
 merged with peft's ``merge_utils`` and written into ``ctx.merged``. So at any
 moment K+1 slices of a single tensor are resident — never K models — and no
 model-sized buffer besides ``ctx.merged`` (the probe is idle). TIES needs all
@@ -22,10 +22,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..progress import progress
-from .. import merge_math
-from ..sources import iter_across
-from .context import MergeContext
+from ..runtime.progress import progress
+from ..engine import merge_math
+from ..inputs.sources import iter_across
+from ..engine.context import MergeContext
 from .state import parameter_names, unique_state
 
 

@@ -1,0 +1,303 @@
+"""One visitor's merge, without any UI: run it in a worker thread, report progress, keep what it made.
+
+:func:`run_merge` is a generator. It starts the merge (``GraspMerger`` — the
+library's only merging code) in a worker thread and yields :class:`Tick`
+progress updates built from the run's own ``hf-grasp:`` log lines (the lines
+the CLI prints), then one :class:`RunOutcome`. A :class:`GraspError` raised by
+the run is re-raised in the caller's thread, so the page can show the same
+``error: ...`` line the CLI prints.
+
+Everything a run writes lives in its own directory (the merged model folder,
+its zip, the ensemble's report), so two visitors' runs never share a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ...runtime.errors import GraspError
+from ...runtime.progress import log
+from .results import page_heatmap
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ...merger import MergeResult
+    from ...output.report import MergeReport
+
+#: name of the merged model folder inside a run directory (also the folder inside the zip)
+MERGED = "merged"
+#: the ensemble baseline's report, beside the merged folder
+ENSEMBLE_REPORT = "ensemble_report.json"
+#: how many of the target's test images the page offers to classify
+N_EXAMPLES = 12
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a visitor asked for: sources, target, method and options (``GraspMerger.from_pretrained``'s
+    arguments), how the page names each source, and the extras around the merge."""
+
+    sources: tuple[str, ...]
+    target: str
+    method: str = "grasp"
+    options: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # reference -> display name
+    compare_ensemble: bool = True
+    builtin_home: Path | None = None  # make the built-in sources there first (once)
+
+    def label(self, ref: str) -> str:
+        return self.labels.get(ref, ref)
+
+    def relabel(self, line: str) -> str:
+        """A log line with each labelled reference (a long local path) replaced by its display name."""
+        for ref in sorted(self.labels, key=len, reverse=True):  # longest first: no path is cut by a shorter one
+            line = line.replace(ref, self.labels[ref])
+        return line
+
+
+@dataclass
+class Tick:
+    """A progress update: how far (0..1), what is happening, one row per source, the log so far."""
+
+    fraction: float
+    desc: str
+    rows: list[list[str]]
+    lines: list[str]
+
+
+@dataclass
+class RunOutcome:
+    """What a finished run made: the result object, its saved folder and zip, the ensemble's report."""
+
+    spec: RunSpec
+    result: MergeResult
+    folder: Path
+    zip_path: Path
+    ensemble: MergeReport | None
+    examples: list[tuple[Image.Image, int]]  # (image, label) from the target's test split
+    label_names: list[str]
+    seconds: float
+    heatmap: Path | None = None  # the alignment heatmap with the page's source names (None: nothing scored)
+    predictor: Any = None  # the reloaded ensemble, for classifying (made on first use)
+
+    @property
+    def report(self) -> MergeReport:
+        return self.result.report
+
+
+class _Tap(logging.Handler):
+    """Hands the ``hf_grasp`` log records of one thread to a queue: another visitor's run, in another thread,
+    never shows up in this one's progress."""
+
+    def __init__(self, events: queue.Queue, thread_id: int):
+        super().__init__(logging.INFO)
+        self.events, self.thread_id = events, thread_id
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread_id:
+            self.events.put(("line", record.getMessage()))
+
+
+class SourceBoard:
+    """Per-source progress read from the run's log lines: waiting, fine-tuning (epoch e/E), done (the line's
+    summary). A line belongs to the source whose reference it names (the longest, so ``org/m1`` does not
+    claim ``org/m10``'s lines)."""
+
+    _EPOCH = re.compile(r" epoch (\d+)/(\d+)")
+
+    def __init__(self, spec: RunSpec):
+        self.spec = spec
+        self.refs = sorted(spec.sources, key=len, reverse=True)
+        self.state = {ref: ("waiting", "") for ref in spec.sources}
+        self.lines: list[str] = []
+
+    def feed(self, line: str) -> None:
+        self.lines.append(self.spec.relabel(line))
+        ref = next((r for r in self.refs if r in line), None)
+        if ref is None:
+            return
+        epoch = self._EPOCH.search(line)
+        if epoch:
+            self.state[ref] = ("fine-tuning", f"epoch {epoch[1]}/{epoch[2]}")
+        else:
+            self.state[ref] = ("done", line.split("): ", 1)[-1])
+
+    @property
+    def done(self) -> int:
+        return sum(1 for status, _ in self.state.values() if status == "done")
+
+    def rows(self) -> list[list[str]]:
+        return [[self.spec.label(ref), *self.state[ref]] for ref in self.spec.sources]
+
+
+def run_merge(spec: RunSpec, run_dir: Path) -> Iterator[Tick | RunOutcome]:
+    """Run ``spec`` into ``run_dir`` (emptied first); yield :class:`Tick` s, then the :class:`RunOutcome`.
+
+    Raises what the run raised (a :class:`GraspError` for bad input).
+    """
+    run_dir = Path(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    events: queue.Queue = queue.Queue()
+    worker = threading.Thread(target=_work, args=(spec, run_dir, events), name="hf-grasp-space-merge", daemon=True)
+    board = SourceBoard(spec)
+    phase, start, delivered = "starting", time.time(), False
+    worker.start()
+    try:
+        while True:
+            kind, value = events.get()
+            if kind == "done":
+                value.seconds, delivered = time.time() - start, True
+                yield value
+                return
+            if kind == "error":
+                raise value
+            if kind == "phase":
+                phase = value
+                board.lines.append(f"— {value}")
+            elif phase == MERGING:
+                board.feed(value)
+            else:
+                board.lines.append(spec.relabel(value))
+            yield Tick(_fraction(phase, board.done, len(spec.sources)), _describe(phase, board), board.rows(),
+                       list(board.lines))
+    finally:
+        if not delivered:
+            # a failed run, or a visitor who left mid-run (the generator is closed): nobody will use its files
+            threading.Thread(target=_discard, args=(worker, run_dir), daemon=True).start()
+
+
+def _discard(worker: threading.Thread, run_dir: Path) -> None:
+    worker.join()
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# the phases of a run, as the progress bar names them
+MAKING, LOADING, MERGING = ("making the built-in sources (once; under a minute)",
+                            "loading the target and checking the sources", "merging")
+ENSEMBLE, SAVING = "the ensemble baseline: same sources, same test images", "saving"
+# where in 0..1 each phase starts (merging moves on with every source done)
+_PHASES = {MAKING: 0.02, LOADING: 0.1, MERGING: 0.15, ENSEMBLE: 0.85, SAVING: 0.95}
+
+
+def _fraction(phase: str, done: int, total: int) -> float:
+    if phase == MERGING:
+        return _PHASES[MERGING] + (_PHASES[ENSEMBLE] - _PHASES[MERGING]) * done / max(total, 1)
+    return _PHASES.get(phase, 0.0)
+
+
+def _describe(phase: str, board: SourceBoard) -> str:
+    if phase != MERGING:
+        return phase
+    return f"merging: {board.done}/{len(board.spec.sources)} sources done"
+
+
+def _work(spec: RunSpec, run_dir: Path, events: queue.Queue) -> None:
+    """The worker thread: everything slow, with its log lines tapped into ``events``."""
+    tap = _Tap(events, threading.get_ident())
+    log.addHandler(tap)
+    try:
+        events.put(("done", _run(spec, run_dir, lambda name: events.put(("phase", name)))))
+    except BaseException as e:  # noqa: BLE001 - handed to the page's thread, which re-raises it
+        events.put(("error", e))
+    finally:
+        log.removeHandler(tap)
+
+
+def _run(spec: RunSpec, run_dir: Path, phase) -> RunOutcome:
+    from ...merger import GraspMerger
+    from ...plan.options import MergeOptions
+
+    if spec.builtin_home is not None:
+        from .builtin import ensure_sources, is_made
+
+        if not is_made(spec.builtin_home):
+            phase(MAKING)
+        ensure_sources(spec.builtin_home)
+    phase(LOADING)
+    merger = GraspMerger.from_pretrained(list(spec.sources), target=spec.target, method=spec.method, **spec.options)
+    phase(MERGING)
+    result = merger.merge()
+
+    ensemble = result.report if spec.method == "ensemble" else None  # its own report is the baseline's
+    if spec.compare_ensemble and ensemble is None:
+        phase(ENSEMBLE)
+        shared = {k: v for k, v in spec.options.items() if k in MergeOptions.model_fields}
+        ensemble = GraspMerger.from_pretrained(list(spec.sources), target=spec.target, method="ensemble",
+                                               **shared).merge().report
+        ensemble.save(run_dir / ENSEMBLE_REPORT)
+    phase(SAVING)
+    folder = run_dir / MERGED
+    result.save_pretrained(folder)
+    zip_path = Path(shutil.make_archive(str(run_dir / f"hf-grasp-{spec.method}-merged"), "zip", root_dir=run_dir,
+                                        base_dir=MERGED))
+    data = merger.data
+    names = data.label_names or [str(i) for i in range(data.num_labels)]
+    outcome = RunOutcome(spec=spec, result=result, folder=folder, zip_path=zip_path, ensemble=ensemble,
+                         examples=_examples(data.splits["test"]), label_names=names, seconds=0.0)
+    outcome.heatmap = page_heatmap(outcome, run_dir / "alignment-page.png")
+    return outcome
+
+
+def _examples(test, n: int = N_EXAMPLES) -> list[tuple[Image.Image, int]]:
+    """Up to ``n`` test images, round-robin over the classes (so every digit shows up), with their labels."""
+    labels = list(test["label"])
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(int(y), []).append(i)
+    picked: list[int] = []
+    while len(picked) < min(n, len(labels)):
+        for rows in by_class.values():
+            if rows and len(picked) < n:
+                picked.append(rows.pop(0))
+    return [(test[i]["image"], labels[i]) for i in picked]
+
+
+def classify(outcome: RunOutcome, image: Image.Image, top: int = 5) -> dict[str, float]:
+    """The merged model's top ``top`` classes for ``image``, as ``{class name: probability}``.
+
+    A one-model result runs in memory (the same weights the zip holds); the
+    ensemble is reloaded from its saved folder (it references its members).
+    """
+    import torch
+
+    result = outcome.result
+    with torch.no_grad():
+        if result.artifact is not None:
+            if outcome.predictor is None:
+                from ...methods.ensemble_model import EnsembleClassifier
+
+                outcome.predictor = EnsembleClassifier.from_pretrained(outcome.folder)
+            probs = outcome.predictor(outcome.predictor.preprocess([image])).probabilities[0]
+        else:
+            pixels = result.family.image_transform(result.model_dir)([image])
+            probs = torch.softmax(result.family.logits(result.model, pixels), dim=-1)[0]
+    best = torch.topk(probs, k=min(top, probs.numel()))
+    names = outcome.label_names
+    return {names[i] if i < len(names) else str(i): float(p) for p, i in zip(best.values, best.indices.tolist())}
+
+
+def push(outcome: RunOutcome, repo_id: str, token: str, *, private: bool = False) -> str:
+    """Push the merged model to the Hub model repo ``repo_id`` with ``token`` (this call only); returns the URL.
+
+    The token must be typed: on a Space, falling back to ``HF_TOKEN`` would
+    push with the Space owner's token on a visitor's behalf.
+    """
+    repo_id, token = (repo_id or "").strip(), (token or "").strip()
+    if not repo_id:
+        raise GraspError("push: type the Hub model repo id to push to (org/name)")
+    if not token:
+        raise GraspError("push: type a Hub token with write access (this page never uses a stored token)")
+    return outcome.result.push_to_hub(repo_id, private=private or None, token=token)
+
+
+__all__ = ["RunSpec", "Tick", "RunOutcome", "SourceBoard", "run_merge", "classify", "push"]

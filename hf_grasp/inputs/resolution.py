@@ -1,0 +1,197 @@
+"""From the user's references to the checked, resolved inputs of one merge.
+
+The step between the references a user types and a merge that can start:
+order the sources, resolve the checkpoint that defines the architecture first,
+check every other Hub source on its remote safetensors headers before any of
+its weights are downloaded, then resolve the rest (deferred with
+``--evict-sources``) and, before any training, check every input's headers
+against the architecture and hash its weight files for the report.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.utils import httpx  # the HTTP library huggingface_hub itself uses
+
+from ..runtime.errors import GraspError, SourceError
+from .families import family_for, read_config
+from .families.base import ModelFamily, TensorNaming
+from .labels import after_preflight, match_config, match_sources
+from ..plan.options import MergeOptions
+from .sources import ResolvedSource, SourceRef, check_specs, expected_specs, hash_files, preflight, remote_header, \
+    resolve
+
+
+@dataclass
+class MergeInputs:
+    """Every checkpoint a merge reads, resolved: the sources in merge order, the explicit init and the base."""
+
+    sources: list[ResolvedSource]
+    init_source: ResolvedSource | None = None
+    base_source: ResolvedSource | None = None
+
+    @property
+    def lead(self) -> ResolvedSource:
+        """The checkpoint that defines the architecture (config, preprocessing)."""
+        return self.init_source or self.sources[0]
+
+    @property
+    def everyone(self) -> list[ResolvedSource]:
+        return [s for s in (self.init_source, self.base_source) if s] + self.sources
+
+
+def ordered(items: list, order: str, seed: int) -> list:
+    """``items`` in the order option's sense: given, reverse, random (seeded) or a permutation of indices."""
+    if order == "given":
+        return items
+    if order == "reverse":
+        return items[::-1]
+    if order == "random":
+        out = list(items)
+        random.Random(seed).shuffle(out)
+        return out
+    idx = [int(i) for i in order.split(",")]  # the form is checked where the option is declared
+    if sorted(idx) != list(range(len(items))):
+        raise GraspError(f"option order={order!r}: must be a permutation of 0..{len(items) - 1}")
+    return [items[i] for i in idx]
+
+
+def resolve_inputs(references: list[str], options: MergeOptions, *, num_labels: int,
+                   token: str | bool | None = None, label_names: list[str] | None = None) -> MergeInputs:
+    """Resolve the sources, ``--init`` and ``--base`` references; Hub sources are checked on their remote
+    headers against the architecture before any of their weights are downloaded.
+
+    Every input's labels are matched by name with the target's ``label_names``
+    (:mod:`hf_grasp.inputs.labels`), from its config alone: a Hub source's before its
+    weights are downloaded, and each resolved input then carries how its head
+    lines up (``labels``: as the target, permuted, positional, left out).
+    """
+    o = options
+    refs = ordered([SourceRef.parse(s) for s in references], o.order, o.seed)
+    init_ref = None if o.init in ("first", "random") else SourceRef.parse(o.init)
+    base_ref = SourceRef.parse(o.base) if o.base else None
+    lead = init_ref or refs[0]
+    lead_source = resolve(lead, allow_pickle=o.allow_pickle, token=token)
+    # with --evict-sources the others bring only their configs now, their headers read on the Hub already
+    deferred = {id(r): resolve(r, allow_pickle=o.allow_pickle, token=token, defer_weights=True)
+                for r in refs if r is not lead} if o.evict_sources else {}
+    remote = {}  # Hub reference -> the tensor specs its remote headers give
+    for r in (*refs, base_ref):
+        if r is not None and r is not lead:
+            found = deferred[id(r)].remote_specs if id(r) in deferred else remote_header(r, token=token)
+            if found is not None:
+                remote[r] = found
+    _check_hub_headers(remote, lead_source, num_labels, o,
+                       config_of=lambda r: _hub_config(r, token, deferred.get(id(r))))
+    for r in remote if label_names else ():  # labels that differ are refused on the config, before the weights come
+        match_config(r.text, _hub_config(r, token, deferred.get(id(r))), label_names,
+                     skip_mismatched_heads=o.skip_mismatched_heads)
+    sources = [lead_source if r is lead else deferred[id(r)] if id(r) in deferred
+               else resolve(r, allow_pickle=o.allow_pickle, token=token) for r in refs]
+    base = resolve(base_ref, allow_pickle=o.allow_pickle, token=token) if base_ref else None
+    inputs = MergeInputs(sources, lead_source if init_ref else None, base)
+    match_sources(inputs.everyone, label_names, model_dir=lead_source.path, num_labels=num_labels,
+                  skip_mismatched_heads=o.skip_mismatched_heads, trust_remote_code=o.trust_remote_code)
+    return inputs
+
+
+def _check_hub_headers(remote: dict[SourceRef, dict], lead: ResolvedSource, num_labels: int, options: MergeOptions,
+                       *, config_of: Callable[[SourceRef], dict[str, Any] | None]) -> None:
+    """Pre-flight of Hub sources on the tensor specs read from their remote safetensors headers.
+
+    A source whose tensor names (as its library loads them) differ from the
+    architecture's is first checked for being another architecture altogether
+    (its config, from ``config_of``), which says more than the first tensor it lacks.
+    """
+    if not remote:
+        return
+    lead_config = read_config(lead.path)
+    family = family_for(lead_config, source=lead.name)
+    with torch.device("meta"):  # shapes and dtypes only: no memory, no init
+        model = family.build(lead.path, trust_remote_code=options.trust_remote_code).float()
+    expected, naming = expected_specs(model), family.naming(model)
+    for ref, found in remote.items():
+        if _loads_as(found, naming, ref.text) != expected.keys() and (config := config_of(ref)) is not None:
+            check_same_architecture(lead.name, lead_config, ref.text, config)
+        check_specs(ref.text, found, expected, num_labels=num_labels,
+                    skip_mismatched_heads=options.skip_mismatched_heads, naming=naming)
+
+
+def _loads_as(found: dict, naming: TensorNaming, source: str) -> set[str] | None:
+    """The model names a checkpoint holding the tensors ``found`` loads into (None: it cannot be read so)."""
+    try:
+        return {target for read in naming.reads(found, source=source) for target in read.targets}
+    except GraspError:
+        return None
+
+
+def _hub_config(ref: SourceRef, token: str | bool | None, on_disk: ResolvedSource | None) -> dict[str, Any] | None:
+    """A Hub source's parsed config.json: the one already on disk, else a download of that small file alone;
+    None when there is none to be had (the tensor check then speaks for itself)."""
+    try:
+        path = on_disk.path if on_disk else Path(hf_hub_download(ref.repo_id, "config.json", revision=ref.revision,
+                                                                 token=token)).parent
+        return read_config(path)
+    except (GraspError, OSError, ValueError, httpx.HTTPError):
+        return None
+
+
+def check_family(inputs: MergeInputs) -> ModelFamily:
+    """The model family every input shares; :class:`SourceError` naming an input of another family or
+    architecture (which pre-flight would only report as a tensor it lacks)."""
+    lead = inputs.lead
+    lead_config = read_config(lead.path)
+    family = family_for(lead_config, source=lead.name)
+    for s in inputs.everyone:
+        if s is not lead:
+            check_same_architecture(lead.name, lead_config, s.name, read_config(s.path))
+    return family
+
+
+def check_same_architecture(lead: str, lead_config: dict[str, Any], name: str, config: dict[str, Any]) -> None:
+    """:class:`SourceError` naming both architectures unless source ``name``'s ``config`` is of the one
+    ``lead``'s sets: the same family and the same timm ``architecture`` or transformers ``model_type``."""
+    same_family = type(family_for(config, source=name)) is type(family_for(lead_config, source=lead))
+    if same_family and _architecture_key(config) == _architecture_key(lead_config):
+        return
+    raise SourceError(f"source {name!r} is a {_architecture(config)} checkpoint but the target architecture, set by "
+                      f"{lead!r}, is {_architecture(lead_config)}: all sources must share one architecture, so merge "
+                      "only fine-tunes of the same model")
+
+
+def _architecture_key(config: dict[str, Any]) -> Any:
+    """What must agree for two checkpoints' tensors to line up (sizes aside): timm's ``architecture``, else
+    transformers' ``model_type``."""
+    return config.get("architecture", config.get("model_type"))
+
+
+def _architecture(config: dict[str, Any]) -> str:
+    """A config's architecture as a message names it: ``timm resnet10t``, ``resnet (ResNetForImageClassification)``."""
+    if "architecture" in config:
+        return f"timm {config['architecture']}"
+    classes = config.get("architectures")
+    named = f" ({', '.join(map(str, classes))})" if isinstance(classes, list) and classes else ""
+    return f"{config.get('model_type')}{named}"
+
+
+def preflight_inputs(inputs: MergeInputs, expected: dict, *, num_labels: int,
+                     skip_mismatched_heads: bool, naming: TensorNaming | None = None) -> dict[str, list[str]]:
+    """Check every input's headers against ``expected`` and hash its weight files (recorded in the report).
+    ``naming``: how the checkpoints name the model's tensors (the family's; model names by default).
+
+    Returns source name -> head tensors not to read from it: of another size,
+    or holding other labels (``--skip-mismatched-heads``, :mod:`hf_grasp.inputs.labels`).
+    """
+    skips = {}
+    for s in inputs.everyone:
+        hash_files(s)  # first: a corrupt file of the HF cache is refused as such, not as a header it cannot read
+        skipped = preflight(s, expected, num_labels=num_labels, skip_mismatched_heads=skip_mismatched_heads,
+                            naming=naming)
+        s.labels, skips[s.name] = after_preflight(s.labels, skipped)
+    return skips

@@ -1,0 +1,333 @@
+"""Where a run writes: its output directory (checked, locked, replaced atomically) and its scratch space.
+
+Every path a run creates carries its owner's ``<pid>-<start time>`` tag
+(:func:`owner_tag`), so a later run can tell a leftover of a killed run (owner
+gone: removed) from the work of a live one (left alone):
+
+* the output is checked before any work (:func:`check_output`) and locked for
+  the run (:func:`claim_output`, a ``.NAME.lock`` beside it);
+* the finished output is written to ``.NAME.tmp-<tag>-*`` beside it and renamed
+  into place (:func:`temp_sibling`, :func:`old_sibling`);
+* scratch files (the best fine-tuning state, evicted sources' downloads) live in
+  one directory per process, ``<tempdir>/hf-grasp-runs-<uid>/<tag>/``
+  (:func:`run_dir`), removed at exit.
+
+SIGKILL runs no cleanup: whatever it leaves is swept by the next run that
+claims the same output or opens a run directory.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import os
+import re
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import psutil
+from filelock import FileLock, Timeout
+
+from .errors import GraspError
+from .progress import log
+
+#: name of a path owned by a process: ``<pid>-<start time, whole seconds>``
+_TAG = r"(\d+)-(\d+)"
+#: outputs this process holds the lock of: save_pretrained inside the CLI's claim must not lock again
+_claimed: set[Path] = set()
+#: this process's run directory (keyed by PID: a forked child gets its own)
+_run_dirs: dict[int, Path] = {}
+
+
+# --- owners -------------------------------------------------------------------------------------------------
+
+
+def owner_tag() -> str:
+    """This process's ``<pid>-<start>``; the start time tells a reused PID from the one that made a path."""
+    me = psutil.Process()
+    return f"{me.pid}-{int(me.create_time())}"
+
+
+def owner_alive(pid: int, start: int) -> bool:
+    """Whether the process that wrote tag ``<pid>-<start>`` still runs (a zombie does not)."""
+    try:
+        proc = psutil.Process(pid)
+        # 2 s: the tag truncates to whole seconds
+        return proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - start) < 2
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # another account's live process
+        return True
+
+
+def _sweep(directory: Path, pattern: str) -> None:
+    """Remove the entries of ``directory`` whose name matches ``pattern`` (groups: pid, start) and whose owner
+    is gone. Best effort: a path that cannot be removed is left for the next sweep."""
+    if not directory.is_dir():
+        return
+    name = re.compile(pattern)
+    for path in directory.iterdir():
+        m = name.match(path.name)
+        if m and not owner_alive(int(m[1]), int(m[2])):
+            log.info("removing %s, left by a run that no longer exists", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --- scratch ------------------------------------------------------------------------------------------------
+
+
+def _runs_root_path() -> Path:
+    """``<tempdir>/hf-grasp-runs-<uid>``: per account, because a 0700 directory another account made first would
+    lock everyone else out."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    return Path(tempfile.gettempdir()) / ("hf-grasp-runs" if uid is None else f"hf-grasp-runs-{uid}")
+
+
+def _is_ours(directory: Path) -> bool:
+    """A real directory of this account: one someone else made (or a symlink planted) is neither used nor swept."""
+    st = directory.lstat()
+    return stat.S_ISDIR(st.st_mode) and (not hasattr(os, "getuid") or st.st_uid == os.getuid())
+
+
+def sweep_stale_runs() -> None:
+    """Remove the run directories of processes that are gone (killed before their exit cleanup)."""
+    root = _runs_root_path()
+    if root.exists() and _is_ours(root):
+        _sweep(root, rf"^{_TAG}$")
+
+
+def run_dir() -> Path:
+    """This process's scratch directory, made on first use and removed at interpreter exit.
+
+    ``tempfile`` calls take it as ``dir=`` so that every scratch file of a run
+    sits in one place a later run can sweep when this one was killed.
+    """
+    pid = os.getpid()
+    if pid not in _run_dirs:
+        sweep_stale_runs()
+        root = _runs_root_path()
+        root.mkdir(mode=0o700, exist_ok=True)
+        if not _is_ours(root):
+            raise GraspError(f"scratch directory {root} is not a directory of yours; remove it or set TMPDIR "
+                             "elsewhere")
+        path = root / owner_tag()
+        path.mkdir(mode=0o700, exist_ok=True)
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        _run_dirs[pid] = path
+    return _run_dirs[pid]
+
+
+# --- the output ---------------------------------------------------------------------------------------------
+
+
+def temp_sibling(out: Path) -> Path:
+    """A new hidden directory beside ``out`` to write it in before the rename: ``.NAME.tmp-<tag>-<random>``."""
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{owner_tag()}-", dir=out.parent))
+
+
+def old_sibling(out: Path) -> Path:
+    """Where the previous ``out`` goes between the two renames of an overwrite: ``.NAME.old-<tag>``."""
+    return out.with_name(f".{out.name}.old-{owner_tag()}")
+
+
+@contextlib.contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A temporary sibling to write ``out`` in (:func:`temp_sibling`); renamed into place when the block ends
+    cleanly, removed whatever happens otherwise.
+
+    An existing ``out`` is replaced only once the new one is complete, and put back if the swap is cut between
+    its two renames (a SIGTERM, say), so a failure or an interrupt never loses the previous output. A Ctrl-C a
+    library swallowed during the block (:func:`~hf_grasp.runtime.interrupts.raise_if_interrupted`) puts nothing in place.
+    The caller holds the output (:func:`claim_output`).
+    """
+    from .interrupts import raise_if_interrupted
+
+    tmp = temp_sibling(out)
+    try:
+        yield tmp
+        raise_if_interrupted()
+        if out.exists():
+            old = old_sibling(out)
+            out.rename(old)
+            try:
+                tmp.rename(out)
+            except BaseException:
+                if not out.exists():
+                    old.rename(out)
+                raise
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def sweep_stale_siblings(out: Path) -> None:
+    """Remove the ``.NAME.tmp-*`` / ``.NAME.old-*`` beside ``out`` that killed runs left."""
+    _sweep(out.parent, rf"^\.{re.escape(out.name)}\.(?:tmp|old)-{_TAG}(?:-|$)")
+
+
+def _local_path(ref) -> Path | None:
+    """The path an input reference names on disk (``local-dir:`` or an existing path), else None (Hub ids)."""
+    if ref is None:
+        return None
+    text = os.fspath(ref) if isinstance(ref, os.PathLike) else str(ref)
+    if text.startswith("hf-hub:"):
+        return None
+    path = Path(text.removeprefix("local-dir:")).expanduser()
+    return path if path.exists() else None
+
+
+def _refuse_overlap(out: Path, shown: str, inputs: Iterable[tuple[str, object]]) -> None:
+    """An output that is, is inside or contains an input would write into it or, with --overwrite, delete it."""
+    from huggingface_hub import constants
+
+    real = Path(os.path.realpath(out))
+    named = [(f"{what} {ref}", _local_path(ref)) for what, ref in inputs]
+    cache = Path(constants.HF_HUB_CACHE)  # where Hub sources live
+    named.append((f"the Hugging Face cache {cache}", cache))
+    for label, path in named:
+        if path is None:
+            continue
+        other = Path(os.path.realpath(path))
+        relation = ("is" if real == other else "is inside" if real.is_relative_to(other)
+                    else "contains" if other.is_relative_to(real) else None)
+        if relation:
+            raise GraspError(f"output {shown} {relation} {label}, which a merge never writes to; "
+                             "choose an --output outside every input")
+
+
+def _refuse_cwd(out: Path, shown: str) -> None:
+    """The current directory (or an ancestor of it) cannot be renamed into place, and --overwrite would delete
+    the directory the user works in: refused with or without --overwrite."""
+    real, cwd = Path(os.path.realpath(out)), Path.cwd().resolve()
+    if real == cwd or cwd.is_relative_to(real):
+        raise GraspError(f"output {shown} is the current directory or contains it, which writing the output would "
+                         "replace; pass a new subdirectory, e.g. --output ./merged")
+
+
+def _check_parent(out: Path, shown: str) -> None:
+    """Make ``out``'s parent if missing, then create and remove a file in it: the only test that a write will
+    succeed (``os.access`` misses read-only mounts, ACLs and root's exemptions)."""
+    blocker = next((p for p in [out.parent, *out.parent.parents] if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise GraspError(f"output {shown}: {blocker} is a file, so no directory can be made under it; "
+                         "choose another --output")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise GraspError(f"output {shown}: cannot create {out.parent} ({e.strerror}); "
+                         "choose a writable location for --output") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.probe-"):
+            pass
+    except OSError as e:
+        raise GraspError(f"output {shown}: cannot write in {out.parent} ({e.strerror}); "
+                         "choose a writable location for --output") from None
+
+
+def check_output(output: str | os.PathLike, *, inputs: Iterable[tuple[str, object]] = (),
+                 overwrite: bool = False) -> Path:
+    """Refuse, before any work, an output the run could not or must not write; returns it as an absolute path.
+
+    Refused: an existing file or symbolic link; the current directory or one
+    of its ancestors; anything that is, is inside or contains one of
+    ``inputs`` (``(what, reference)`` pairs: local directories among them
+    are compared by real path; Hub ids are not paths) or the HF cache; an
+    existing non-empty directory unless ``overwrite``; a location whose parent
+    cannot be made or written. Makes the parent directory if it is missing.
+    """
+    shown = os.fspath(output)
+    out = Path(os.path.abspath(Path(output).expanduser()))  # abspath: "." and ".." get a name and a parent
+    if out.is_symlink():
+        raise GraspError(f"output {shown} is a symbolic link; pass the directory it points to or a new path")
+    if out.exists() and not out.is_dir():
+        raise GraspError(f"output {shown} is an existing file, not a directory; choose a directory for --output")
+    _refuse_cwd(out, shown)
+    _refuse_overlap(out, shown, inputs)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise GraspError(f"output {shown} exists and is not empty; pass --overwrite to replace it")
+    _check_parent(out, shown)
+    return out
+
+
+def _lock_holder(path: Path) -> str:
+    """The PID a lock file names (its holder writes it once it has the lock)."""
+    try:
+        pid = path.read_text().strip()
+    except OSError:
+        pid = ""
+    return f"PID {pid}" if pid.isdigit() else "PID not yet written"
+
+
+def _write_pid(fd: int) -> None:
+    """Called by filelock once the lock is ours: record who holds it, for the message of the next run."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def _acquire(out: Path, shown: str) -> FileLock | None:
+    """Take ``.NAME.lock`` beside ``out`` without waiting, or refuse naming the holder.
+
+    ``flock`` (filelock's native Unix lock) rather than an ``O_EXCL`` marker
+    file: the kernel drops it when its holder dies, even by SIGKILL, so a stale
+    lock is taken over at once and a reused PID can never look like a holder.
+    None (and a warning) on a file system without ``flock``.
+    """
+    path = out.parent / f".{out.name}.lock"
+    for _ in range(3):  # a holder unlinks the file as it releases: retry on the fresh one
+        lock = FileLock(path, blocking=False, on_acquired=_write_pid)
+        try:
+            lock.acquire()
+            return lock
+        except Timeout:
+            if path.exists():
+                raise GraspError(f"output {shown} is being written by another hf-grasp run ({_lock_holder(path)}); "
+                                 "wait for it to finish or choose another --output") from None
+        except OSError as e:
+            if e.errno == errno.ENOSYS:
+                log.warning("%s: the file system has no file locks; two runs on this output would not be stopped",
+                            out.parent)
+                return None
+            raise GraspError(f"output {shown}: cannot create the lock {path} ({e.strerror}); "
+                             "choose a writable location for --output") from None
+    raise GraspError(f"output {shown}: its lock {path} keeps changing hands; try again")
+
+
+def _release(lock: FileLock) -> None:
+    """Remove the lock file while still holding it, then unlock: a run that opened the old file gets the lock on
+    an unlinked file, which filelock sees (st_nlink 0) and retries on a fresh one, so no two runs hold it."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(lock.lock_file)
+    lock.release()
+
+
+@contextlib.contextmanager
+def claim_output(output: str | os.PathLike, *, inputs: Iterable[tuple[str, object]] = (),
+                 overwrite: bool = False) -> Iterator[Path]:
+    """:func:`check_output`, then hold the output's lock for the block; yields the absolute output path.
+
+    Taking the lock also sweeps what killed runs left beside the output and in
+    the scratch root. Re-entrant within a process: the CLI claims the output
+    for the whole run and ``MergeResult.save_pretrained`` claims it again.
+    """
+    out = check_output(output, inputs=inputs, overwrite=overwrite)
+    key = Path(os.path.realpath(out.parent)) / out.name  # one key however the path is spelled
+    if key in _claimed:
+        yield out
+        return
+    lock = _acquire(out, os.fspath(output))
+    _claimed.add(key)
+    try:
+        sweep_stale_siblings(out)
+        sweep_stale_runs()
+        yield out
+    finally:
+        _claimed.discard(key)
+        if lock is not None:
+            _release(lock)
