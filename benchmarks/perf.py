@@ -284,7 +284,7 @@ def align_child(args: dict, t0: float) -> dict:
     x, y = _tensors(merger.data.splits["train"].select(range(BATCH)), merger.model_dir)
     floors = [_floor_per_source(result.model, probe, x, y, args["sources"][1:]) for _ in range(args["repeats"])]
     return {"engine_per_source": engine, "floor_per_source": floors, "phases": phases,
-            "steps": [[s.step, s.seconds] for s in result.report.steps]}
+            "steps": [[s.label, s.seconds] for s in result.report.steps]}
 
 
 def _engine_objects(args: dict) -> tuple:
@@ -378,7 +378,7 @@ def breakdown_child(args: dict, t0: float) -> dict:
         saved = time.perf_counter()
     return {"imports": imported - t0, "from_pretrained": built - imported, "merge": merged - built,
             "save_pretrained": saved - merged, "phases": dict(result.report.phases),
-            "steps": [[s.step, s.seconds] for s in result.report.steps]}
+            "steps": [[s.label, s.seconds] for s in result.report.steps]}
 
 
 CHILDREN = {f.__name__.removesuffix("_child"): f for f in (

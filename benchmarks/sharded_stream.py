@@ -81,7 +81,7 @@ def main() -> None:
         folder = make_checkpoint(args.keep or Path(tmp) / "ckpt", width=args.width, shard_mb=args.shard_mb)
         m = measure(folder)
     mib = 2**20
-    print(f"| checkpoint | shards | largest tensor | RSS with probe | peak while streaming, above it | / size |")
+    print("| checkpoint | shards | largest tensor | RSS with probe | peak while streaming, above it | / size |")
     print("|---|---|---|---|---|---|")
     print(f"| {m['size'] / mib:.0f} MiB | {m['shards']} | {m['largest_tensor'] / mib:.0f} MiB | "
           f"{m['with_probe'] / mib:.0f} MiB | {m['above_probe'] / mib:.0f} MiB | {m['above_probe'] / m['size']:.3f} |")

@@ -11,12 +11,13 @@ Public API::
 from .runtime.errors import GraspError
 
 __version__ = "0.1.0"
-__all__ = ["GraspMerger", "MergeResult", "MergeReport", "MergeOptions", "GraspError", "register_method", "__version__"]
+__all__ = ["GraspMerger", "MergeResult", "MergeReport", "MergeOptions", "MergePlan", "GraspError", "register_method",
+           "__version__"]
 
 # Heavy imports (torch, transformers, datasets) wait until the API is used, so
 # `hf-grasp --help` and the pure-math modules stay quick to import.
-_LAZY = {"GraspMerger": "merger", "MergeResult": "merger", "MergeReport": "report", "MergeOptions": "options",
-         "register_method": "methods"}
+_LAZY = {"GraspMerger": "merger", "MergeResult": "merger", "MergeReport": "output.report",
+         "MergeOptions": "plan.options", "MergePlan": "plan.plan", "register_method": "methods"}
 
 
 def __getattr__(name):

@@ -43,7 +43,7 @@ def test_no_finetune_skips_stage_5_only(checkpoints):
 def test_scratch_and_recalibrate_bn(checkpoints):
     srcs = checkpoints("resnet", 2)
     result = _run(srcs, "scratch", initial_epochs=1, recalibrate_bn=True, seed=3)
-    steps = [s.step for s in result.report.steps]
+    steps = [s.label for s in result.report.steps]
     assert steps == ["init", "recalibrate-bn"]
     first = load_file(str(srcs[0] / "model.safetensors"))
     conv = next(n for n, p in result.model.named_parameters() if p.dim() == 4)

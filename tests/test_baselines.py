@@ -55,13 +55,13 @@ def test_multi_source_is_the_elementwise_mean(srcs, method):
         else:  # num_batches_tracked: the first source's
             assert torch.equal(t, sds[0][name]), name
     assert n_float > 0 and any("running_var" in n for n in state)
-    assert [s.step for s in result.report.steps] == ["average"]  # 0 epochs: no fine-tune step
+    assert [s.label for s in result.report.steps] == ["average"]  # 0 epochs: no fine-tune step
 
 
 def test_multi_source_fine_tunes_the_same_budget(srcs):
     # GRASP's budget with 2 sources, initial_epochs=0, finetune_epochs=1: 0 + 1 * (2 - 1) = 1 epoch
     result = _run(srcs[:2], "multi-source", finetune_epochs=1, lr=1e-3)
-    steps = [s.step for s in result.report.steps]
+    steps = [s.label for s in result.report.steps]
     assert steps == ["average", "fine-tune"]
     assert result.report.steps[0].val_accuracy is not None
     sds = [_weights(s) for s in srcs[:2]]

@@ -15,15 +15,19 @@ import json
 import os
 import re
 import shutil
+import typing
 from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
+from pydantic import ValidationError
 
 from conftest import run_python
+from hf_grasp.methods import METHODS, MethodInfo
 from hf_grasp.output.card import FOLDER, HEATMAP, build_model_card, for_publication, hub_dataset_id
 from hf_grasp.plan.config import CONFIG_NAME
-from hf_grasp.output.report import MergeReport
+from hf_grasp.plan.options import MergeOptions, MethodParams, option
+from hf_grasp.output.report import MergeReport, method_record
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 EXAMPLE = DOCS / "example-model-card.md"
@@ -190,17 +194,112 @@ def test_card_without_a_saved_configuration_offers_no_reproduce_section(local_re
     assert 'from_pretrained("me/merged")' in text  # loading it stays
 
 
-def test_card_states_the_training_and_alignment_options_the_run_used(example):
-    """A run with --keep-start, --schedule-per step and --align-mode train-merged: the card says each, and none of
-    the defaults' sentences."""
-    report = MergeReport.load(example / "grasp_report.json")
-    default = build_model_card(report).text
-    assert "stepped once per epoch" in default and "the epoch with the best validation accuracy kept" in default
-    assert "both models in **eval** mode" in default
-    changed = dataclasses.replace(report, options={**report.options, "keep_start": True, "schedule_per": "step",
-                                                   "align_mode": "train-merged"})
-    text = build_model_card(changed).text
-    assert "stepped after every batch, to zero at the round's end" in text and "stepped once per epoch" not in text
-    assert "(`--keep-start`)" in text and "the epoch with the best validation accuracy kept" not in text
-    assert "the merged model in **train** mode" in text and "both models in **eval** mode" not in text
+# --- the run's settings, stated as each option and method parameter declares (option(card=...))
 
+BUILT_IN = [info for info in METHODS.values() if (info.impl or "").startswith("hf_grasp.")]
+
+
+def _declared(model) -> list[tuple[str, typing.Any]]:
+    """``(name, field)`` of every field of ``model`` the card states (the others declare why not)."""
+    return [(name, f) for name, f in model.model_fields.items() if "card" in (f.json_schema_extra or {})]
+
+
+def _sentence(field, value) -> str:
+    """The sentence the field's declaration gives for ``value``."""
+    card = field.json_schema_extra["card"]
+    if isinstance(card, dict):
+        card = card[value] if value in card else card[...]
+    shown = ", ".join(f"{v:g}" for v in value) if isinstance(value, tuple) else value
+    return card.format(value=shown)
+
+
+def _other_value(model, name: str, field) -> typing.Any:
+    """A valid value of the field other than its default, derived from the field: another of its declared or
+    Literal choices, the other flag, a different number within its constraints, a text for a text option."""
+    default, card = field.default, field.json_schema_extra["card"]
+    candidates = [k for k in card if k is not ...] if isinstance(card, dict) else []
+    if typing.get_origin(field.annotation) is typing.Literal:
+        candidates += typing.get_args(field.annotation)
+    if isinstance(default, bool):
+        candidates.append(not default)
+    elif isinstance(default, (int, float)):
+        candidates += [default + 1, default * 2, default / 2, 0.5]
+    elif isinstance(default, tuple):
+        candidates.append(default[1:])
+    else:
+        candidates.append("other-text")
+    for value in candidates:
+        if value == default or (isinstance(value, bool) and not isinstance(default, bool)):
+            continue
+        try:
+            model.model_validate({name: value})
+        except ValidationError:
+            continue
+        return value
+    raise AssertionError(f"no other valid value found for {name}")
+
+
+def test_every_option_and_parameter_declares_how_the_card_states_it():
+    for model in [MergeOptions, *{info.params for info in BUILT_IN}]:
+        for name, f in model.model_fields.items():
+            extra = f.json_schema_extra or {}
+            assert ("card" in extra) != ("card_skip" in extra), f"{model.__name__}.{name}: card= or card_skip="
+            assert extra.get("card_skip", "why").strip(), f"{model.__name__}.{name}: card_skip says why"
+    with pytest.raises(TypeError):
+        option(1, "x", card="{value}", card_skip="why")
+
+
+@pytest.fixture(scope="module")
+def report(example) -> MergeReport:
+    return MergeReport.load(example / "grasp_report.json")
+
+
+def test_card_states_each_shared_option_as_run_never_the_default(report):
+    """Each option set to another value than its default: the card states that value's sentence, not the
+    default's (the example merge is GRASP and trained, so every option the card states applies)."""
+    defaults = {name: f.default for name, f in MergeOptions.model_fields.items()}
+    text = build_model_card(dataclasses.replace(report, options=defaults)).text
+    for name, f in _declared(MergeOptions):
+        assert _sentence(f, f.default) in text, name
+    for name, f in _declared(MergeOptions):
+        value = _other_value(MergeOptions, name, f)
+        text = build_model_card(dataclasses.replace(report, options={**defaults, name: value})).text
+        assert _sentence(f, value) in text, (name, value)
+        assert _sentence(f, f.default) not in text, (name, value)
+
+
+@pytest.mark.parametrize("info", BUILT_IN, ids=lambda info: info.name)
+def test_card_states_each_method_parameter_as_run_never_the_default(report, info):
+    record = method_record(info, info.params())
+    text = build_model_card(dataclasses.replace(report, method=record)).text
+    for name, f in _declared(info.params):
+        assert _sentence(f, f.default) in text, name
+    for name, f in _declared(info.params):
+        value = _other_value(info.params, name, f)
+        changed = dataclasses.replace(record, params={**record.params, name: value})
+        text = build_model_card(dataclasses.replace(report, method=changed)).text
+        assert _sentence(f, value) in text, (name, value)
+        assert _sentence(f, f.default) not in text, (name, value)
+
+
+@pytest.mark.parametrize("tau", [float("inf"), "inf", float("-inf"), "-inf"])
+def test_card_states_a_non_finite_tau(report, tau):
+    """τ = ±inf (transfer nothing / everything), as the run holds it or as the JSON report saves it."""
+    changed = dataclasses.replace(report.method, params={**report.method.params, "tau": tau})
+    text = build_model_card(dataclasses.replace(report, method=changed)).text
+    shown = "-inf" if str(tau).startswith("-") else "inf"
+    assert f"Threshold τ = {shown}: a unit moves" in text
+    assert f"(the black line on the colour bar is τ = {shown})" in text
+
+
+def test_parameters_of_a_method_from_outside_are_stated_too(report, monkeypatch):
+    class MineParams(MethodParams):
+        strength: float = option(0.5, "How hard to pull.", gt=0)
+
+    info = MethodInfo("mine", "Mine", "Mine", "pulls the sources together.", MineParams)
+    monkeypatch.setitem(METHODS, "mine", info)
+    record = dataclasses.replace(method_record(info, MineParams(strength=0.7)), is_grasp=False)
+    text = build_model_card(dataclasses.replace(report, method=record)).text
+    assert "**Parameters of Mine**" in text and "- `strength` = 0.7" in text
+    gone = dataclasses.replace(record, name="gone", params={"pull": 3})  # a method this process does not know
+    assert "- `pull` = 3" in build_model_card(dataclasses.replace(report, method=gone)).text

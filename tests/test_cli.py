@@ -112,7 +112,7 @@ def _typed_sample(annotation) -> tuple[str, object] | None:
 def test_scaling_arrives_as_a_float():
     argv = ["merge", "--sources", "a", "b", "--output", "o", "--method", "task-arithmetic", "--scaling", "0.5"]
     args = build_parser(argv).parse_args(argv)
-    values = parse_text(args.method or "grasp", options_from_args(args))
+    values = parse_text(args.method or "grasp", options_from_args(args, METHODS), methods=METHODS)
     assert values == {"scaling": 0.5} and type(values["scaling"]) is float
 
 
@@ -123,20 +123,21 @@ def test_every_option_arrives_with_its_type_from_cli_and_recipe(method, name, an
     if sample is None and bool in (typing.get_args(annotation) or (annotation,)):
         for argv_flag, expected in ((flag, True), ("--no-" + flag[2:], False)):
             argv = ["merge", "--sources", "a", "--output", "o", "--method", method, argv_flag]
-            values = parse_text(method, options_from_args(build_parser(argv).parse_args(argv)))
+            args = build_parser(argv).parse_args(argv)
+            values = parse_text(method, options_from_args(args, METHODS), methods=METHODS)
             assert values[name] is expected
         return
     if sample is None:
         return
     text, value = sample
     argv = ["merge", "--sources", "a", "--output", "o", "--method", method, flag, text]
-    got = parse_text(method, options_from_args(build_parser(argv).parse_args(argv)))[name]
+    got = parse_text(method, options_from_args(build_parser(argv).parse_args(argv), METHODS), methods=METHODS)[name]
     assert got == value and type(got) is type(value)
     # the same value from a recipe: YAML's own type, validated
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"dataset: digits-eras\noptions:\n  {name}: {json.dumps(value)}\n")
-    layer = load_recipe(str(recipe)).options
-    shared, own = resolve(method, [Layer(layer, "recipe", lenient=True)])
+    layer = load_recipe(str(recipe), methods=METHODS).options
+    shared, own = resolve(method, [Layer(layer, "recipe", lenient=True)], methods=METHODS)
     got = getattr(shared if name in MergeOptions.model_fields else own, name)
     assert got == value and type(got) is type(value)
 
@@ -150,20 +151,21 @@ def test_bad_cli_values_name_the_option(argv, culprit):
     full = ["merge", "--sources", "a", "--output", "o", *argv]
     args = build_parser(full).parse_args(full)
     with pytest.raises(GraspError, match=culprit) as e:
-        parse_text(args.method or "grasp", options_from_args(args))
+        parse_text(args.method or "grasp", options_from_args(args, METHODS), methods=METHODS)
     assert "\n" not in str(e.value)
 
 
 def test_a_recipe_may_carry_other_methods_parameters():
     # the paper's τ in a recipe does not stop a TIES merge; the same τ from the user does
-    shared, params = resolve("ties", [Layer({"tau": 0.3}, "recipe", lenient=True)])
+    shared, params = resolve("ties", [Layer({"tau": 0.3}, "recipe", lenient=True)], methods=METHODS)
     assert params.to_dict() == {"scaling": 1.0, "density": 0.2}
     with pytest.raises(GraspError, match="tau.*grasp"):
-        resolve("ties", [Layer({"tau": 0.3})])
+        resolve("ties", [Layer({"tau": 0.3})], methods=METHODS)
 
 
 def test_docs_option_table_matches_declarations():
     doc = (Path(__file__).parent.parent / "docs" / "options.md").read_text()
-    assert option_table_markdown() in doc, (
+    assert option_table_markdown(METHODS) in doc, (
         "docs/options.md's option tables differ from the declarations; paste in the output of "
-        "`python -c 'from hf_grasp.plan.options import option_table_markdown as t; print(t())'`")
+        "`python -c 'from hf_grasp.methods import METHODS; from hf_grasp.plan.options import "
+        "option_table_markdown as t; print(t(METHODS))'`")

@@ -171,7 +171,7 @@ def test_failed_write_leaves_no_output(yearbook_raw, tmp_path, monkeypatch):
     out = tmp_path / "out"
 
     def half_written(self, path, **kwargs):
-        Path(path).mkdir(parents=True)
+        Path(path).mkdir(parents=True, exist_ok=True)  # as save_to_disk: the directory may exist (empty)
         (Path(path) / "partial.arrow").write_bytes(b"...")
         raise OSError("disk full")
 

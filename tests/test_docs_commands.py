@@ -29,6 +29,7 @@ import pytest
 from hf_grasp.apps.cli import _check_push_flags, build_parser
 from hf_grasp.runtime.errors import GraspError
 from hf_grasp.plan.options import options_from_args, parse_text
+from hf_grasp.methods import METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -140,7 +141,7 @@ def parse_problems(argv: list[str]) -> str | None:
         return "pass --sources or --from, not both or neither"
     try:
         _check_push_flags(args)
-        parse_text(args.method or "grasp", options_from_args(args))
+        parse_text(args.method or "grasp", options_from_args(args, METHODS), methods=METHODS)
     except GraspError as e:
         return str(e)
     return None

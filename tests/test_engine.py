@@ -114,7 +114,7 @@ def test_fine_tuning_changes_the_model_and_is_reported(checkpoints):
     srcs = checkpoints("resnet", 2)
     result = _merge(srcs, tau=0.3, initial_epochs=1, finetune_epochs=1, lr=1e-3, eval_sources=True)
     rep = result.report
-    assert [s.step for s in rep.steps] == ["init", "source 1"]
+    assert [s.label for s in rep.steps] == ["init", "source 1"]
     assert rep.sources[0].metrics_alone["accuracy"] >= 0
     assert len(rep.sources[1].history) == 1
     first = _weights(srcs[0])

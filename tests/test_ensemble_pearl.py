@@ -26,7 +26,7 @@ def _merge(srcs, method, **opts):
 
 
 def _test_split():
-    dataset, options = resolve_target("digits-eras", None)
+    dataset, options = resolve_target("digits-eras", None, methods=METHODS)
     data = load_target(dataset, domain=options["target_domain"])
     return data.splits["test"]
 
@@ -59,7 +59,7 @@ def test_ensemble_is_the_mean_of_the_sources_probabilities(checkpoints, tmp_path
     for rec, probs in zip(result.report.sources, per_source):
         assert rec.metrics_alone["accuracy"] == pytest.approx((probs.argmax(-1) == labels).float().mean().item())
     # the step table shows the ensemble growing one source at a time
-    assert [s.step for s in result.report.steps] == ["source 1", "source 2", "source 3"]
+    assert [s.label for s in result.report.steps] == ["source 1", "source 2", "source 3"]
     two = torch.stack(per_source[:2]).mean(0)
     assert result.report.steps[1].test_accuracy == pytest.approx((two.argmax(-1) == labels).float().mean().item())
     # the run held one model at a time; the result serves all three
@@ -143,10 +143,10 @@ def test_pearl_trains_adapters_and_composition(checkpoints, monkeypatch):
     monkeypatch.setattr(METHODS["pearl"], "fn", lambda ctx: (seen.setdefault("ctx", ctx), run(ctx))[1])
     result = _merge(srcs, "pearl", initial_epochs=2, eval_sources=False)
     final = seen["ctx"].records[-1]
-    losses = [h["train_loss"] for h in final["history"]]
+    losses = [h["train_loss"] for h in final.history]
     assert len(losses) == 2 and losses[1] < losses[0]
-    assert set(final["composition"]) == {"src2", "src3"}
-    assert all(abs(c - 1 / 3) > 1e-5 for c in final["composition"].values())  # the weights were learned
+    assert set(final.details["composition"]) == {"src2", "src3"}
+    assert all(abs(c - 1 / 3) > 1e-5 for c in final.details["composition"].values())  # the weights were learned
 
     weights = [load_file(str(s / "model.safetensors")) for s in srcs]
     state = result.model.state_dict()

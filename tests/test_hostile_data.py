@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import merge_fails, run_cli, write_pngs
+from hf_grasp.methods import METHODS
 from hf_grasp import GraspMerger
 from hf_grasp.inputs.data import load_target
 from hf_grasp.runtime.errors import DataError, GraspError
@@ -110,7 +111,7 @@ def test_fuzzed_recipe_options_give_only_clean_errors(options, extra, tmp_path):
     path = tmp_path / "fuzz.yaml"
     path.write_text(yaml.safe_dump({"dataset": "digits-eras", "options": options, **extra}))
     try:
-        load_recipe(str(path))
+        load_recipe(str(path), methods=METHODS)
     except GraspError as e:
         assert "\n" not in str(e) and str(path) in str(e)
 
@@ -121,6 +122,6 @@ def test_fuzzed_recipe_text_gives_only_clean_errors(text, tmp_path):
     path = tmp_path / "fuzz.yaml"
     path.write_text(text)
     try:
-        load_recipe(str(path))
+        load_recipe(str(path), methods=METHODS)
     except GraspError as e:
         assert "\n" not in str(e)

@@ -24,3 +24,11 @@ def test_every_module_sits_in_a_stage():
     """No module at the top of hf_grasp/ escapes the contract, except the public API and the orchestrator."""
     top = sorted(p.name for p in (ROOT / "hf_grasp").iterdir() if p.suffix == ".py")
     assert top == ["__init__.py", "merger.py"]
+
+
+def test_every_public_name_resolves():
+    """``from hf_grasp import X`` for every name of ``__all__`` (they are imported lazily, by module path)."""
+    import hf_grasp
+
+    for name in hf_grasp.__all__:
+        assert getattr(hf_grasp, name) is not None, name

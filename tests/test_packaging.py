@@ -73,8 +73,8 @@ def test_wheel_and_sdist_pass_twine_and_carry_what_a_wheel_install_needs(dist):
     # the recipes (data files), the local evaluate metric and the Space's templates are files read by path
     for recipe in (ROOT / "recipes").glob("*.yaml"):
         assert f"hf_grasp-0.1.0.data/data/share/hf-grasp/recipes/{recipe.name}" in names
-    assert {"hf_grasp/metrics/accuracy/accuracy.py", "hf_grasp/space/template/app.py",
-            "hf_grasp/space/template/README.md", "hf_grasp-0.1.0.dist-info/licenses/LICENSE"} <= set(names)
+    assert {"hf_grasp/engine/metrics/accuracy/accuracy.py", "hf_grasp/apps/space/template/app.py",
+            "hf_grasp/apps/space/template/README.md", "hf_grasp-0.1.0.dist-info/licenses/LICENSE"} <= set(names)
     assert not [n for n in names if n.startswith("tests/") or "__pycache__" in n]
     meta = email.message_from_bytes(zipfile.ZipFile(whl).read("hf_grasp-0.1.0.dist-info/METADATA"))
     assert meta["License-Expression"] == "Apache-2.0"

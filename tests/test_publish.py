@@ -180,3 +180,110 @@ def test_failed_push_is_one_error_line_without_the_token(checkpoints, tmp_path):
 def test_publish_flags_without_push_to_hub_are_refused_before_any_work(checkpoints, tmp_path):
     err = merge_fails(tmp_path, checkpoints("resnet", 1), "--token", TOKEN, "--create-pr")
     assert "--create-pr, --token only apply" in err and "--push-to-hub" in err and TOKEN not in err
+
+
+MIXIN_ROUND_TRIP = """
+import json, sys, torch
+from hf_grasp import GraspMerger
+from hf_grasp.merger import MergeResult
+from hf_grasp.runtime.errors import GraspError
+out, *srcs = sys.argv[1:]
+result = GraspMerger.from_pretrained(srcs, target="digits-eras", initial_epochs=0, finetune_epochs=0,
+                                     eval_sources=False).merge()
+# ModelHubMixin's call: save, then push what was saved, in one go
+url = result.save_pretrained(out, push_to_hub=True, repo_id="me/merged", token="SECRET-TOKEN-123",
+                             commit_message="save and push")
+hub = MergeResult.from_pretrained("me/merged", token="SECRET-TOKEN-123")
+local = MergeResult.from_pretrained(out)
+
+def same(a, b):
+    a, b = a.state_dict(), b.state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+refused = {}
+for name, call in {
+    "plain repo": lambda: MergeResult.from_pretrained("org/plain"),
+    "no repo": lambda: MergeResult.from_pretrained("org/nothing"),
+    "config": lambda: result.push_to_hub("me/other", config={"lr": 1}),
+    "card kwargs": lambda: result.push_to_hub("me/other", model_card_kwargs={"license": "mit"}),
+    "push kwargs alone": lambda: result.save_pretrained(out + "-2", token="SECRET-TOKEN-123"),
+    "two branches": lambda: result.push_to_hub("me/other", branch="a", revision="b"),
+    "model kwargs": lambda: MergeResult.from_pretrained(out, map_location="cpu"),
+}.items():
+    try:
+        call()
+    except GraspError as e:
+        refused[name] = str(e)
+# the mixin's other arguments: a branch, patterns (README.md is sent again, so never deleted)
+branch_url = result.push_to_hub("me/merged", branch="dev", ignore_patterns=["*.png"], delete_patterns="README.md",
+                                token="SECRET-TOKEN-123")
+print(json.dumps({
+    "url": url, "branch_url": branch_url, "hub_dir": str(hub.model_dir), "family": hub.family.name,
+    "same": [same(hub.model, local.model), same(hub.model, result.model)],
+    "reports": [hub.report.to_dict() == local.report.to_dict() == json.load(open(out + "/grasp_report.json"))],
+    "configs": [hub.merge_config == local.merge_config == result.merge_config, hub.merge_config.to_dict()],
+    "refused": refused}))
+"""
+
+
+@pytest.mark.slow
+def test_save_pretrained_push_to_hub_and_from_pretrained_keep_modelhubmixins_contract(hub_server, checkpoints,
+                                                                                      tmp_path):
+    """ModelHubMixin's calls on a merge: ``save_pretrained(dir, push_to_hub=True, repo_id=...)`` is one commit of
+    the saved folder; ``MergeResult.from_pretrained`` of that repo (through the HF cache) and of the folder give the
+    same weights, report and configuration; what it cannot be or honour is one GraspError."""
+    srcs = checkpoints("resnet", 2)
+    hub_server.serve("org/plain", srcs[0])  # a checkpoint, not a merge
+    hf_home = tmp_path / "hf"
+    env = {**hub_server.env(hf_home), "HF_TOKEN": ""}
+    out = tmp_path / "merged"
+    proc = run_python(MIXIN_ROUND_TRIP, out, *srcs, env=env)
+    got = last_json(proc)
+
+    main, dev = hub_server.commits()
+    local = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert main["repo"] == "me/merged" and main["revision"] == "main" and main["files"] == local
+    assert {"model.safetensors", "config.json", "README.md", "grasp_report.json", "grasp_config.json"} <= set(local)
+    assert main["header"]["summary"] == "save and push"
+    assert 'from_pretrained("me/merged")' in local["README.md"].decode()
+    assert got["url"].endswith(f"/me/merged/commit/{hub_server.repos['me/merged']['main'][0]}")
+    assert dev["revision"] == "dev" and set(dev["files"]) == set(local) - {"alignment.png"}
+    assert got["branch_url"].endswith(f"/me/merged/commit/{hub_server.repos['me/merged']['dev'][0]}")
+
+    # read back by repo id into the HF cache, and from the folder: the same model, report and configuration
+    assert got["hub_dir"].startswith(str(hf_home)) and got["family"] == "transformers"
+    assert got["same"] == [True, True] and got["reports"] == [True]
+    assert got["configs"][0] and got["configs"][1]["sources"] == [str(s) for s in srcs]
+    # a plain checkpoint is refused on its small files: its weights were never asked for
+    assert not [p for m, p, _ in hub_server.log if p.startswith("/org/plain/resolve/") and p.endswith(".safetensors")]
+
+    refused = got["refused"]
+    assert set(refused) == {"plain repo", "no repo", "config", "card kwargs", "push kwargs alone", "two branches",
+                            "model kwargs"}, refused
+    assert "holds no grasp_report.json" in refused["plain repo"] and "not a merge" in refused["plain repo"]
+    assert "org/nothing" in refused["no repo"]
+    assert "grasp_config.json" in refused["config"] and "license" in refused["card kwargs"]
+    assert "only apply with push_to_hub=True" in refused["push kwargs alone"]
+    assert "map_location" in refused["model kwargs"]
+    assert all("\n" not in e for e in refused.values())
+    assert not (tmp_path / "merged-2").exists()
+    _no_token_but_in_authorization(hub_server, proc.stdout, proc.stderr)
+
+
+def test_from_pretrained_of_an_ensemble_folder_gives_its_classifier(checkpoints, tmp_path):
+    """An ensemble saved by hf-grasp reloads as its EnsembleClassifier (``artifact``), each member its source."""
+    from transformers import AutoModelForImageClassification
+
+    from hf_grasp import GraspMerger
+    from hf_grasp.merger import MergeResult
+    from hf_grasp.methods.ensemble_model import EnsembleClassifier
+
+    srcs = checkpoints("resnet", 2)
+    result = GraspMerger.from_pretrained(srcs, target="digits-eras", method="ensemble", eval_sources=False).merge()
+    result.save_pretrained(tmp_path / "ens")
+    loaded = MergeResult.from_pretrained(tmp_path / "ens")
+    assert isinstance(loaded.artifact, EnsembleClassifier) and loaded.model is loaded.artifact
+    assert loaded.report.to_dict() == result.report.to_dict() and loaded.merge_config == result.merge_config
+    for member, src in zip(loaded.artifact.members, srcs):
+        want = AutoModelForImageClassification.from_pretrained(src).state_dict()
+        assert all(torch.equal(t, want[k]) for k, t in member.state_dict().items())

@@ -14,16 +14,17 @@ import pytest
 from hf_grasp.apps.bench import digits_eras
 from hf_grasp.inputs.converters import clear, yearbook
 from hf_grasp.runtime.errors import GraspError
+from hf_grasp.methods import METHODS
 from hf_grasp.plan.options import Layer, all_option_names, resolve
 from hf_grasp.inputs.recipes import BUILTIN_RECIPES, load_recipe, resolve_target
 
-OPTION_NAMES = set(all_option_names())
+OPTION_NAMES = set(all_option_names(METHODS))
 PAPER = ("yearbook", "clear10", "clear100")
 
 
 def _built(options: dict) -> SimpleNamespace:
     """A recipe's options as a GRASP merge would run with them (shared options and GRASP's parameters)."""
-    shared, params = resolve("grasp", [Layer(options, "recipe", lenient=True)])
+    shared, params = resolve("grasp", [Layer(options, "recipe", lenient=True)], methods=METHODS)
     return SimpleNamespace(**shared.to_dict(), **params.to_dict())
 PAPER_MODELS = ["apple/mobilevit-xx-small", "apple/mobilevit-x-small", "google/efficientnet-b1",
                 "microsoft/resnet-50"]
@@ -34,7 +35,7 @@ PAPER_OPTIONS = {"tau": 0.3, "align_batches": 1, "batch_size": 32, "initial_epoc
 
 @pytest.mark.parametrize("name", sorted(BUILTIN_RECIPES))
 def test_builtin_recipe_builds_valid_options(name):
-    rec = load_recipe(name)
+    rec = load_recipe(name, methods=METHODS)
     assert rec.name == name and rec.path.name == BUILTIN_RECIPES[name]
     assert set(rec.options) <= OPTION_NAMES
     opts = _built(rec.options)
@@ -51,7 +52,7 @@ def test_builtin_recipe_builds_valid_options(name):
 
 @pytest.mark.parametrize("name", PAPER)
 def test_paper_recipes_carry_the_paper_settings(name):
-    rec = load_recipe(name)
+    rec = load_recipe(name, methods=METHODS)
     for key, value in PAPER_OPTIONS.items():
         assert rec.options[key] == pytest.approx(value), key
     assert isinstance(rec.options["lr"], float)  # "5e-5" would be a YAML string
@@ -65,20 +66,20 @@ def test_paper_recipes_carry_the_paper_settings(name):
 
 
 def test_recipes_agree_with_the_converters():
-    yb = load_recipe("yearbook")
+    yb = load_recipe("yearbook", methods=METHODS)
     assert yb.meta["domains"] == list(yearbook.PERIODS) and yb.meta["labels"] == list(yearbook.LABELS)
     assert yb.options["domain_column"] == "period" and yb.options["label_column"] == "label"
     for name in ("clear10", "clear100"):
-        rec = load_recipe(name)
+        rec = load_recipe(name, methods=METHODS)
         assert rec.meta["domains"] == list(clear.PERIODS)
         assert rec.options["domain_column"] == "period"
         assert f"--variant {name}" in rec.prepare
-    assert load_recipe("clear100").meta["num_labels"] == len(clear.CLEAR100_PAPER_CLASSES) == 30
-    assert len(load_recipe("clear10").meta["labels"]) == 10
+    assert load_recipe("clear100", methods=METHODS).meta["num_labels"] == len(clear.CLEAR100_PAPER_CLASSES) == 30
+    assert len(load_recipe("clear10", methods=METHODS).meta["labels"]) == 10
 
 
 def test_digits_eras_recipe_agrees_with_the_benchmark():
-    rec = load_recipe("digits-eras")
+    rec = load_recipe("digits-eras", methods=METHODS)
     assert rec.dataset == digits_eras.DIGITS_ERAS
     assert rec.models == ["resnet", "mobilevit", "efficientnet"]
     assert rec.meta["domains"] == list(range(digits_eras.NUM_DOMAINS))
@@ -111,7 +112,7 @@ def _write(tmp_path, text, name="mine.yaml"):
 def test_unknown_option_names_key_and_file(tmp_path):
     path = _write(tmp_path, "dataset: digits-eras\noptions:\n  tau: 0.5\n  learning_rate: 0.1\n")
     with pytest.raises(GraspError) as e:
-        load_recipe(str(path))
+        load_recipe(str(path), methods=METHODS)
     msg = str(e.value)
     assert "learning_rate" in msg and str(path) in msg and "\n" not in msg
 
@@ -119,7 +120,7 @@ def test_unknown_option_names_key_and_file(tmp_path):
 def test_invalid_yaml_names_the_file(tmp_path):
     path = _write(tmp_path, "dataset: [unclosed\noptions: {tau: 0.3\n")
     with pytest.raises(GraspError, match="not valid YAML") as e:
-        load_recipe(str(path))
+        load_recipe(str(path), methods=METHODS)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 
@@ -133,22 +134,22 @@ def test_invalid_yaml_names_the_file(tmp_path):
 def test_bad_option_values_name_option_and_file(tmp_path, options, culprit):
     path = _write(tmp_path, f"dataset: digits-eras\noptions:\n  {options}\n")
     with pytest.raises(GraspError) as e:
-        load_recipe(str(path))
+        load_recipe(str(path), methods=METHODS)
     assert culprit in str(e.value) and str(path) in str(e.value)
 
 
 def test_missing_dataset_and_unknown_recipe(tmp_path):
     path = _write(tmp_path, "options:\n  tau: 0.5\n")
     with pytest.raises(GraspError, match="dataset"):
-        load_recipe(str(path))
+        load_recipe(str(path), methods=METHODS)
     with pytest.raises(GraspError, match="no-such-recipe"):
-        load_recipe("no-such-recipe")
+        load_recipe("no-such-recipe", methods=METHODS)
 
 
 def test_a_yaml_file_is_a_recipe_too(tmp_path):
     path = _write(tmp_path, "dataset: ./data\nmodels: [org/m]\nnote: mine\noptions:\n  tau: 0.5\n  lr: 1.0e-4\n"
                             "  target_domain: 3\n")
-    rec = load_recipe(str(path))
+    rec = load_recipe(str(path), methods=METHODS)
     assert (rec.name, rec.dataset, rec.models, rec.meta) == ("mine", "./data", ["org/m"], {"note": "mine"})
     opts = _built(rec.options)
     # a number for a text option arrives as text, as it would from the command line
@@ -156,29 +157,30 @@ def test_a_yaml_file_is_a_recipe_too(tmp_path):
 
 
 def test_resolve_target_cases(tmp_path):
-    digits = load_recipe("digits-eras").options
+    digits = load_recipe("digits-eras", methods=METHODS).options
     # a built-in recipe name as the target: its dataset and options
-    assert resolve_target("digits-eras", None) == ("digits-eras", digits)
-    assert resolve_target(None, "digits-eras") == ("digits-eras", digits)
+    assert resolve_target("digits-eras", None, methods=METHODS) == ("digits-eras", digits)
+    assert resolve_target(None, "digits-eras", methods=METHODS) == ("digits-eras", digits)
     # the user's own copy of the data with a recipe's settings: the path is kept, nothing is looked up
     data = tmp_path / "yearbook"
     data.mkdir()
-    dataset, layer = resolve_target(str(data), "yearbook")
-    assert dataset == str(data) and layer == load_recipe("yearbook").options
+    dataset, layer = resolve_target(str(data), "yearbook", methods=METHODS)
+    assert dataset == str(data) and layer == load_recipe("yearbook", methods=METHODS).options
     assert layer["target_domain"] == "1990-2013" and layer["domain_column"] == "period"
     # anything else passes through unchanged
-    assert resolve_target("org/some-dataset", None) == ("org/some-dataset", {})
-    assert resolve_target(str(data), None) == (str(data), {})
+    assert resolve_target("org/some-dataset", None, methods=METHODS) == ("org/some-dataset", {})
+    assert resolve_target(str(data), None, methods=METHODS) == (str(data), {})
     with pytest.raises(GraspError):
-        resolve_target(None, None)
+        resolve_target(None, None, methods=METHODS)
 
 
 _OFFLINE_PROBE = """
 import sys
 from hf_grasp.runtime.errors import DataError
 from hf_grasp.inputs.recipes import resolve_target
+from hf_grasp.methods import METHODS
 try:
-    resolve_target(sys.argv[1] or None, sys.argv[2] or None)
+    resolve_target(sys.argv[1] or None, sys.argv[2] or None, methods=METHODS)
 except DataError as e:
     print(e)
     sys.exit(3)

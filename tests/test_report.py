@@ -70,7 +70,7 @@ def test_report_records_what_the_engine_did(grasp_report, srcs):
     assert r.method.params == {"tau": 0.0, "granularity": "tensor", "align_batches": 1, "buffers": "keep"}
     assert "tau" not in r.options and r.options["initial_epochs"] == 0
     assert [s.ref for s in r.sources] == srcs and [s.role for s in r.sources] == ["init", "source", "source"]
-    assert [s.step for s in r.steps] == ["init", "source 1", "source 2"]
+    assert [s.label for s in r.steps] == ["init", "source 1", "source 2"]
     for src in r.sources[1:]:
         assert set(src.scores) == set(src.transferred) and all(-1 <= v <= 1 for v in src.scores.values())
         assert src.fraction_transferred == sum(src.transferred.values()) / len(src.transferred)

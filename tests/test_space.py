@@ -11,6 +11,7 @@ the test's tmp directory (their paths are printed).
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from conftest import merge_fails
+from hf_grasp.runtime.errors import GraspError
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -230,6 +232,18 @@ def test_page_merges_shows_the_report_classifies_and_refuses_bad_input(space, tm
         expect(page.locator("#error")).to_have_text(expected, timeout=60_000)
         expect(page.locator("#accuracy-table")).to_be_hidden()
         shot(page, "4-error")
+
+        # a method's own parameters show while it is chosen; an out-of-range one is the CLI's line (naming the form)
+        expect(page.locator("#param-fisher-fisher_examples")).to_be_hidden()
+        page.locator("#method input").click()
+        page.get_by_role("option", name="fisher", exact=True).click()
+        expect(page.locator("#param-fisher-fisher_examples")).to_be_visible()
+        expect(page.locator("#param-grasp-tau")).to_be_hidden()
+        page.fill("#param-fisher-fisher_examples input", "0")
+        page.click("#merge")
+        cli = merge_fails(tmp_path, ["nobody/a", "nobody/b"], "--method", "fisher", "--fisher-examples", "0")
+        expect(page.locator("#error")).to_have_text(cli.replace("'0' (from the command line)", "0 (from the form)"))
+        shot(page, "5-parameter-error")
         browser.close()
 
 
@@ -244,24 +258,160 @@ def test_the_form_passes_each_method_only_what_it_takes(tmp_path):
     # ticked d4 first: the merge order is still the list's (the recipe's: d0 before d4)
     form = dict(source_kind=BUILTIN, builtin_sources=["d4", "d0"], repo_ids=None, target_kind=DIGITS, domain=3,
                 dataset=None, dataset_domain=None, image_column="image", label_column="label", method="grasp",
-                tau=0.5, granularity="row", initial_epochs=2, finetune_epochs=1, base=None, lr=None, seed=0,
-                ensemble=True)
-    grasp = spec_from_form(tmp_path, **form)
+                initial_epochs=2, finetune_epochs=1, base=None, lr=None, seed=0, ensemble=True)
+    # a cleared input (None) is unset: the recipe's or the method's default
+    grasp = spec_from_form(tmp_path, **form, params={"tau": 0.5, "granularity": "row", "align_batches": None})
     root = sources_root(tmp_path)
     assert grasp.sources == (str(root / "d0"), str(root / "d4")) and grasp.target == "digits-eras"
-    assert grasp.options == {"initial_epochs": 2, "finetune_epochs": 1, "seed": 0, "tau": 0.5,
-                             "granularity": "row", "target_domain": "3"}
+    assert grasp.options == {"initial_epochs": 2, "finetune_epochs": 1, "seed": 0, "target_domain": "3"}
+    assert grasp.params == {"tau": 0.5, "granularity": "row"}
     assert grasp.label(str(root / "d4")) == "d4 (60°)" and grasp.builtin_home == tmp_path
-    # TIES takes no τ (the library would refuse it) and works on task vectors: the built-ins' shared base
-    ties = spec_from_form(tmp_path, **{**form, "method": "ties"})
-    assert "tau" not in ties.options and "granularity" not in ties.options
-    assert ties.options["base"] == str(root / "base")
+    # TIES gets its own parameters by name and works on task vectors: the built-ins' shared base
+    ties = spec_from_form(tmp_path, **{**form, "method": "ties"}, params={"scaling": 0.5, "density": 0.3})
+    assert ties.params == {"scaling": 0.5, "density": 0.3} and ties.options["base"] == str(root / "base")
+    with pytest.raises(GraspError, match=r"^option tau \(from the form\) is a parameter of grasp, .*not of method"):
+        spec_from_form(tmp_path, **{**form, "method": "ties"}, params={"tau": 0.5})
+    # a text box holds text for pydantic to convert, as the command line does
+    grid = spec_from_form(tmp_path, **{**form, "method": "sequential-ta"}, params={"ta_grid": " 0, 0.5 "})
+    assert grid.params == {"ta_grid": (0.0, 0.5)}
     typed = spec_from_form(tmp_path, **{**form, "source_kind": REPO_IDS, "repo_ids": "org/a\norg/b@v1, ./c",
                                         "target_kind": DATASET, "dataset": " org/data ", "label_column": "y",
                                         "lr": 1e-3})
     assert typed.sources == ("org/a", "org/b@v1", "./c") and typed.target == "org/data"
     assert typed.builtin_home is None and typed.options["label_column"] == "y" and typed.options["lr"] == 1e-3
     assert "target_domain" not in typed.options
+
+
+def _page_inputs(demo) -> dict:
+    """The built page's components by ``elem_id``."""
+    return {b.elem_id: b for b in demo.blocks.values() if getattr(b, "elem_id", None)}
+
+
+def _handler(demo, name: str):
+    """The page's event function named ``name`` (gradio's BlockFunction: its fn, inputs and outputs)."""
+    (found,) = [f for f in demo.fns.values() if f.fn.__name__ == name]
+    return found
+
+
+def _inside(block) -> list:
+    """Every block inside ``block`` (gradio wraps inputs in rows and forms)."""
+    return [b for child in getattr(block, "children", []) for b in (child, *_inside(child))]
+
+
+def _check_inputs(demo, method: str) -> None:
+    """Every parameter of ``method`` has its input in the page, with the field's default, range or choices, in
+    the method's box; the merge receives it; choosing the method shows that box alone."""
+    import typing
+
+    import gradio as gr
+
+    from hf_grasp.methods import METHODS
+
+    page = _page_inputs(demo)
+    merge = _handler(demo, "on_merge")
+    assert merge.inputs_as_dict  # values reach the merge by component, never by position
+    box = page[f"params-{method}"]
+    assert box.visible is (method == "grasp")
+    for name, field in METHODS[method].params.model_fields.items():
+        widget = page[f"param-{method}-{name}"]
+        assert widget in merge.inputs and widget.label == name and field.description in widget.info
+        assert widget in _inside(box), (method, name)
+        bounds = {k: getattr(m, k) for m in field.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)}
+        if typing.get_origin(field.annotation) is typing.Literal:
+            assert isinstance(widget, gr.Dropdown)
+            assert [c[1] for c in widget.choices] == list(typing.get_args(field.annotation))
+        elif field.annotation is bool:
+            assert isinstance(widget, gr.Checkbox)
+        elif field.annotation in (int, float) and len(bounds) == 2:
+            assert isinstance(widget, gr.Slider)
+            assert (widget.minimum, widget.maximum) == (bounds.get("ge", bounds.get("gt")),
+                                                         bounds.get("le", bounds.get("lt")))
+        elif field.annotation in (int, float):
+            assert isinstance(widget, gr.Number) and widget.precision == (0 if field.annotation is int else None)
+        else:
+            assert isinstance(widget, gr.Textbox)
+        if not isinstance(widget, gr.Textbox):
+            assert widget.value == field.default
+    shown = _handler(demo, "on_method").fn(method)
+    assert {b.elem_id for b, update in shown.items() if isinstance(update, dict) and update.get("visible")} == {
+        f"params-{method}"}
+
+
+def test_every_registered_parameter_has_an_input(tmp_path):
+    pytest.importorskip("gradio")
+    from hf_grasp.apps.space.ui import build_demo
+    from hf_grasp.methods import METHODS
+
+    demo = build_demo(tmp_path)
+    page = _page_inputs(demo)
+    assert page["method"].value == "grasp" and [c[1] for c in page["method"].choices] == sorted(METHODS)
+    for method, info in METHODS.items():
+        if info.params.model_fields:
+            _check_inputs(demo, method)
+        else:
+            assert f"params-{method}" not in page
+    assert page["param-sequential-ta-ta_grid"].value == "0.0, 0.2, 0.4, 0.6, 0.8, 1.0"
+    assert page["param-ties-scaling"].value == 1.0 and page["param-task-arithmetic-scaling"].value == 0.3
+
+
+def _merge_error(demo, **changed) -> str:
+    """The page's error line after a merge with the page's initial values, ``changed`` (by elem_id) set."""
+    merge = _handler(demo, "on_merge")
+    values = {c: c.value for c in merge.inputs}
+    for elem_id, value in changed.items():
+        (c,) = [c for c in merge.inputs if getattr(c, "elem_id", None) == elem_id]
+        values[c] = value
+    steps = list(merge.fn(values))
+    (error,) = [update for step in steps for c, update in step.items() if c.elem_id == "error" and update["visible"]]
+    return html.unescape(re.sub(r"<[^>]+>", "", error["value"]))
+
+
+def test_an_out_of_range_parameter_is_the_clis_one_line(tmp_path):
+    pytest.importorskip("gradio")
+    from hf_grasp.apps.space.ui import build_demo
+
+    demo = build_demo(tmp_path / "home")
+    line = _merge_error(demo, method="ties", **{"param-ties-density": 1.5})
+    cli = merge_fails(tmp_path, ["nobody/a", "nobody/b"], "--method", "ties", "--density", "1.5")
+    # the same check and words; the page names itself where the CLI names the command line (and its text '1.5')
+    assert line == cli.replace("'1.5' (from the command line)", "1.5 (from the form)")
+    assert line == "error: option density=1.5 (from the form): input should be less than or equal to 1"
+    assert _merge_error(demo, **{"param-grasp-align_batches": 0}) == (
+        "error: option align_batches=0 (from the form): input should be greater than or equal to 1")
+    assert not (tmp_path / "home" / "runs").exists()  # refused before any work
+
+
+def test_a_method_registered_from_outside_gets_its_inputs(tmp_path):
+    pytest.importorskip("gradio")
+    from typing import Literal
+
+    from hf_grasp.apps.space.ui import BUILTIN, DIGITS, build_demo, spec_from_form
+    from hf_grasp.methods import METHODS, register_method
+    from hf_grasp.plan.options import MethodParams, option
+
+    class ThrowawayParams(MethodParams):
+        strength: float = option(0.5, "How hard to pull.", gt=0, le=2)
+        steps: int = option(3, "How many times.", ge=1)
+        mode: Literal["soft", "hard"] = option("soft", "Which way.")
+        verbose: bool = option(False, "Say more.")
+        weights: tuple[float, ...] = option((0.5, 0.5), "Per-source weights (comma-separated).")
+
+    register_method("throwaway-test", params=ThrowawayParams)(lambda ctx: None)
+    try:
+        demo = build_demo(tmp_path)
+        assert "throwaway-test" in [c[1] for c in _page_inputs(demo)["method"].choices]
+        _check_inputs(demo, "throwaway-test")
+        assert _page_inputs(demo)["param-throwaway-test-weights"].value == "0.5, 0.5"
+        spec = spec_from_form(tmp_path, source_kind=BUILTIN, builtin_sources=["d0"], repo_ids=None,
+                              target_kind=DIGITS, domain=2, dataset=None, dataset_domain=None, image_column="image",
+                              label_column="label", method="throwaway-test", initial_epochs=0, finetune_epochs=0,
+                              base=None, lr=None, seed=0, ensemble=False,
+                              params={"strength": 2.0, "steps": 4, "mode": "hard", "verbose": True})
+        assert spec.params == {"strength": 2.0, "steps": 4, "mode": "hard", "verbose": True}
+        assert _merge_error(demo, method="throwaway-test", **{"param-throwaway-test-strength": 0}) == (
+            "error: option strength=0 (from the form): input should be greater than 0")
+    finally:
+        METHODS.pop("throwaway-test", None)
 
 
 def test_progress_per_source_reads_the_log_lines():

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_grasp import GraspMerger
+from hf_grasp.engine.records import StepKind
 from hf_grasp.methods.interpolation import interpolate
 
 NO_TRAINING = dict(initial_epochs=0, finetune_epochs=0, eval_sources=False, lr=1e-3)
@@ -23,7 +24,7 @@ def _params(path) -> dict[str, torch.Tensor]:
 
 
 def _extra(report, step: str) -> dict:
-    return next(e for e in report.extras if e["step"] == step)
+    return next(s.details for s in report.steps if s.label == step)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_greedy_soup_keeps_a_source_only_when_validation_holds_and_averages_exac
     srcs = checkpoints("resnet", 4)
     result = _merge(srcs, "greedy-soup")
     report = result.report
-    alone = {s.step: s.val_accuracy for s in report.steps if s.step.startswith("ingredient")}
+    alone = {s.label: s.val_accuracy for s in report.steps if s.kind is StepKind.INGREDIENT}
     assert len(alone) == 4
     soup = _extra(report, "average")
     current = max(alone.values())  # the soup starts as the best source on validation
@@ -84,7 +85,7 @@ def test_sequential_ta_takes_the_task_vector_that_helps(checkpoints, trained):
     expected = {n: t + (_params(trained)[n] - _params(srcs[0])[n]) for n, t in _params(first).items()}
     for name, p in result.model.named_parameters():
         torch.testing.assert_close(p.detach(), expected[name], rtol=0, atol=1e-5, msg=name)
-    steps = {s.step: s.val_accuracy for s in result.report.steps}
+    steps = {s.label: s.val_accuracy for s in result.report.steps}
     assert steps["source 2"] >= steps["source 1"] >= steps["init"]  # λ = 0 is always a candidate
 
 

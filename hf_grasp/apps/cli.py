@@ -51,7 +51,7 @@ def _merge_parser(sub) -> None:
                         "step (GRASP and its ablations keep their state after every step in .NAME.resume beside "
                         "--output until the output is written); refused if any setting differs.")
     _push_flags(p)
-    add_option_arguments(p)
+    add_option_arguments(p, METHODS)
     p.set_defaults(func=_cmd_merge)
 
 
@@ -83,7 +83,7 @@ def _method(args) -> str:
                          "merge saved by hf-grasp")
     if args.method or not args.from_merge:
         return args.method or "grasp"
-    from ..plan.config import find_merge_config
+    from ..inputs.saved_merge import find_merge_config
 
     return find_merge_config(args.from_merge, token=args.token, required=True)[0].method
 
@@ -100,7 +100,7 @@ def _check_push_flags(args) -> None:
 def _cmd_merge(args) -> int:
     _check_push_flags(args)
     method = _method(args)
-    options = parse_text(method, options_from_args(args))  # "0.5" -> 0.5, checked before any work
+    options = parse_text(method, options_from_args(args, METHODS), methods=METHODS)  # "0.5" -> 0.5, before any work
     from ..output.checkpoint import kept_for_resume, work_area
     from ..runtime.workspace import claim_output
 
@@ -119,7 +119,7 @@ def _cmd_merge(args) -> int:
             merger = _merger(args, options)
             merger.clock = RunClock.process()  # the report's wall time: the whole command, as `time` measures it
             # before the minutes of the merge, not after
-            check_free_space(args.output, merger.inputs, checkpointed=merger.method.sequential)
+            check_free_space(args.output, merger.inputs, checkpointed=merger.plan.keeps_checkpoint)
             result = merger.merge(checkpoint_dir=area, resume=args.resume)
             # pushing: the card's loading snippet names the repo, locally as on the Hub
             result.save_pretrained(args.output, overwrite=args.overwrite,
@@ -128,7 +128,7 @@ def _cmd_merge(args) -> int:
     print_summary(result.report)
     print(f"merged model written to {args.output}")
     if args.push_to_hub:
-        from ..merger import push_folder
+        from ..output.publish import push_folder
 
         # the folder just written is what goes up, so the Hub holds exactly the local files
         url = push_folder(args.output, args.push_to_hub, private=args.private or None, revision=args.revision,

@@ -20,12 +20,11 @@ Granularity of a "unit":
 
 from __future__ import annotations
 
-from typing import Iterable, Literal
+from typing import Iterable
 
 import torch
 
-Granularity = Literal["tensor", "row", "element"]
-GRANULARITIES: tuple[str, ...] = ("tensor", "row", "element")
+from ..plan.options import GRANULARITIES, Granularity  # declared once, torch-free (the CLI's help reads it)
 
 #: the paper's stabiliser in the cosine denominator
 EPS = 1e-8

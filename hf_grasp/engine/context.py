@@ -15,7 +15,6 @@ import functools
 import itertools
 import math
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +32,7 @@ from ..plan.options import MergeOptions, MethodParams
 from ..runtime.progress import log
 from ..inputs.sources import ResolvedSource, stream_into
 from ..runtime.timing import PhaseTimer
+from .records import Step
 from .training import evaluate_model, fine_tune
 
 
@@ -116,7 +116,7 @@ class MergeContext:
     probe: nn.Module
     data: TargetData
     accelerator: Accelerator
-    records: list[dict] = field(default_factory=list)  # one per step, rendered by report.py
+    records: list[Step] = field(default_factory=list)  # one per step, rendered by report.py
     artifact: Any = None  # a non-native result (e.g. an EnsembleSpec) saved instead of ``merged``
     earlier: Any = None      # the MergeReport of the merge this one continues (``--init org/merged``), if any
     checkpoint: Any = None   # the run's :class:`~hf_grasp.output.checkpoint.Checkpoint`, if it keeps one
@@ -127,6 +127,7 @@ class MergeContext:
         self.eval_transform = self.family.image_transform(self.model_dir, train=False)
         with self.timer.phase("data"):
             preprocess_target(self.data, self.eval_transform)  # a no-op when the merger did it already
+        self._phases_at_last_record = dict(self.timer.seconds)  # each record's phases: the time since the last
         pre, splits = self.data.preprocessed, self.data.splits
         bs, seed = self.options.batch_size, self.options.seed
         # augmented training images differ every epoch: those are decoded per batch
@@ -156,7 +157,7 @@ class MergeContext:
         """The index of this run's first step: 0 (the init step), or the number of steps of the merge it continues."""
         if self.earlier is None:
             return 0
-        return sum(1 for s in self.earlier.steps if s.step == "init" or s.step.startswith("source "))
+        return sum(1 for s in self.earlier.steps if s.kind.counts_as_sequential_step)
 
     def step_seed(self, step: int) -> int:
         """The seed of step ``step``: its alignment batches, its shuffling, any other randomness in it."""
@@ -181,7 +182,7 @@ class MergeContext:
             return 0
         self.records = self.checkpoint.restore(self.merged)
         if self.records and self.accelerator.is_local_main_process:
-            log.info("resuming after step %d (%s)", len(self.records), self.records[-1].get("step"))
+            log.info("resuming after step %d (%s)", len(self.records), self.records[-1].label)
         return len(self.records)
 
     def end_step(self) -> None:
@@ -346,9 +347,10 @@ class MergeContext:
         """Evaluate the final model on what the last record left out (``eval_steps=False``)."""
         if self.records:
             last = self.records[-1]
-            for split in ("validation", "test"):
-                if last.get(split) is None:
-                    last[split] = self.evaluate(split=split)
+            if last.validation is None:
+                last.validation = self.evaluate(split="validation")
+            if last.test is None:
+                last.test = self.evaluate(split="test")
 
     def validation_after(self, history: list[dict]) -> dict | None:
         """The merged model's validation metrics after a fine-tuning round that returned ``history``.
@@ -362,21 +364,34 @@ class MergeContext:
             return self.step_metrics("validation")
         return {"accuracy": kept["val_accuracy"], "loss": kept["val_loss"], "n": len(self.data.splits["validation"])}
 
-    def record(self, **entry) -> dict:
-        """Keep one step's entry for the report and log it as one line (on the main process)."""
-        entry.setdefault("time", time.time())
-        self.records.append(entry)
+    def record(self, step: Step | None = None, /, **fields: Any) -> Step:
+        """Keep one step's record for the report and log it as one line (on the main process).
+
+        Either a :class:`~hf_grasp.engine.records.Step` or its fields as keywords (``kind=StepKind.SOURCE,
+        number=k, ...``; an unknown keyword is a TypeError: a method's own values go into ``details``). The
+        step's ``phases`` are the run's phase seconds spent since the previous record.
+        """
+        if step is None:
+            step = Step(**fields)
+        elif fields:
+            raise TypeError("record() takes a Step or its fields as keywords, not both")
+        now = dict(self.timer.seconds)
+        if not step.phases:
+            before = self._phases_at_last_record
+            step.phases = {name: round(s - before.get(name, 0.0), 3) for name, s in now.items()
+                           if s > before.get(name, 0.0)}
+        self._phases_at_last_record = now
+        self.records.append(step)
         if self.accelerator.is_local_main_process:
             parts = []
-            moved = entry.get("transferred")
-            if moved:
-                parts.append(f"{sum(1 for v in moved.values() if v)}/{len(moved)} tensors transferred")
-            for split, short in (("validation", "val"), ("test", "test")):
-                accuracy = (entry.get(split) or {}).get("accuracy")
+            if step.transfer_counts:
+                parts.append("%d/%d tensors transferred" % step.transfer_counts)
+            for metrics, short in ((step.validation, "val"), (step.test, "test")):
+                accuracy = (metrics or {}).get("accuracy")
                 if isinstance(accuracy, (int, float)) and math.isfinite(accuracy):
                     parts.append(f"{short} {100 * accuracy:.2f}%")
-            if isinstance(entry.get("seconds"), (int, float)):
-                parts.append(f"{entry['seconds']:.1f} s")
-            source = f" ({entry['source']})" if entry.get("source") else ""
-            log.info("%s%s: %s", entry.get("step", "step"), source, ", ".join(parts) or "done")
-        return entry
+            if isinstance(step.seconds, (int, float)):
+                parts.append(f"{step.seconds:.1f} s")
+            source = f" ({step.source})" if step.source else ""
+            log.info("%s%s: %s", step.label, source, ", ".join(parts) or "done")
+        return step

@@ -13,7 +13,7 @@ The idiomatic accelerate loop (``prepare``, ``accelerator.backward``,
   evaluation, and the optimizer's moments are released before returning.
 
 Accuracy comes from the local ``evaluate`` metric module in
-``hf_grasp/metrics/accuracy`` (``evaluate.load("accuracy")`` would fetch a script
+``hf_grasp/engine/metrics/accuracy`` (``evaluate.load("accuracy")`` would fetch a script
 from a hub).
 """
 
@@ -368,10 +368,21 @@ def _step_in_backward(params: list[torch.Tensor], optimizer: Any, enabled: bool)
 
 def _has_fused_adamw(params: list[torch.Tensor]) -> bool:
     """Whether PyTorch's fused AdamW kernel takes these parameters (floating point, on a CPU or CUDA-like device)."""
-    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+    return all(p.is_floating_point() and _fused_adamw_runs(p.device, p.dtype) for p in params)
 
-    devices = set(_get_fused_kernels_supported_devices())
-    return all(p.is_floating_point() and p.device.type in devices for p in params)
+
+@functools.cache
+def _fused_adamw_runs(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether one fused AdamW step runs on a parameter of this device and dtype. torch lists the devices with the
+    kernel only in a private function; the public optimizer is asked instead (once per device and dtype: it
+    refuses an unsupported one with a RuntimeError at its first step)."""
+    p = torch.zeros(1, device=device, dtype=dtype, requires_grad=True)
+    p.grad = torch.zeros_like(p)
+    try:
+        torch.optim.AdamW([p], fused=True).step()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_ratio: float, *, total_steps: int):
@@ -511,16 +522,18 @@ def _move_to(model: nn.Module, device: torch.device) -> None:
 
 
 def _forget(accelerator: accelerate.Accelerator, *objects: Any) -> None:
-    """Drop accelerate's internal references to ``objects`` (and only those).
+    """Make accelerate drop the references it keeps to what was prepared on ``accelerator``, ``objects`` among them:
+    repeated fine-tuning rounds would otherwise pile up optimizers (and their moments) there.
 
-    ``Accelerator.free_memory()`` would also do it, but it forgets everything the
-    caller prepared on the same accelerator; repeated fine-tuning rounds would
-    otherwise pile up optimizers (and their moments) in ``accelerator._optimizers``.
+    Through ``Accelerator.free_memory``, the public call. accelerate (1.x) has
+    none that drops only some objects: this forgets everything prepared on the
+    accelerator (and restarts its step count), so :func:`fine_tune` and
+    :func:`predict_logits` leave nothing registered on the accelerator they are
+    given; what was prepared keeps working, but a caller's own ``save_state`` or
+    fp16 ``clip_grad_norm_`` needs an accelerator of its own. It collects
+    garbage: cheap within a merge (:func:`~hf_grasp.runtime.memory.frozen_heap`).
     """
-    for attr in ("_models", "_optimizers", "_schedulers", "_dataloaders"):
-        kept = getattr(accelerator, attr, None)
-        if isinstance(kept, list):
-            kept[:] = [item for item in kept if not any(item is obj for obj in objects)]
+    accelerator.free_memory(*objects)
 
 
 def recalibrate_batchnorm(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict],

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from ..runtime.errors import DataError, GraspError, first_line
-from ..plan.options import Layer, check_layer
+from ..plan.options import Layer, Registry, check_layer
 
 BUILTIN_RECIPES = {
     "yearbook": "yearbook.yaml",
@@ -88,8 +88,10 @@ def recipe_path(name_or_path: str) -> Path:
     return path
 
 
-def load_recipe(name_or_path: str) -> Recipe:
+def load_recipe(name_or_path: str, *, methods: Registry) -> Recipe:
     """Load a built-in recipe by name (``yearbook``, ``clear10``, ``clear100``, ``digits-eras``) or a YAML file.
+
+    ``methods``: the method registry (``hf_grasp.methods.METHODS``) its options are checked against.
 
     Raises :class:`GraspError` naming the file for invalid YAML, a missing
     ``dataset``, an ``options`` key that is no option, or an option value of the
@@ -114,7 +116,7 @@ def load_recipe(name_or_path: str) -> Recipe:
     options = data.pop("options", None) or {}
     if not isinstance(options, dict):
         raise GraspError(f"recipe {path}: 'options' must be a mapping of option names to values")
-    options = check_layer(Layer(options, f"recipe {path}"))
+    options = check_layer(Layer(options, f"recipe {path}"), methods)
     models = data.pop("models", None) or []
     if isinstance(models, str) or not isinstance(models, list):
         models = [models]
@@ -122,7 +124,7 @@ def load_recipe(name_or_path: str) -> Recipe:
     return Recipe(name=name, path=path, dataset=dataset, options=options, models=list(models), meta=data)
 
 
-def resolve_target(target: str | None, recipe: str | None) -> tuple[str, dict[str, Any]]:
+def resolve_target(target: str | None, recipe: str | None, *, methods: Registry) -> tuple[str, dict[str, Any]]:
     """The dataset to load and the recipe's options layer for ``--target`` / ``--recipe``.
 
     - ``target`` a built-in recipe name (``yearbook``, ...): that recipe's dataset and options
@@ -142,10 +144,10 @@ def resolve_target(target: str | None, recipe: str | None) -> tuple[str, dict[st
         if target is None:
             raise GraspError("no target: pass --target (a dataset) or --recipe (an experiment recipe)")
         return target, {}
-    rec = load_recipe(chosen)
+    rec = load_recipe(chosen, methods=methods)
     if target is not None and named is None:
         return target, dict(rec.options)  # the user's own copy of the data, the recipe's settings
-    source = rec if named in (None, chosen) else load_recipe(named)
+    source = rec if named in (None, chosen) else load_recipe(named, methods=methods)
     _require_available(source)
     return source.dataset, dict(rec.options)
 

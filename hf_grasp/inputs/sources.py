@@ -35,7 +35,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.file_download import REGEX_SHA256
 from huggingface_hub.utils import httpx, sha  # httpx: the HTTP library huggingface_hub itself uses
 from safetensors import safe_open
-from torch import nn
+from torch import Tensor, nn
 
 from ..runtime.errors import NonFiniteSourceError, ShapeMismatchError, SourceError
 from .families.base import SAME_NAMES, Read, TensorNaming

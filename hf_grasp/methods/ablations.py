@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from ..engine.context import MergeContext
+from ..engine.records import StepKind
 from .grasp import grasp
 
 
@@ -28,7 +29,7 @@ def _train_alone(ctx: MergeContext, init_name: str) -> None:
     start = time.time()
     alone = ctx.evaluate_alone() if ctx.options.eval_sources and init_name != "random" else None
     history = ctx.fine_tune(ctx.total_epochs, desc=f"fine-tune {init_name}")
-    ctx.record(step="init", source=init_name, source_alone=alone, history=history,
+    ctx.record(kind=StepKind.INIT, source=init_name, source_alone=alone, history=history,
                validation=ctx.validation_after(history), test=ctx.step_metrics("test"),
                seconds=time.time() - start)
 

@@ -26,6 +26,7 @@ from .ensemble_model import EnsembleSpec
 from ..runtime.errors import SourceError
 from ..engine.training import classification_metrics, predict_logits
 from ..engine.context import MergeContext
+from ..engine.records import StepKind
 
 NOTE = ("Ensemble is a predictor of K models (the uniform average of the sources' softmax probabilities), "
         "not one merged model: it is saved as ensemble.json (the sources' references) and reloaded with "
@@ -56,7 +57,7 @@ def ensemble(ctx: MergeContext) -> None:
                 alone = classification_metrics(probs, y)
         metrics = {split: classification_metrics(sums[split] / k, labels[split]) for split in loaders}
         last = k == len(ctx.sources)
-        ctx.record(step=f"source {k}", source=source.name, source_alone=alone,
+        ctx.record(kind=StepKind.SOURCE, number=k, source=source.name, source_alone=alone,
                    validation=metrics["validation"], test=metrics["test"], seconds=time.time() - start,
-                   **({"note": NOTE} if last else {}))
+                   note=NOTE if last else None)
     ctx.artifact = EnsembleSpec.from_sources(ctx.sources, ctx.family, ctx.model_dir, labels=ctx.data.label_names)

@@ -29,6 +29,7 @@ from ..runtime.progress import progress
 from ..engine import merge_math
 from ..inputs.data import make_loader
 from ..engine.context import MergeContext
+from ..engine.records import StepKind
 from .state import fold_mean, parameter_names, unique_state
 
 MINIMAL_FISHER_WEIGHT = 1e-6
@@ -109,7 +110,7 @@ def fisher(ctx: MergeContext) -> None:
         for n in names:
             params[n].div_(denominator[n])
     del denominator
-    ctx.record(step="merge", source=None, validation=ctx.step_metrics("validation"),
+    ctx.record(kind=StepKind.MERGE, validation=ctx.step_metrics("validation"),
                test=ctx.step_metrics("test"), seconds=time.time() - start)
 
 

@@ -1,7 +1,9 @@
 """GRASP: Gradient-Aligned Sequential Parameter Transfer (Algorithm 1).
 
-Reads like the paper's algorithm, with the semantics of the authors' released
-code (DESIGN.md §1)::
+Reads like Algorithm 1 of the paper (https://arxiv.org/abs/2606.14900), with
+the semantics of the code its authors released with it where the paper leaves
+a choice open (one score per tensor by default; a cosine schedule stepped once
+per epoch)::
 
     merged <- S1 (or an explicit / random init), fine-tuned for initial_epochs
     for each further source Sk:
@@ -31,6 +33,7 @@ from ..engine.alignment import alignment_scores, apply_transfer, row_partners, t
 from ..runtime.errors import NumericalError
 from ..inputs.sources import ResolvedSource
 from ..engine.context import MergeContext
+from ..engine.records import StepKind
 
 #: Stage 4 of one step: ``(ctx, scorer, source_model, record_extra) -> (scores, fraction moved)`` per tensor
 Transfer = Callable[[MergeContext, "AlignmentScorer", nn.Module, dict], tuple[dict, dict]]
@@ -47,7 +50,7 @@ def grasp(ctx: MergeContext, transfer: Transfer | None = None) -> None:
     replaces Stage 4 (the hard gate, :meth:`AlignmentScorer.transfer`) for a
     variant that uses the scores otherwise (learned interpolation); it returns
     the per-tensor scores and fractions moved, and may add entries to ``extra``,
-    which go into the step's record.
+    which go into the step's ``details``.
     """
     sources = list(ctx.sources)
     plan: list[tuple[int, ResolvedSource | None]] = []  # (step, what it brings in; None: a random init)
@@ -75,7 +78,7 @@ def _initial_step(ctx: MergeContext, first: ResolvedSource | None) -> None:
     name = first.name if first is not None else "random"
     source_alone = ctx.evaluate_alone() if o.eval_sources and first is not None else None
     history = ctx.fine_tune(o.initial_epochs, desc=f"initial fine-tune ({name})")
-    ctx.record(step="init", source=name, source_alone=source_alone, history=history,
+    ctx.record(kind=StepKind.INIT, source=name, source_alone=source_alone, history=history,
                validation=ctx.validation_after(history), test=ctx.step_metrics("test"),
                seconds=time.time() - start)
 
@@ -110,10 +113,10 @@ def _transfer_step(ctx: MergeContext, k: int, source: ResolvedSource, transfer: 
     ctx.probe.zero_grad(set_to_none=True)
     release_freed_memory()  # both gradient sets, before fine-tuning allocates its own
     history = ctx.fine_tune(o.finetune_epochs, desc=f"fine-tune after {source.name}")
-    ctx.record(step=f"source {k}", source=source.name, scores=scores, transferred=transferred,
+    ctx.record(kind=StepKind.SOURCE, number=k, source=source.name, scores=scores, transferred=transferred,
                skipped=sorted(skipped), source_alone=source_alone, history=history,
                validation=ctx.validation_after(history), test=ctx.step_metrics("test"),
-               seconds=time.time() - start, **extra)
+               seconds=time.time() - start, details=extra)
 
 
 class AlignmentScorer:

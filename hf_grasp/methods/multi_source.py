@@ -18,21 +18,22 @@ from torch import Tensor
 
 from ..runtime.progress import progress
 from ..engine.context import MergeContext
+from ..engine.records import StepKind
 from .state import fold_mean, unique_state
 
-def finish_training_method(ctx: MergeContext, start: float, what: str, **entry) -> None:
-    """Record the merge as is (step ``average``, with ``entry``), fine-tune for ``ctx.total_epochs``, record again.
+def finish_training_method(ctx: MergeContext, start: float, what: str, **details) -> None:
+    """Record the merge as is (step ``average``, with ``details``), fine-tune for ``ctx.total_epochs``, record again.
 
     No ``fine-tune`` step is recorded when the budget is 0 epochs.
     """
-    ctx.record(step="average", source=None, validation=ctx.step_metrics("validation"),
-               test=ctx.step_metrics("test"), seconds=time.time() - start, **entry)
+    ctx.record(kind=StepKind.AVERAGE, validation=ctx.step_metrics("validation"),
+               test=ctx.step_metrics("test"), seconds=time.time() - start, details=details)
     epochs = ctx.total_epochs
     if epochs == 0:
         return
     start = time.time()
     history = ctx.fine_tune(epochs, desc=f"fine-tune {what}")
-    ctx.record(step="fine-tune", source=None, history=history, validation=ctx.validation_after(history),
+    ctx.record(kind=StepKind.FINE_TUNE, history=history, validation=ctx.validation_after(history),
                test=ctx.step_metrics("test"), seconds=time.time() - start)
 
 

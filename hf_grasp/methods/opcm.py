@@ -42,6 +42,7 @@ from ..runtime.progress import progress
 from ..engine import merge_math
 from ..inputs.sources import iter_across
 from ..engine.context import MergeContext
+from ..engine.records import StepKind
 from .state import fold_mean, unique_state
 
 
@@ -87,9 +88,9 @@ def opcm(ctx: MergeContext) -> None:
         for name, (b,) in iter_across([base], names, device=dev, naming=ctx.naming):
             m = params[name]
             m.copy_(b + (m - b) * scale)
-    ctx.record(step="merge", source=None, validation=ctx.step_metrics("validation"),
-               test=ctx.step_metrics("test"), seconds=time.time() - start, opcm_scale=scale,
-               task_vector_norms=norms)
+    ctx.record(kind=StepKind.MERGE, validation=ctx.step_metrics("validation"),
+               test=ctx.step_metrics("test"), seconds=time.time() - start,
+               details={"opcm_scale": scale, "task_vector_norms": norms})
 
 
 __all__ = ["opcm"]

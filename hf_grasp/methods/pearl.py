@@ -55,6 +55,7 @@ from torch import nn
 from ..runtime.progress import progress
 from ..runtime.errors import GraspError
 from ..engine.context import MergeContext
+from ..engine.records import StepKind
 
 #: attribute under which the composition weights are registered while training
 COMPOSITION = "pearl_composition"
@@ -74,7 +75,7 @@ def pearl(ctx: MergeContext) -> None:
         raise GraspError(f"pearl: {type(ctx.merged).__name__} has no plain Conv2d or Linear layer to adapt")
     base_weights = {n: ctx.merged.get_submodule(n).weight for n in targets}  # kept by peft as base_layer.weight
     test = ctx.evaluate(split="test") if o.eval_sources and base_is_source else ctx.step_metrics("test")
-    ctx.record(step="init", source=base.name, source_alone=test if o.eval_sources and base_is_source else None,
+    ctx.record(kind=StepKind.INIT, source=base.name, source_alone=test if o.eval_sources and base_is_source else None,
                validation=ctx.step_metrics("validation"), test=test, seconds=time.time() - start)
 
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, lora_dropout=0.0, bias="none")
@@ -98,7 +99,7 @@ def pearl(ctx: MergeContext) -> None:
                 init_lora_from_delta(ctx.merged.get_submodule(layer_name), name, delta)
         composition[name] = nn.Parameter(torch.tensor(1.0 / n_sources, device=base_weights[targets[0]].device))
         use_composition(tuner, composition)
-        ctx.record(step=f"adapter {i}", source=source.name, source_alone=alone, skipped=sorted(skipped),
+        ctx.record(kind=StepKind.ADAPTER, number=i, source=source.name, source_alone=alone, skipped=sorted(skipped),
                    validation=ctx.step_metrics("validation"), test=ctx.step_metrics("test"),
                    seconds=time.time() - start)
 
@@ -111,7 +112,7 @@ def pearl(ctx: MergeContext) -> None:
         merge_adapters(tuner, composition)
     for p in ctx.merged.parameters():
         p.requires_grad_(True)  # peft froze the base; the result is an ordinary model again
-    ctx.record(step="compose + merge", source=None, history=history, composition=learned, lr=lr,
+    ctx.record(kind=StepKind.COMPOSE, history=history, details={"composition": learned, "lr": lr},
                validation=ctx.step_metrics("validation"), test=ctx.step_metrics("test"),
                seconds=time.time() - start,
                note=f"PEARL-style: rank-{rank} LoRA adapters initialised from each source's truncated task vector, "

@@ -12,8 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from ..runtime.errors import GraspError
-from ..plan.options import MethodParams, NoParams
+from ..plan.options import MethodParams, NoParams, method_info
 
 if TYPE_CHECKING:
     from ..engine.context import MergeContext
@@ -36,9 +35,10 @@ class MethodInfo:
     resumed after each step (``--resume``) and an earlier merge of it continued
     with more sources (``--init org/merged``). ``multi_process``: it gives the
     same result when launched on several processes (``accelerate launch``,
-    ``torchrun``); a method without it refuses such a launch. ``extra``: the optional extra its code needs
-    (:data:`hf_grasp.runtime.extras.EXTRAS`), checked before it is imported. ``label``: the short name tables use ("GRASP",
-    "TIES"); ``description``: how it merges, in a sentence or two, for the card.
+    ``torchrun``); a method without it refuses such a launch (the default: a method is trusted with several
+    processes only once it says so). ``extra``: the optional extra its code needs
+    (:data:`hf_grasp.runtime.extras.EXTRAS`), checked before it is imported. ``label``: the short name tables
+    use ("GRASP", "TIES"); ``description``: how it merges, in a sentence or two, for the card.
     """
 
     name: str
@@ -51,7 +51,7 @@ class MethodInfo:
     needs_base: bool = False
     reads_across_sources: bool = False
     sequential: bool = False
-    multi_process: bool = True
+    multi_process: bool = False
     extra: str | None = None
     fn: Callable[["MergeContext"], None] | None = None
     impl: str | None = None
@@ -90,8 +90,13 @@ def declare_method(info: MethodInfo) -> MethodInfo:
 
 def register_method(name: str, *, params: type[MethodParams] = NoParams, pretty_name: str | None = None,
                     label: str | None = None, description: str = "", paper: str | None = None,
-                    parameter_space: bool = True, needs_base: bool = False, reads_across_sources: bool = False):
+                    parameter_space: bool = True, needs_base: bool = False, reads_across_sources: bool = False,
+                    sequential: bool = False, multi_process: bool = False, extra: str | None = None):
     """Decorator registering ``fn(ctx)`` as merge method ``name`` with its own ``params`` model.
+
+    Every capability flag of :class:`MethodInfo` can be declared; the defaults are the safe ones: not
+    ``sequential`` (no ``--resume``, no continuing with ``--init``), not ``multi_process`` (a launch on several
+    processes is refused), the result one model of merged parameters.
 
     The way a method from outside hf_grasp plugs in::
 
@@ -105,7 +110,9 @@ def register_method(name: str, *, params: type[MethodParams] = NoParams, pretty_
 
     def wrap(fn):
         declare_method(MethodInfo(name, pretty_name or name, label or name, description, params, paper,
-                                  parameter_space, needs_base, reads_across_sources, fn=fn))
+                                  parameter_space=parameter_space, needs_base=needs_base,
+                                  reads_across_sources=reads_across_sources, sequential=sequential,
+                                  multi_process=multi_process, extra=extra, fn=fn))
         return fn
 
     return wrap
@@ -113,10 +120,7 @@ def register_method(name: str, *, params: type[MethodParams] = NoParams, pretty_
 
 def find_method(name: str) -> MethodInfo:
     """The registered method ``name`` (its code not imported); :class:`GraspError` listing the names if unknown."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise GraspError(f"unknown merge method {name!r}; registered: {', '.join(sorted(METHODS))}") from None
+    return method_info(name, METHODS)
 
 
 def get_method(name: str) -> MethodInfo:

@@ -26,6 +26,7 @@ import torch
 from ..runtime.progress import progress
 from ..inputs.sources import iter_tensors
 from ..engine.context import MergeContext
+from ..engine.records import StepKind
 from .multi_source import finish_training_method
 from .selection import better, float_buffers, judge, restore_buffers
 from .state import parameter_names, unique_state
@@ -40,7 +41,7 @@ def sequential_ta(ctx: MergeContext) -> None:
     merged = unique_state(ctx.merged)
     params = parameter_names(ctx.merged)
     names = [n for n in merged if n in params]
-    ctx.record(step="init", source=base.name, validation=judge(ctx), test=ctx.step_metrics("test"),
+    ctx.record(kind=StepKind.INIT, source=base.name, validation=judge(ctx), test=ctx.step_metrics("test"),
                seconds=time.time() - t0)
     chosen = []
     for k, source in enumerate(progress(ctx.sources, desc="sequential task arithmetic: λ per source",
@@ -64,8 +65,8 @@ def sequential_ta(ctx: MergeContext) -> None:
         restore_buffers(ctx.merged, best_buffers)
         del before, vector
         chosen.append(best_lam)
-        ctx.record(step=f"source {k}", source=source.name, scaling=best_lam, tried=tried, validation=best,
-                   test=ctx.step_metrics("test"), seconds=time.time() - t0)
+        ctx.record(kind=StepKind.SOURCE, number=k, source=source.name, details={"scaling": best_lam, "tried": tried},
+                   validation=best, test=ctx.step_metrics("test"), seconds=time.time() - t0)
     finish_training_method(ctx, t0, "sequential task arithmetic", scaling=chosen)
 
 

@@ -25,8 +25,9 @@ import torch
 
 from ..runtime.progress import progress
 from ..engine.context import MergeContext
+from ..engine.records import StepKind
 from .multi_source import finish_training_method
-from .selection import better, float_buffers, judge, restore_buffers
+from .selection import float_buffers, judge, restore_buffers
 from .state import unique_state
 
 
@@ -38,7 +39,7 @@ def greedy_soup(ctx: MergeContext) -> None:
         ctx.load(ctx.merged, source)
         alone = judge(ctx)
         ranked.append((alone, i, source))
-        ctx.record(step=f"ingredient {i + 1}", source=source.name, validation=alone,
+        ctx.record(kind=StepKind.INGREDIENT, number=i + 1, source=source.name, validation=alone,
                    test=ctx.step_metrics("test"), seconds=time.time() - t0)
     ranked.sort(key=lambda r: (-r[0]["accuracy"], r[0]["loss"], r[1]))
 

@@ -26,6 +26,7 @@ from ..runtime.progress import progress
 from ..engine import merge_math
 from ..inputs.sources import iter_across
 from ..engine.context import MergeContext
+from ..engine.records import StepKind
 from .state import parameter_names, unique_state
 
 
@@ -58,7 +59,7 @@ def merge_task_vectors(ctx: MergeContext, merge_one: Callable[[Tensor, list[Tens
 
 
 def _record(ctx: MergeContext, start: float) -> None:
-    ctx.record(step="merge", source=None, validation=ctx.step_metrics("validation"),
+    ctx.record(kind=StepKind.MERGE, validation=ctx.step_metrics("validation"),
                test=ctx.step_metrics("test"), seconds=time.time() - start)
 
 

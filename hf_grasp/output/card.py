@@ -3,9 +3,12 @@
 Rendered with ``huggingface_hub.ModelCard.from_template`` from :data:`TEMPLATE`
 and the run's :class:`~hf_grasp.output.report.MergeReport`, for every method (the
 ensemble included), so the card, the JSON report and the terminal summary all
-tell the same story. The method section is the method's own: its name, paper,
-description and parameters; GRASP's open points (granularity, buffers, model
-modes, heads) appear only for GRASP and its gated variants. The YAML header
+tell the same story. The method section is the method's own: its name, paper and
+description, then the run's settings, each stated by the sentence its declaration
+gives (``option(card=...)`` in :mod:`hf_grasp.plan.options` and the methods'
+parameters in :mod:`hf_grasp.methods.catalog`): the method's parameters, then
+the shared options (those declared ``card_skip`` are left out, the full
+configuration table lists every value). The YAML header
 (``ModelCardData``) carries ``base_model`` (Hub sources only) with
 ``base_model_relation: merge``, the library, tags, the license (given, or the one
 every source's card states; ``license_name``/``license_link`` for ``other``),
@@ -29,8 +32,10 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..methods import METHODS
 from ..plan.licenses import License
 from ..plan.config import CONFIG_NAME
+from ..plan.options import MergeOptions
 from .report import MergeReport
 from .summary import summary_markdown
 
@@ -79,22 +84,17 @@ Target data: **{{ target_name }}**{% if target_domain %} (domain `{{ target_doma
 
 {{ method_link }} {{ method_description }}
 
-{% if param_rows %}| Parameter | Value |
-| --- | --- |
-{% for key, value in param_rows -%}
-| `{{ key }}` | {{ value }} |
-{% endfor %}
-{% endif %}
-{% for line in how_lines -%}
-- {{ line }}
-{% endfor %}
+{{ training }}
 {% if open_points %}
-Points the paper leaves open, and what this run did:
+{{ open_points }}
+{% endif %}
+{% for title, lines in settings %}
+**{{ title }}**
 
-{% for line in open_points -%}
+{% for line in lines -%}
 - {{ line }}
 {% endfor %}
-{% endif %}
+{% endfor %}
 {% for note in notes -%}
 > {{ note }}
 
@@ -248,11 +248,11 @@ def build_model_card(report: MergeReport, *, dataset: str | None = None, repo_id
         target_notes=[*target.notes, *_label_lines(report)],
         method_link=f"[{method.pretty_name}]({method.paper})" if method.paper else f"**{method.pretty_name}**",
         method_description=method.description,
-        param_rows=[(k, _cell(v)) for k, v in method.params.items()],
-        how_lines=_training_lines(report),
-        open_points=_grasp_open_points(report) if method.is_grasp else [],
+        training=_training_text(report),
+        open_points=GRASP_OPEN_POINTS if method.is_grasp else None,
+        settings=settings(report),
         notes=report.notes,
-        config_rows=[(k, _cell(v)) for k, v in report.options.items()],
+        config_rows=[(k, _cell(v)) for k, v in [*report.options.items(), *method.params.items()]],
         summary=summary_markdown(report),
         heatmap=HEATMAP if has_heatmap(report) else None,
         heatmap_caption=_heatmap_caption(report),
@@ -399,51 +399,80 @@ def _license_text(report: MergeReport) -> str:
     return f"{_license_cell(lic)}: the license given for this merge."
 
 
-def _training_lines(report: MergeReport) -> list[str]:
-    o = report.options
+def _training_text(report: MergeReport) -> str:
     if report.epochs_trained == 0:
-        return ["No training: the result is the merge itself."]
-    if report.method.is_grasp:
-        return [f"Fine-tuning: {o['initial_epochs']} epoch(s) on the initial model ({o['init']}), "
-                f"{o['finetune_epochs']} epoch(s) after each source; AdamW (lr {o['lr']}, weight decay "
-                f"{o['weight_decay']}), {_round_text(o)}."]
-    return [f"Fine-tuning: {report.epochs_trained} epoch(s) on the target training data (the budget GRASP would "
-            f"spend); AdamW (weight decay {o['weight_decay']}), {_round_text(o)}."]
+        return "No training: the result is the merge itself (so no fine-tuning option applied)."
+    budget = "" if report.method.is_grasp else " (the budget GRASP would spend)"
+    return f"Fine-tuning: {report.epochs_trained} epoch(s) in all on the target training data{budget}."
 
 
-def _round_text(o: dict) -> str:
-    """How a fine-tuning round ran, as the options that ran it say (reports older than an option read as its
-    default, which is what those runs did)."""
-    per = ("stepped once per epoch (the released code: the first epoch at the full rate)"
-           if o.get("schedule_per", "epoch") == "epoch" else "stepped after every batch, to zero at the round's end")
-    kept = ("the round ends on the best of its starting state and its epochs by validation accuracy "
-            "(`--keep-start`)" if o.get("keep_start") else "the epoch with the best validation accuracy kept")
-    return f"{o['schedule']} schedule {per}; {kept}"
+GRASP_OPEN_POINTS = ("The paper leaves open the threshold τ, what a \"parameter\" is, the buffers, the models' modes "
+                     "while taking gradients and classifier heads of another shape: the settings below say what this "
+                     "run did.")
+
+#: the card's titles of the shared options' help groups
+GROUP_TITLES = {"data": "Target data", "training": "Training", "runtime": "Loading and runtime", "card": "Card"}
+#: options that shape fine-tuning only: not stated when the run trained nothing
+FINE_TUNING_OPTIONS = ("initial_epochs", "finetune_epochs", "lr", "weight_decay", "schedule", "schedule_per",
+                       "keep_start", "augment")
+#: options only GRASP and its gated variants read (the alignment's gradients)
+GRASP_OPTIONS = ("align_mode",)
+#: how the JSON report saves a non-finite float (``"inf"``), read back as the float
+_NON_FINITE = ("inf", "-inf", "nan")
 
 
-def _grasp_open_points(report: MergeReport) -> list[str]:
-    p, o = report.method.params, report.options
-    gran_text = {
-        "tensor": "**tensor** — one score per named parameter tensor, as in the authors' released code",
-        "row": "**row** — one score per output channel / row of a weight; bias entries follow their row",
-        "element": "**element** — one score per scalar (sign agreement of the two gradients)",
-    }[p["granularity"]]
-    return [
-        f"Threshold **τ = {p['tau']:g}**: a parameter moves when its alignment is > τ; alignment data: "
-        f"{p['align_batches']} batch(es) of {o['batch_size']} target training images (never validation or test).",
-        f"Granularity of a \"parameter\": {gran_text}.",
-        "Buffers (BatchNorm running statistics): "
-        + ("a module's buffers follow its transferred weight." if p["buffers"] == "follow"
-           else "never transferred, as in the released code; they come from the initial model and fine-tuning."),
-        "Model modes while taking gradients: "
-        + ("the merged model in **train** mode (BatchNorm on batch statistics, dropout on; the alignment batches "
-           "update its running statistics), the source in eval mode, as in the released code (`--align-mode "
-           "train-merged`)." if o.get("align_mode") == "train-merged" else
-           "both models in **eval** mode (deterministic, dropout-free, each with its own BatchNorm statistics; "
-           "the released code puts the merged model in train mode)."),
-        "Classifier heads whose shape differs from the target's label count: "
-        + ("skipped and reported." if o["skip_mismatched_heads"] else "an error."),
-    ]
+def settings(report: MergeReport) -> list[tuple[str, list[str]]]:
+    """The run's settings as the card states them: ``(title, sentences)`` for the method's parameters, then for
+    each group of shared options, each sentence the one its declaration gives for the value the run used.
+
+    An option the report lacks (a report older than it) reads as its default, which is what that run did; a
+    value neither MergeOptions nor the method's parameters declare (a method registered from outside, or gone)
+    is stated as ``name = value``, so the card never omits a parameter.
+    """
+    info = METHODS.get(report.method.name)
+    fields = info.params.model_fields if info is not None else {}
+    out = []
+    params = [_statement(name, value, fields.get(name)) for name, value in report.method.params.items()]
+    if params := [line for line in params if line]:
+        out.append((f"Parameters of {report.method.label}", params))
+    groups: dict[str, list[str]] = {}
+    left_out = {*(FINE_TUNING_OPTIONS if report.epochs_trained == 0 else ()),
+                *(GRASP_OPTIONS if not report.method.is_grasp else ())}
+    given = {**{name: f.default for name, f in MergeOptions.model_fields.items()}, **report.options}
+    for name, value in given.items():
+        field = MergeOptions.model_fields.get(name)
+        line = None if name in left_out else _statement(name, value, field)
+        if line:
+            group = (field.json_schema_extra or {}).get("group", "other") if field is not None else "other"
+            groups.setdefault(group, []).append(line)
+    return out + [(GROUP_TITLES.get(group, "Other options"), lines) for group, lines in groups.items()]
+
+
+def _statement(name: str, value: Any, field: Any) -> str | None:
+    """The sentence stating ``value`` of option ``name`` as its field declares (None: declared ``card_skip``)."""
+    extra = (field.json_schema_extra if field is not None else None) or {}
+    if "card_skip" in extra:
+        return None
+    value = _number(value)
+    if isinstance(value, (list, tuple)):
+        value = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in map(_number, value))
+    card = extra.get("card")
+    if isinstance(card, dict):
+        try:
+            card = card[value] if value in card else card.get(...)
+        except TypeError:  # an unhashable value
+            card = card.get(...)
+    try:
+        if card is not None:
+            return _cell(card.format(value=value))
+    except (ValueError, TypeError):  # a value of another type than declared (a report made by other code)
+        pass
+    return f"`{name}` = {_cell(value)}"
+
+
+def _number(value: Any) -> Any:
+    """A non-finite float the JSON report saved as text (``"inf"``) as the float again; any other value as is."""
+    return float(value) if isinstance(value, str) and value in _NON_FINITE else value
 
 
 def _usage_intro(report: MergeReport, is_ensemble: bool) -> str:
@@ -462,7 +491,7 @@ def _usage(report: MergeReport, repo: str, is_ensemble: bool) -> str:
 
 
 def _heatmap_caption(report: MergeReport) -> str:
-    tau = report.method.params.get("tau")
+    tau = _number(report.method.params.get("tau"))
     line = f" (the black line on the colour bar is τ = {tau:g})" if isinstance(tau, (int, float)) else ""
     return (f"`{HEATMAP}`: one row per source merged onto the initial model, one column per parameter tensor; the "
             f"colour is the gradient alignment (cosine) of the source with the merged model on target training "

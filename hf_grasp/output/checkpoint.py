@@ -22,15 +22,14 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+from ..engine.records import Step
 from ..runtime.errors import GraspError, NonFiniteSourceError, ShapeMismatchError, SourceError, first_line
-from ..plan.config import MergeConfig
+from ..plan.plan import MergePlan
 from ..runtime.progress import log
 from .report import read_json, write_json
 
 STATE_NAME = "state.json"
-FORMAT = 1
-#: what every step's record holds (what the report is built from)
-RECORD_KEYS = {"step", "source", "validation", "test"}
+FORMAT = 2  # 2: typed step records (Step.to_dict)
 
 
 def work_area(output: str | os.PathLike) -> Path:
@@ -60,7 +59,7 @@ class Checkpoint:
     refused with a line naming every difference.
     """
 
-    def __init__(self, directory: str | os.PathLike, config: MergeConfig, *, resume: bool = False,
+    def __init__(self, directory: str | os.PathLike, config: MergePlan, *, resume: bool = False,
                  shown: str | None = None):
         self.directory, self.config = Path(directory), config
         self.shown = shown or str(self.directory)
@@ -79,13 +78,13 @@ class Checkpoint:
             return None
         try:
             state = read_json(self.state_path)
-            saved = MergeConfig.from_dict(state["config"], where=str(self.state_path))
+            saved = MergePlan.from_dict(state["config"], where=str(self.state_path))
             steps, records, weights = int(state["steps_done"]), state["records"], state["weights"]
             if not re.fullmatch(r"merged-step\d+\.safetensors", weights):  # a name in the area, nothing else
                 raise ValueError(f"weights {weights!r} is not a state file of this area")
-            if not (isinstance(records, list) and len(records) == steps
-                    and all(isinstance(r, dict) and RECORD_KEYS <= r.keys() for r in records)):
+            if not (isinstance(records, list) and len(records) == steps):
                 raise ValueError(f"records do not describe {steps} finished steps")
+            records = [_step(i, r) for i, r in enumerate(records, start=1)]
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise GraspError(f"{self.shown}: its resume state {self.state_path} is unreadable ({e}); pass "
                              "--overwrite to start over") from None
@@ -95,7 +94,7 @@ class Checkpoint:
                              "with its settings, or pass --overwrite without --resume to start over")
         return {"steps_done": steps, "records": records, "weights": weights}
 
-    def restore(self, model) -> list[dict]:
+    def restore(self, model) -> list[Step]:
         """Load the saved merged state into ``model`` (in place); the records of the steps done ([] if none)."""
         if not self.state:
             return []
@@ -110,23 +109,23 @@ class Checkpoint:
                              "--overwrite to start over") from None
         return list(self.state["records"])
 
-    def save(self, model, records: list[dict]) -> None:
+    def save(self, model, records: list[Step]) -> None:
         """Write the state after ``len(records)`` steps: the weights file first, then ``state.json`` (the
         commit point, replaced atomically), then remove the previous weights file."""
         from safetensors import SafetensorError
         from safetensors.torch import save_model
 
+        from ..runtime.workspace import staged
+
         steps = len(records)
         weights = f"merged-step{steps}.safetensors"
-        tmp = self.directory / (weights + ".tmp")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            save_model(model, str(tmp))
-            tmp.replace(self.directory / weights)
+            with staged(self.directory / weights, file=True) as tmp:  # removed if the write fails
+                save_model(model, str(tmp))
             write_json({"format": FORMAT, "steps_done": steps, "weights": weights, "config": self.config.to_dict(),
-                        "records": records}, self.state_path)
+                        "records": [r.to_dict() for r in records]}, self.state_path)
         except (OSError, SafetensorError) as e:  # a full disk, a quota: safetensors raises its own type
-            tmp.unlink(missing_ok=True)
             raise GraspError(f"{self.shown}: writing the merge's state after step {steps} failed ({first_line(e)}); "
                              "free space beside --output or choose another --output") from None
         for old in self.directory.glob("merged-step*.safetensors"):
@@ -136,6 +135,14 @@ class Checkpoint:
 
     def discard(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _step(i: int, data) -> Step:
+    """Record ``i`` of a resume state, checked (what the report of the resumed merge is built from)."""
+    try:
+        return Step.from_dict(data)
+    except ValueError as e:
+        raise ValueError(f"record {i}: {e}") from None
 
 
 @contextlib.contextmanager

@@ -63,11 +63,10 @@ def plot_alignment_heatmap(report: MergeReport, path: str | os.PathLike) -> Path
     tensor transferred, for row or element granularity). The threshold tau is
     marked on the colour bar. Returns the path.
     """
+    # A bare Figure, not pyplot: no backend is chosen, nothing process-wide changes (a caller's GUI keeps its own).
     import matplotlib
-
-    matplotlib.use("Agg")  # no display here, and no GUI backend wanted in a library call
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,11 +74,11 @@ def plot_alignment_heatmap(report: MergeReport, path: str | os.PathLike) -> Path
     names = _ordered_union(s.scores or {} for s in sources)
 
     if not sources or not names:
-        fig, ax = plt.subplots(figsize=(6, 1.5))
+        fig = Figure(figsize=(6, 1.5))
+        ax = fig.add_subplot()
         ax.axis("off")
         ax.text(0.5, 0.5, "no alignment scores: nothing was merged onto the init model", ha="center", va="center")
         fig.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(fig)
         return path
 
     scores = np.full((len(sources), len(names)), np.nan)
@@ -98,7 +97,8 @@ def plot_alignment_heatmap(report: MergeReport, path: str | os.PathLike) -> Path
     col_width = max(0.1, font * 1.5 / 72)  # inches: room for one rotated label
     width = max(6.0, 2.5 + n_cols * col_width)
     height = 1.8 + 0.35 * len(sources) + font * 0.6 * max(len(s) for s in shorten_tensor_names(names)) / 72
-    fig, ax = plt.subplots(figsize=(width, height))
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_subplot()
 
     cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="#d9d9d9")  # grey: no score (a skipped head)
     image = ax.imshow(
@@ -118,19 +118,18 @@ def plot_alignment_heatmap(report: MergeReport, path: str | os.PathLike) -> Path
 
     bar = fig.colorbar(image, ax=ax, fraction=0.03 if width > 12 else 0.05, pad=0.01)
     label = "gradient alignment (cosine)"
-    tau = report.method.params.get("tau")
-    if isinstance(tau, (int, float)) and -1 <= tau <= 1:
+    tau = report.method.number("tau")
+    if tau is not None and -1 <= tau <= 1:
         bar.ax.axhline(tau, color="black", linewidth=1.5)
         label += f"; line: τ = {tau:g}"
     bar.set_label(label, fontsize=8)
     fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
 def _heatmap_title(report: MergeReport) -> str:
-    params = report.method.params
-    tau = f", τ = {params['tau']:g}" if isinstance(params.get("tau"), (int, float)) else ""
+    params, number = report.method.params, report.method.number("tau")
+    tau = f", τ = {number:g}" if number is not None else ""
     granularity = params.get("granularity", "tensor")
     return (f"{report.method.label} alignment per tensor — {report.architecture} on {report.target.name} "
             f"({granularity} granularity{tau}; ● transferred)")

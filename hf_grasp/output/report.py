@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..engine.records import StepKind
+from ..runtime.workspace import write_json  # noqa: F401 (the report's writer, importable from here)
 from ..plan.licenses import License, LicenseDecision
 
 if TYPE_CHECKING:
@@ -27,7 +29,9 @@ if TYPE_CHECKING:
     from ..runtime.timing import RunClock
 
 Metrics = dict[str, Any]  # {"accuracy": float, "loss": float, "n": int}
-SCHEMA_VERSION = 5  # 4: phases; 5: wall time, no local paths
+# 4: phases; 5: wall time, no local paths; 6: typed steps (kind, number, phases, details: no top-level extras),
+# a ±inf method parameter written as "inf"/"-inf"
+SCHEMA_VERSION = 6
 
 
 @dataclass
@@ -74,13 +78,34 @@ class SourceRecord:
 
 @dataclass
 class StepRecord:
-    """One step of the method (``init``, ``source 2``, ``merge``, ``fine-tune``, ...) and the accuracy after it."""
+    """One step of the method (``init``, ``source 2``, ``merge``, ``fine-tune``, ...) and the accuracy after it.
 
-    step: str
+    ``kind`` and ``number`` say what the step was (:class:`~hf_grasp.engine.records.StepKind`; the number is the
+    source's position for a per-source kind); :attr:`label` is its text. ``phases``: wall seconds per phase spent
+    in it; ``details``: what only its method records (PEARL's composition, sequential TA's λ, ...).
+    """
+
+    kind: StepKind
+    number: int | None
     ref: str | None
     val_accuracy: float | None
     test_accuracy: float | None
     seconds: float | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.kind = StepKind(self.kind)  # as read back from JSON
+
+    @property
+    def label(self) -> str:
+        """``"source 2"``, ``"init"``, ``"compose + merge"``: how tables and ``grasp_report.json`` name the step."""
+        return self.kind.label(self.number)
+
+    @property
+    def counts_as_sequential_step(self) -> bool:
+        """Whether a continuation of this merge counts this step (init and source k)."""
+        return self.kind.counts_as_sequential_step
 
 
 @dataclass
@@ -105,6 +130,17 @@ class MethodRecord:
     is_grasp: bool = False
     parameter_space: bool = True
     params: dict[str, Any] = field(default_factory=dict)
+
+    def number(self, name: str) -> float | None:
+        """Parameter ``name`` as a float (None when absent or not a number), whether it is held as a number or as
+        the ``"inf"``/``"-inf"`` text ``grasp_report.json`` writes for an infinite value (no-align's τ)."""
+        value = self.params.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        return float(value) if value in _INFINITE else None
+
+
+_INFINITE = ("inf", "-inf")
 
 
 @dataclass
@@ -132,7 +168,6 @@ class MergeReport:
     base: SourceRecord | None = None
     continued_from: SourceRecord | None = None  # the earlier merge this one continued (its sources, steps lead)
     notes: list[str] = field(default_factory=list)
-    extras: list[dict] = field(default_factory=list)  # method-specific step data (PEARL's composition, ...)
     phases: dict[str, float] = field(default_factory=dict)  # wall seconds per phase (hf_grasp.runtime.timing)
     # the whole run's wall time since ``wall_since``, to the end of the merge and, once saved, to its files written
     # (``seconds`` is the merge engine's part of it)
@@ -148,6 +183,12 @@ class MergeReport:
         """Each source alone on the target test split, by reference (when the sources were evaluated)."""
         return {s.ref: s.metrics_alone for s in self.sources if s.metrics_alone}
 
+    @property
+    def extras(self) -> list[dict]:
+        """The method-specific data of each step that has some (PEARL's composition, ...), as ``{"step": label,
+        **details}``: derived from the steps' ``details``, which is what the JSON holds since schema 6."""
+        return [{"step": s.label, **s.details} for s in self.steps if s.details]
+
     def test_accuracy(self) -> float | None:
         return (self.final.get("test") or {}).get("accuracy")
 
@@ -158,6 +199,11 @@ class MergeReport:
         report is published with the model; the references and commits name the inputs.
         """
         out = dataclasses.asdict(self)
+        # "step" (the label) first, for the JSON readers that only know it
+        out["steps"] = [{"step": s.label, **rec, "kind": s.kind.value} for rec, s in zip(out["steps"], self.steps)]
+        # strict JSON has no infinity, and null would lose no-align's τ = -inf: written as text, read back by float()
+        out["method"]["params"] = {k: str(v) if isinstance(v, float) and math.isinf(v) else v
+                                   for k, v in out["method"]["params"].items()}
         for rec, src in zip(out["sources"], self.sources):
             rec["fraction_transferred"] = src.fraction_transferred
         for rec in [*out["sources"], out["base"], out["continued_from"]]:
@@ -172,8 +218,13 @@ class MergeReport:
             return SourceRecord(**{k: v for k, v in d.items() if k != "fraction_transferred"}) if d else None
 
         d = dict(data)
-        return cls(**{**d, "method": MethodRecord(**d["method"]), "target": TargetRecord(**d["target"]),
-                      "sources": [source(s) for s in d["sources"]], "steps": [StepRecord(**s) for s in d["steps"]],
+        method = dict(d["method"])
+        method["params"] = {k: float(v) if v in _INFINITE else v for k, v in method.get("params", {}).items()}
+        steps = (_steps_before_schema_6(d) if d.get("schema", 0) < 6
+                 else [{k: v for k, v in s.items() if k != "step"} for s in d["steps"]])
+        d.pop("extras", None)
+        return cls(**{**d, "method": MethodRecord(**method), "target": TargetRecord(**d["target"]),
+                      "sources": [source(s) for s in d["sources"]], "steps": [StepRecord(**s) for s in steps],
                       "memory": MemoryRecord(**d["memory"]), "base": source(d.get("base")),
                       "continued_from": source(d.get("continued_from")), "license": _license(d.get("license"))})
 
@@ -184,6 +235,27 @@ class MergeReport:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MergeReport":
         return cls.from_dict(read_json(path))
+
+
+def _steps_before_schema_6(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The steps of a report written before schema 6, as :class:`StepRecord` fields: the kind and number parsed
+    from the text label ("source 3", "compose + merge"), the top-level ``extras`` moved into their step's
+    ``details``. Exists only to load those reports; nothing since writes either."""
+    labels = {kind.label(): kind for kind in StepKind}
+    details = {e["step"]: {k: v for k, v in e.items() if k != "step"} for e in data.get("extras") or []}
+    steps = []
+    for rec in data["steps"]:
+        label = rec["step"]
+        head, _, tail = label.rpartition(" ")
+        if label in labels:
+            kind, number = labels[label], None
+        elif head in labels and labels[head].per_source and tail.isdigit():
+            kind, number = labels[head], int(tail)
+        else:
+            raise ValueError(f"step {label!r} of a schema-{data.get('schema')} report is not a step hf-grasp writes")
+        steps.append({**{k: v for k, v in rec.items() if k != "step"}, "kind": kind, "number": number,
+                      "details": details.get(label, {})})
+    return steps
 
 
 def _license(value: License | dict | None) -> License | None:
@@ -217,24 +289,21 @@ def build_report(ctx: "MergeContext", method: "MethodInfo", *, seconds: float,
     sources = list(earlier.sources) if earlier else []
     # every input is listed, in merge order, whether or not the method recorded a step for it
     for src in inputs:
-        rec = next((r for r in records if r["source"] == src.name), {})
+        rec = next((r for r in records if r.source == src.name), None)
         sources.append(SourceRecord(
-            **src.describe(), role="init" if rec.get("step") == "init" else "source",
-            scores=_renamed(rec.get("scores"), saved), transferred=_renamed(rec.get("transferred"), saved),
-            skipped=[saved(name) for name in rec.get("skipped", [])],
-            metrics_alone=rec.get("source_alone"),
-            metrics_after={"validation": rec["validation"], "test": rec["test"]} if rec else None,
-            history=rec.get("history"), seconds=rec.get("seconds")))
+            **src.describe(), role="init" if rec is not None and rec.kind is StepKind.INIT else "source",
+            scores=_renamed(rec and rec.scores, saved), transferred=_renamed(rec and rec.transferred, saved),
+            skipped=[saved(name) for name in rec.skipped] if rec is not None else [],
+            metrics_alone=rec and rec.source_alone,
+            metrics_after={"validation": rec.validation, "test": rec.test} if rec is not None else None,
+            history=rec and rec.history, seconds=rec and rec.seconds))
     steps = list(earlier.steps) if earlier else []
-    steps += [StepRecord(rec["step"], rec["source"], (rec["validation"] or {}).get("accuracy"),
-                         (rec["test"] or {}).get("accuracy"), rec.get("seconds")) for rec in records]
+    steps += [StepRecord(rec.kind, rec.number, rec.source, (rec.validation or {}).get("accuracy"),
+                         (rec.test or {}).get("accuracy"), rec.seconds, dict(rec.phases), dict(rec.details))
+              for rec in records]
     last = records[-1]
     param_bytes = sum(p.numel() * p.element_size() for p in ctx.merged.parameters())
     result_models = len(getattr(ctx.artifact, "members", None) or [None])
-    known = {"step", "source", "scores", "transferred", "skipped", "source_alone", "validation", "test", "history",
-             "seconds", "note", "time"}
-    extras = [{"step": r["step"], **{k: v for k, v in r.items() if k not in known}} for r in records
-              if set(r) - known]
     data = ctx.data
     return MergeReport(
         method=method_record(method, ctx.params),
@@ -245,14 +314,13 @@ def build_report(ctx: "MergeContext", method: "MethodInfo", *, seconds: float,
         architecture=type(ctx.merged).__name__,
         sources=sources,
         steps=steps,
-        final={"validation": last["validation"], "test": last["test"]},
-        epochs_trained=(earlier.epochs_trained if earlier else 0) + sum(len(r.get("history") or []) for r in records),
+        final={"validation": last.validation, "test": last.test},
+        epochs_trained=(earlier.epochs_trained if earlier else 0) + sum(len(r.history or []) for r in records),
         seconds=seconds,
         memory=MemoryRecord(peak_rss_bytes(), param_bytes, result_models * param_bytes),
         base=SourceRecord(**ctx.base_source.describe(), role="base") if ctx.base_source else None,
         continued_from=SourceRecord(**ctx.init_source.describe(), role="init") if earlier else None,
-        notes=(list(earlier.notes) if earlier else []) + [rec["note"] for rec in records if rec.get("note")],
-        extras=(list(earlier.extras) if earlier else []) + extras,
+        notes=(list(earlier.notes) if earlier else []) + [rec.note for rec in records if rec.note],
         phases={name: round(s, 3) for name, s in ctx.timer.seconds.items()},
         wall_seconds=round(clock.seconds(), 3) if clock else None,
         wall_since=clock.since if clock else None,
@@ -270,39 +338,9 @@ def _renamed(per_tensor: dict[str, Any] | None, name: Callable[[str], str]) -> d
 # --------------------------------------------------------------------------- JSON
 
 
-def write_json(data: dict, path: str | os.PathLike) -> Path:
-    """Write ``data`` as indented JSON (atomically) and return the path.
-
-    NaN/inf become ``null`` (strict JSON); numpy/torch scalars and paths are
-    converted to plain values.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
 def read_json(path: str | os.PathLike) -> dict:
     """Read JSON written by :func:`write_json`."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if hasattr(obj, "tolist"):  # numpy arrays/scalars, torch tensors
-        return _jsonable(obj.tolist())
-    raise TypeError(f"report value of type {type(obj).__name__} is not JSON-serialisable: {obj!r}")
 
 
 # --------------------------------------------------------------------------- memory

@@ -46,7 +46,7 @@ def _steps_table(report: MergeReport, compact: bool) -> TableSpec:
         after = src.metrics_after or {}
         moved = src.transferred or {}
         rows.append([
-            step.step if step else ("init" if src.role == "init" else f"source {i + 1}"),
+            step.label if step else ("init" if src.role == "init" else f"source {i + 1}"),
             shorten(src.ref, SOURCE_WIDTH) if compact else src.ref,
             src.revision or _DASH,
             (src.commit or "local")[:8],
@@ -64,7 +64,7 @@ def _steps_table(report: MergeReport, compact: bool) -> TableSpec:
 
 
 def _sourceless_row(step: StepRecord) -> list[str]:
-    return [step.step, _DASH, _DASH, _DASH, _DASH, _DASH, _pct(step.val_accuracy), _pct(step.test_accuracy),
+    return [step.label, _DASH, _DASH, _DASH, _DASH, _DASH, _pct(step.val_accuracy), _pct(step.test_accuracy),
             _seconds(step.seconds)]
 
 

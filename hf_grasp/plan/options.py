@@ -27,21 +27,43 @@ import argparse
 import types
 from dataclasses import dataclass
 import typing
-from typing import Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..runtime.errors import GraspError
 from .licenses import hub_license_id
 
+if TYPE_CHECKING:  # the registry sits above this stage: its callers pass it in
+    from ..methods.registry import MethodInfo
 
-def option(default: Any, help: str, *, group: str | None = None, **constraints: Any) -> Any:
-    """A declared option: its default, help text, help group (shared options) and pydantic constraints."""
-    return Field(default, description=help, json_schema_extra={"group": group} if group else None, **constraints)
+#: the method registry, name -> MethodInfo (``hf_grasp.methods.METHODS``)
+Registry = Mapping[str, "MethodInfo"]
+
+
+def option(default: Any, help: str, *, group: str | None = None, card: str | dict | None = None,
+           card_skip: str | None = None, **constraints: Any) -> Any:
+    """A declared option: its default, help text, help group (shared options), how the model card states it,
+    and pydantic constraints.
+
+    ``card`` is the sentence the card (:mod:`hf_grasp.output.card`) states the run's value with: a format
+    string using ``{value}`` (``"Learning rate {value:g} (AdamW)."``), or a dict value -> sentence for a
+    Literal, a flag or an optional value (each sentence may use ``{value}`` too; the key ``...`` stands for any
+    value not listed). An option the card does not state says why in ``card_skip`` instead (a runtime choice
+    that does not change the model, ...). Every built-in option declares one of the two; a method parameter
+    from outside hf_grasp with neither is stated as ``name = value``.
+    """
+    if card is not None and card_skip is not None:
+        raise TypeError("an option is either stated on the card (card=...) or not (card_skip=...), not both")
+    extra = {k: v for k, v in (("group", group), ("card", card), ("card_skip", card_skip)) if v is not None}
+    return Field(default, description=help, json_schema_extra=extra or None, **constraints)
 
 
 #: learning-rate schedules (names of ``transformers.get_scheduler``)
 Schedule = Literal["cosine", "linear", "constant"]
+#: the units GRASP can score (hf_grasp.engine.alignment): declared once, here, below every stage that names them
+Granularity = Literal["tensor", "row", "element"]
+GRANULARITIES: tuple[str, ...] = typing.get_args(Granularity)
 
 
 class _Options(BaseModel):
@@ -68,87 +90,140 @@ class MergeOptions(_Options):
 
     # --- target data
     target_domain: str | None = option(None, "Keep only target rows whose domain column equals this value.",
-                                       group="data")
-    domain_column: str = option("domain", "Column holding the domain of each row.", group="data")
-    image_column: str = option("image", "Column holding the images.", group="data")
-    label_column: str = option("label", "Column holding the integer class labels.", group="data")
+                                       group="data", card={None: "Target rows: all of them (no domain filter).",
+                                                           ...: "Target rows: only those of domain `{value}`."})
+    domain_column: str = option("domain", "Column holding the domain of each row.", group="data",
+                                card="Domain column: `{value}`.")
+    image_column: str = option("image", "Column holding the images.", group="data", card="Image column: `{value}`.")
+    label_column: str = option("label", "Column holding the integer class labels.", group="data",
+                               card="Label column: `{value}`.")
     validation_fraction: float = option(
         0.1, "Fraction of train carved (stratified, seeded) as validation when the dataset has none.", group="data",
-        gt=0, lt=1)
+        card="Validation split, when the dataset has none: a stratified, seeded fraction {value:g} of train.", gt=0,
+        lt=1)
     skip_bad_images: bool = option(False, "Leave out (and report) target rows whose image file cannot be decoded "
-                                   "instead of failing; every image is checked before any work.", group="data")
+                                   "instead of failing; every image is checked before any work.", group="data",
+                                   card={False: "Target images that cannot be decoded: an error (every image is "
+                                                "checked before any work).",
+                                         True: "Target rows whose image cannot be decoded: left out (and reported)."})
 
     # --- sources and training budget
-    batch_size: int = option(32, "Batch size for alignment, fine-tuning and evaluation.", group="training", ge=1)
+    batch_size: int = option(32, "Batch size for alignment, fine-tuning and evaluation.", group="training",
+                             card="Batch size: {value} (alignment, fine-tuning and evaluation).", ge=1)
     initial_epochs: int = option(3, "Epochs fine-tuning the initial model on the target before the first "
-                                 "transfer.", group="training", ge=0)
+                                 "transfer.", group="training",
+                                 card="Epochs fine-tuning the initial model before the first transfer: {value}.", ge=0)
     finetune_epochs: int = option(3, "Epochs fine-tuning after each source's transfer (Stage 5); 0 disables it. "
                                   "Every method that trains gets initial + (K-1) x this many epochs.",
-                                  group="training", ge=0)
-    lr: float = option(5e-5, "AdamW learning rate.", group="training", gt=0)
-    weight_decay: float = option(0.01, "AdamW weight decay.", group="training", ge=0)
+                                  group="training", card="Epochs fine-tuning after each source's transfer: {value}.",
+                                  ge=0)
+    lr: float = option(5e-5, "AdamW learning rate.", group="training", card="Learning rate {value:g} (AdamW).", gt=0)
+    weight_decay: float = option(0.01, "AdamW weight decay.", group="training", card="Weight decay {value:g} (AdamW).",
+                                 ge=0)
     schedule: Schedule = option(
-        "cosine", "Learning-rate schedule over each fine-tuning round.", group="training")
+        "cosine", "Learning-rate schedule over each fine-tuning round.", group="training",
+        card="Learning-rate schedule: {value}, over each fine-tuning round.")
     schedule_per: Literal["epoch", "step"] = option(
         "epoch", "Step the schedule once per epoch (the released GRASP code: the first epoch at the full rate) or "
-        "after every batch (to zero at the round's end).", group="training")
+        "after every batch (to zero at the round's end).", group="training",
+        card={"epoch": "The schedule stepped once per epoch (the released code: the first epoch at the full rate).",
+              "step": "The schedule stepped after every batch, to zero at the round's end."})
     keep_start: bool = option(
         False, "A fine-tuning round may end on the state it started from: that state is evaluated on validation "
         "too and kept when no epoch is strictly better (the epochs are still trained). Off: the best epoch is kept "
-        "(the released code).", group="training")
+        "(the released code).", group="training",
+        card={False: "A fine-tuning round kept its epoch with the best validation accuracy (the released code).",
+              True: "A fine-tuning round ended on the best of its starting state and its epochs by validation "
+                    "accuracy (`--keep-start`)."})
     align_mode: Literal["eval", "train-merged"] = option(
         "eval", "Model modes for the alignment gradients: both models in eval mode (deterministic, each model's own "
         "BatchNorm statistics), or 'train-merged' as the released code does (the merged model in train mode: batch "
-        "statistics, dropout, its running statistics updated by the alignment batches).", group="training")
+        "statistics, dropout, its running statistics updated by the alignment batches).", group="training",
+        card={"eval": "Model modes while taking the alignment gradients: both models in **eval** mode "
+                      "(deterministic, dropout-free, each with its own BatchNorm statistics; the released code puts "
+                      "the merged model in train mode).",
+              "train-merged": "Model modes while taking the alignment gradients: the merged model in **train** mode "
+                              "(BatchNorm on batch statistics, dropout on; the alignment batches update its running "
+                              "statistics), the source in eval mode, as in the released code (`--align-mode "
+                              "train-merged`)."})
     init: str = option("first", "Initial merged model: 'first' (the first source), 'random', or a model reference; "
                        "with the last two the loop starts at the first source. A merge saved by hf-grasp is "
                        "continued (GRASP and its ablations): one step per new source, with its options unless set.",
-                       group="training")
+                       group="training",
+                       card={"first": "Initial merged model: the first source.",
+                             "random": "Initial merged model: a random initialisation; the loop starts at the first "
+                                       "source.",
+                             ...: "Initial merged model: `{value}`; the loop starts at the first source."})
     order: str = option("given", "Source order: 'given', 'reverse', 'random' (seeded) or a comma list of 0-based "
-                        "indices.", group="training")
-    seed: int = option(0, "Seed for batches, shuffling, random init and random order.", group="training", ge=0)
+                        "indices.", group="training",
+                        card={"given": "Source order: as given.", "reverse": "Source order: reversed.",
+                              "random": "Source order: shuffled with the seed.",
+                              ...: "Source order: the given sources taken by their 0-based indices {value}."})
+    seed: int = option(0, "Seed for batches, shuffling, random init and random order.", group="training",
+                       card="Seed: {value} (batches, shuffling, random init and random order).", ge=0)
     skip_mismatched_heads: bool = option(False, "Skip (and report) source heads whose size differs from the "
                                          "target's label count, or whose label names are not the target's, instead "
                                          "of failing (labels are matched by name: the same names in another order "
-                                         "are reordered, never skipped).", group="training")
+                                         "are reordered, never skipped).", group="training",
+                                         card={False: "Source classifier heads whose size or label names differ "
+                                                      "from the target's: an error.",
+                                               True: "Source classifier heads whose size or label names differ "
+                                                     "from the target's: skipped (and reported)."})
     augment: bool = option(False, "Train with the model library's own augmentation (timm's training transform); "
                            "off by default so both families train on the same deterministic preprocessing.",
-                           group="training")
+                           group="training",
+                           card={False: "Training images: the deterministic preprocessing (no augmentation).",
+                                 True: "Training images: augmented by the model library's own training transform."})
     base: str | None = option(None, "The sources' shared starting point (a model reference), for methods on task "
                               "vectors (task-arithmetic, ties, opcm, sequential-ta; pearl optionally).",
-                              group="training")
+                              group="training",
+                              card_skip="stated under 'What was merged', beside the sources, when the method used it")
     recalibrate_bn: bool = option(False, "After a parameter-space merge, re-estimate BatchNorm running statistics "
                                   "on target train images (forward passes only, cumulative average).",
-                                  group="training")
+                                  group="training",
+                                  card={False: "BatchNorm running statistics after the merge: not re-estimated.",
+                                        True: "BatchNorm running statistics after the merge: re-estimated on target "
+                                              "train images (forward passes only)."})
     eval_sources: bool = option(True, "Also evaluate each source alone on the target test split for the report.",
-                                group="training")
+                                group="training", card_skip="what the report measured, not how the model was made: "
+                                "the Results show it")
     eval_steps: bool = option(True, "Evaluate the merged model on validation and test after every step, for the "
                               "report's per-step table; off: only the final model is evaluated (the steps show a "
-                              "dash). A fine-tuning round's own validation is always recorded.", group="training")
+                              "dash). A fine-tuning round's own validation is always recorded.", group="training",
+                              card_skip="what the report measured, not how the model was made: the Results show it")
 
     # --- loading and runtime
     allow_pickle: bool = option(False, "Allow pickle weight files (.bin/.pth) when a source has no safetensors.",
-                                group="runtime")
-    trust_remote_code: bool = option(False, "Allow model or dataset code from the Hub to run.", group="runtime")
+                                group="runtime", card_skip="a permission to read files: the sources table lists the "
+                                "weight files read")
+    trust_remote_code: bool = option(False, "Allow model or dataset code from the Hub to run.", group="runtime",
+                                     card_skip="a permission to run code, not a setting of the model")
     evict_sources: bool = option(False, "Download each Hub source's weights only when it is streamed, into a "
                                  "scratch directory deleted right after: disk holds one source checkpoint whatever "
                                  "K (online; not the first source, not methods that read every source at once).",
-                                 group="runtime")
-    mixed_precision: Literal["no", "fp16", "bf16"] = option("no", "accelerate mixed precision.", group="runtime")
-    cpu: bool = option(False, "Force the CPU even when an accelerator is present.", group="runtime")
+                                 group="runtime", card_skip="a runtime choice that does not change the model")
+    mixed_precision: Literal["no", "fp16", "bf16"] = option(
+        "no", "accelerate mixed precision.", group="runtime",
+        card={"no": "Precision: full (no mixed precision).", "fp16": "Precision: fp16 mixed precision (accelerate).",
+              "bf16": "Precision: bf16 mixed precision (accelerate)."})
+    cpu: bool = option(False, "Force the CPU even when an accelerator is present.", group="runtime",
+                       card_skip="a runtime choice that does not change the model")
     threads: int | None = option(None, "CPU threads torch uses for the merge (default: torch's own, one per core). "
                                  "1 is much faster when another CPU-bound job shares the cores.", group="runtime",
-                                 ge=1)
+                                 card_skip="a runtime choice that does not change the model", ge=1)
 
     # --- the model card
     license: str | None = option(None, "The merged model's license, stated in its card: a Hub license id "
                                  "(apache-2.0, mit, cc-by-4.0, ...), or 'other' with --license-name and "
                                  "--license-link. Default: the license every source's model card states, when they "
-                                 "all state the same one; else none (with a warning).", group="card")
+                                 "all state the same one; else none (with a warning).", group="card",
+                                 card_skip="stated in the card's metadata and its License section")
     license_name: str | None = option(None, "With --license other: the license's name (the card's license_name), "
-                                      "e.g. my-model-license.", group="card")
+                                      "e.g. my-model-license.", group="card",
+                                      card_skip="stated in the card's metadata and its License section")
     license_link: str | None = option(None, "With --license other: a link to the license's text (the card's "
-                                      "license_link): a URL, or a file of the repo such as LICENSE.", group="card")
+                                      "license_link): a URL, or a file of the repo such as LICENSE.", group="card",
+                                      card_skip="stated in the card's metadata and its License section")
 
     @field_validator("order")
     @classmethod
@@ -215,7 +290,8 @@ class Layer:
     lenient: bool = False
 
 
-def resolve(method: str, layers: Sequence[Layer], *, complete: bool = True) -> tuple[MergeOptions, MethodParams]:
+def resolve(method: str, layers: Sequence[Layer], *, methods: Registry,
+            complete: bool = True) -> tuple[MergeOptions, MethodParams]:
     """The shared options and ``method``'s parameters from ``layers`` (later layers win; ``None`` means unset).
 
     A name that is neither a shared option nor any method's parameter is an
@@ -223,11 +299,10 @@ def resolve(method: str, layers: Sequence[Layer], *, complete: bool = True) -> t
     Invalid values raise :class:`GraspError` naming the option, the value and
     the layer it came from. ``complete``: ``layers`` are all the merge has, so
     rules across options (``license='other'`` needs a name and a link) apply.
+    ``methods``: the registry (``hf_grasp.methods.METHODS``), ``method`` among them.
     """
-    from ..methods import METHODS, find_method
-
-    params_cls = find_method(method).params
-    owners = _param_owners(METHODS)
+    params_cls = method_info(method, methods).params
+    owners = _param_owners(methods)
     shared: dict[str, Any] = {}
     own: dict[str, Any] = {}
     origin: dict[str, tuple[str, Any]] = {}
@@ -261,20 +336,19 @@ def resolve(method: str, layers: Sequence[Layer], *, complete: bool = True) -> t
     return options, _validated(params_cls, own, origin)
 
 
-def parse_text(method: str, values: Mapping[str, str], origin: str = "the command line") -> dict[str, Any]:
+def parse_text(method: str, values: Mapping[str, str], origin: str = "the command line", *,
+               methods: Registry) -> dict[str, Any]:
     """Command-line text converted to each option's type for ``method`` (``"0.5"`` -> 0.5), checked (each on
     its own: the rules across options wait for the other layers, a recipe's or a saved merge's)."""
-    shared, own = resolve(method, [Layer(values, origin=origin, text=True)], complete=False)
+    shared, own = resolve(method, [Layer(values, origin=origin, text=True)], methods=methods, complete=False)
     return {name: getattr(shared if name in MergeOptions.model_fields else own, name) for name in values}
 
 
-def check_layer(layer: Layer) -> dict[str, Any]:
-    """Validate a layer on its own, whatever method will run (a recipe at load time): every name known,
-    every value valid for every model that declares it. Returns the values as validated (``2`` -> ``"2"``
-    for a text option)."""
-    from ..methods import METHODS
-
-    models = [MergeOptions, *{info.params for info in METHODS.values()}]
+def check_layer(layer: Layer, methods: Registry) -> dict[str, Any]:
+    """Validate a layer on its own, whatever method of the registry ``methods`` will run (a recipe at load time):
+    every name known, every value valid for every model that declares it. Returns the values as validated
+    (``2`` -> ``"2"`` for a text option)."""
+    models = [MergeOptions, *{info.params for info in methods.values()}]
     out: dict[str, Any] = {}
     for name, value in layer.values.items():
         declaring = [m for m in models if name in m.model_fields]
@@ -289,11 +363,17 @@ def check_layer(layer: Layer) -> dict[str, Any]:
     return out
 
 
-def all_option_names() -> list[str]:
-    """Every shared option and every registered method's parameters."""
-    from ..methods import METHODS
+def all_option_names(methods: Registry) -> list[str]:
+    """Every shared option and every parameter of a method of the registry ``methods``."""
+    return [*MergeOptions.model_fields, *_param_owners(methods)]
 
-    return [*MergeOptions.model_fields, *_param_owners(METHODS)]
+
+def method_info(name: str, methods: Registry) -> "MethodInfo":
+    """The registry's method ``name``; :class:`GraspError` listing the names if unknown."""
+    try:
+        return methods[name]
+    except KeyError:
+        raise GraspError(f"unknown merge method {name!r}; registered: {', '.join(sorted(methods))}") from None
 
 
 def _refuse_wrong_kind(model: type[_Options], name: str, value: Any, origin: str) -> None:
@@ -388,15 +468,14 @@ def _add_flag(group, name: str, annotation: Any, help_text: str) -> None:
     group.add_argument(flag_name(name), **kwargs)
 
 
-def add_option_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per shared option (in its group) and per method parameter (in a group naming its methods).
+def add_option_arguments(parser: argparse.ArgumentParser, methods: Registry) -> None:
+    """One flag per shared option (in its group) and per parameter of a method of ``methods`` (in a group
+    naming its methods).
 
     Unset flags parse to None, so recipe values and defaults fill them. A
     parameter several methods take (``--scaling``) is one flag whose help gives
     each method's default.
     """
-    from ..methods import METHODS
-
     groups: dict[str, argparse._ArgumentGroup] = {}
 
     def group(title: str):
@@ -407,8 +486,8 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
     for name, f in MergeOptions.model_fields.items():
         _add_flag(group(f"{f.json_schema_extra['group']} options"), name, f.annotation,
                   f"{f.description} (default: {f.default})")
-    for name, owners in _param_owners(METHODS).items():
-        fields = [(m, METHODS[m].params.model_fields[name]) for m in owners]
+    for name, owners in _param_owners(methods).items():
+        fields = [(m, methods[m].params.model_fields[name]) for m in owners]
         defaults = {repr(f.default) for _, f in fields}
         default = (f"default: {fields[0][1].default}" if len(defaults) == 1
                    else "defaults: " + ", ".join(f"{m} {f.default}" for m, f in fields))
@@ -416,24 +495,21 @@ def add_option_arguments(parser: argparse.ArgumentParser) -> None:
         _add_flag(group(title), name, fields[0][1].annotation, f"{fields[0][1].description} ({default})")
 
 
-def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The options and method parameters the user actually set on the command line."""
-    from ..methods import METHODS
-
-    names = [*MergeOptions.model_fields, *_param_owners(METHODS)]
+def options_from_args(args: argparse.Namespace, methods: Registry) -> dict[str, Any]:
+    """The options and method parameters (of ``methods``) the user actually set on the command line."""
+    names = all_option_names(methods)
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def option_table_markdown() -> str:
-    """The option tables of docs/options.md (shared options, then method parameters), from the declarations."""
-    from ..methods import METHODS
-
+def option_table_markdown(methods: Registry) -> str:
+    """The option tables of docs/options.md (shared options, then the parameters of ``methods``), from the
+    declarations."""
     rows = ["| option (Python / CLI) | default | meaning |", "|---|---|---|"]
     rows += [f"| `{n}` / `{flag_name(n)}` | `{f.default}` | {f.description} |"
              for n, f in MergeOptions.model_fields.items()]
     rows += ["", "| method parameter (Python / CLI) | method: default | meaning |", "|---|---|---|"]
-    for name, owners in _param_owners(METHODS).items():
-        fields = [(m, METHODS[m].params.model_fields[name]) for m in owners]
+    for name, owners in _param_owners(methods).items():
+        fields = [(m, methods[m].params.model_fields[name]) for m in owners]
         defaults = ", ".join(f"{m}: `{f.default}`" for m, f in fields)
         rows.append(f"| `{name}` / `{flag_name(name)}` | {defaults} | {fields[0][1].description} |")
     return "\n".join(rows)

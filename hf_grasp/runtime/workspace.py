@@ -7,7 +7,8 @@ gone: removed) from the work of a live one (left alone):
 * the output is checked before any work (:func:`check_output`) and locked for
   the run (:func:`claim_output`, a ``.NAME.lock`` beside it);
 * the finished output is written to ``.NAME.tmp-<tag>-*`` beside it and renamed
-  into place (:func:`temp_sibling`, :func:`old_sibling`);
+  into place (:func:`staged`; files: :func:`write_atomically`, :func:`write_json`):
+  every write-then-rename of the package goes through :func:`staged`;
 * scratch files (the best fine-tuning state, evicted sources' downloads) live in
   one directory per process, ``<tempdir>/hf-grasp-runs-<uid>/<tag>/``
   (:func:`run_dir`), removed at exit.
@@ -21,13 +22,16 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import json
+import math
 import os
 import re
+import secrets
 import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import psutil
 from filelock import FileLock, Timeout
@@ -74,7 +78,16 @@ def _sweep(directory: Path, pattern: str) -> None:
         m = name.match(path.name)
         if m and not owner_alive(int(m[1]), int(m[2])):
             log.info("removing %s, left by a run that no longer exists", path)
-            shutil.rmtree(path, ignore_errors=True)
+            _remove(path)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a directory tree if it is there; best effort (what stays is swept later)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 # --- scratch ------------------------------------------------------------------------------------------------
@@ -129,28 +142,62 @@ def temp_sibling(out: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{owner_tag()}-", dir=out.parent))
 
 
+def _temp_file(out: Path) -> Path:
+    """A new empty file beside ``out``, named like :func:`temp_sibling`'s directories.
+
+    Made with ``open(..., "x")`` rather than ``mkstemp``: the file, renamed into
+    place, keeps the mode a plain write would give it (0666 less the umask),
+    not mkstemp's 0600.
+    """
+    while True:
+        path = out.with_name(f".{out.name}.tmp-{owner_tag()}-{secrets.token_hex(4)}")
+        try:
+            open(path, "xb").close()
+            return path
+        except FileExistsError:
+            continue
+
+
 def old_sibling(out: Path) -> Path:
     """Where the previous ``out`` goes between the two renames of an overwrite: ``.NAME.old-<tag>``."""
     return out.with_name(f".{out.name}.old-{owner_tag()}")
 
 
 @contextlib.contextmanager
-def staged(out: Path) -> Iterator[Path]:
-    """A temporary sibling to write ``out`` in (:func:`temp_sibling`); renamed into place when the block ends
-    cleanly, removed whatever happens otherwise.
+def staged(out: str | os.PathLike, *, file: bool = False, replace: bool = True) -> Iterator[Path]:
+    """A temporary sibling to write ``out`` in; renamed into place when the block ends cleanly, removed whatever
+    happens otherwise. The one write-then-rename of the package: every output, cache entry and state file goes
+    through it (or :func:`write_atomically`).
 
-    An existing ``out`` is replaced only once the new one is complete, and put back if the swap is cut between
-    its two renames (a SIGTERM, say), so a failure or an interrupt never loses the previous output. A Ctrl-C a
-    library swallowed during the block (:func:`~hf_grasp.runtime.interrupts.raise_if_interrupted`) puts nothing in place.
-    The caller holds the output (:func:`claim_output`).
+    A directory by default (:func:`temp_sibling`); with ``file`` an empty file
+    to write (or overwrite) by path. An existing ``out`` is replaced only once
+    the new one is complete: a file in one atomic ``os.replace``; a directory by
+    two renames, the previous one put back if the swap is cut between them (a
+    SIGTERM, say), so a failure or an interrupt never loses the previous output.
+    Without ``replace`` an ``out`` that exists when the block ends (another
+    process finished first) is kept and the new copy dropped.
+
+    A Ctrl-C a library swallowed during the block
+    (:func:`~hf_grasp.runtime.interrupts.raise_if_interrupted`) puts no
+    directory in place; a file is put in place anyway, being a consistent state
+    (a checkpoint worth resuming from). Leftovers of killed writers beside
+    ``out`` are swept first. A run's output is held first (:func:`claim_output`).
     """
     from .interrupts import raise_if_interrupted
 
-    tmp = temp_sibling(out)
+    out = Path(out)
+    sweep_stale_siblings(out)
+    tmp = _temp_file(out) if file else temp_sibling(out)
     try:
         yield tmp
+        if file:
+            if replace or not out.exists():
+                os.replace(tmp, out)  # one step: a reader sees the old file or the new one, never a part
+            return
         raise_if_interrupted()
         if out.exists():
+            if not replace:
+                return
             old = old_sibling(out)
             out.rename(old)
             try:
@@ -159,12 +206,54 @@ def staged(out: Path) -> Iterator[Path]:
                 if not out.exists():
                     old.rename(out)
                 raise
-            shutil.rmtree(old)
+            _remove(old)  # a directory, or the file an overwrite of a directory output replaces
         else:
-            tmp.rename(out)
+            try:
+                tmp.rename(out)
+            except OSError:
+                if replace or not out.exists():
+                    raise  # else another process put its copy in place between the check and the rename
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            _remove(tmp)
+
+
+def write_atomically(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` (a str as UTF-8) to ``path`` through :func:`staged`, making its parent if missing: the file
+    is either the old one or the new one, never half-written. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with staged(path, file=True) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+    return path
+
+
+def write_json(data: dict, path: str | os.PathLike) -> Path:
+    """Write ``data`` as indented JSON (atomically, :func:`write_atomically`) and return the path.
+
+    NaN/inf become ``null`` (strict JSON); numpy/torch scalars and paths are
+    converted to plain values.
+    """
+    return write_atomically(path, json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist"):  # numpy arrays/scalars, torch tensors
+        return _jsonable(obj.tolist())
+    raise TypeError(f"report value of type {type(obj).__name__} is not JSON-serialisable: {obj!r}")
 
 
 def sweep_stale_siblings(out: Path) -> None:

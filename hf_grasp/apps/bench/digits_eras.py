@@ -43,9 +43,6 @@ The built DatasetDict is cached with ``save_to_disk`` under
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -202,31 +199,26 @@ def load_digits_eras(seed: int = 0) -> datasets.DatasetDict:
     Built once per ``seed`` (a couple of seconds) and cached on disk with
     ``save_to_disk``; later calls ``load_from_disk`` the cached copy. The build
     goes to a temporary directory beside the cache entry and is renamed into
-    place, so concurrent processes never see a half-written dataset.
+    place (:func:`~hf_grasp.runtime.workspace.staged`), so concurrent processes
+    never see a half-written dataset.
     """
     import datasets
+
+    from ...runtime.workspace import staged
 
     final = cache_path(seed)
     marker = final / datasets.config.DATASETDICT_JSON_FILENAME
     if not marker.is_file():
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-        try:
-            # save_to_disk wants a fresh directory of its own. Its per-split
-            # progress bars are noise for a few-second build: mute them briefly.
+        # A copy another process puts in place meanwhile is kept (and used); an entry already there without its
+        # marker is broken and replaced.
+        with staged(final, replace=final.exists()) as tmp:
+            # Its per-split progress bars are noise for a few-second build: mute them briefly.
             quiet = datasets.are_progress_bars_disabled()
             datasets.disable_progress_bars()
             try:
-                _build(seed).save_to_disk(str(tmp / "data"))
+                _build(seed).save_to_disk(str(tmp))
             finally:
                 if not quiet:
                     datasets.enable_progress_bars()
-            try:
-                os.rename(tmp / "data", final)
-            except OSError:
-                # Another process finished first (the target exists): use theirs.
-                if not marker.is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return datasets.load_from_disk(str(final))

@@ -4,18 +4,24 @@
 download would have left it (``blobs/``, ``snapshots/<commit>/``, ``refs/``),
 so the repo resolves by id with ``HF_HUB_OFFLINE=1`` for transformers, timm and
 huggingface_hub alike. huggingface_hub has no public call that adds local files
-to its cache; this reuses its own naming and symlink helpers and the layout it
-reads. Uploading to a real Hub goes through ``MergeResult.push_to_hub``.
+to its cache; this writes the layout its cache guide documents (each file a
+blob named by a content hash, SHA-256 here; each snapshot entry a relative
+symlink to its blob), with its public ``repo_folder_name`` for the folder's
+name. Uploading to a real Hub goes through ``MergeResult.push_to_hub``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from pathlib import Path
 
 from huggingface_hub import constants
-from huggingface_hub.file_download import _create_symlink, repo_folder_name
+from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import sha
+
+from ...runtime.workspace import staged, write_atomically
 
 
 def publish_to_cache(folder: str | Path, repo_id: str, *, tags: tuple[str, ...] = (),
@@ -41,14 +47,13 @@ def publish_to_cache(folder: str | Path, repo_id: str, *, tags: tuple[str, ...] 
         blob = storage / "blobs" / digest
         blob.parent.mkdir(parents=True, exist_ok=True)
         if not blob.exists():
-            tmp = blob.with_suffix(".incomplete")
-            tmp.write_bytes(f.read_bytes())
-            tmp.replace(blob)
+            with staged(blob, file=True) as tmp:
+                shutil.copyfile(f, tmp)
         dst = snapshot / f.relative_to(folder)
         dst.parent.mkdir(parents=True, exist_ok=True)
         if not dst.exists():
-            _create_symlink(str(blob), str(dst), new_blob=False)
-    (storage / "refs").mkdir(parents=True, exist_ok=True)
+            # relative, as huggingface_hub makes them: the cache stays valid when moved
+            os.symlink(os.path.relpath(blob, dst.parent), dst)
     for ref in ("main", *tags):
-        (storage / "refs" / ref).write_text(commit)
+        write_atomically(storage / "refs" / ref, commit)
     return commit

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...runtime.errors import GraspError
+from ...runtime.workspace import staged
 from . import archs, digits_eras
 
 # The training stack (torch, accelerate, datasets) is imported by the functions that train:
@@ -110,8 +110,7 @@ def make_sources(
     ds = digits_eras.load_digits_eras()
     names = ds["train"].features["label"].names
     output.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
+    with staged(output) as work:  # an existing (empty) output is replaced only once the new one is complete
         init = work / ".init"
         archs.new_checkpoint(arch, init, num_labels=len(names), id2label=dict(enumerate(names)),
                              image_size=image_size, seed=seed)
@@ -144,10 +143,6 @@ def make_sources(
                                              f"({digits_eras.ANGLE_STEP * d} degrees)."))
             made[f"d{d}"] = out
         shutil.rmtree(init)
-        work.rename(output)
-    finally:
-        if work.exists():
-            shutil.rmtree(work)
     made = {k: output / v.name for k, v in made.items()}
     if org:
         for tag, path in made.items():

@@ -19,7 +19,6 @@ and ``memory_vs_k.png``.
 from __future__ import annotations
 
 import csv
-import os
 import statistics
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -83,13 +82,13 @@ def read_csv(path: Path) -> list[RunResult]:
 
 def write_csv(results: list[RunResult], path: Path) -> None:
     """Write ``results`` to ``path`` (as :func:`read_csv` reads it), replacing the file in one step."""
+    from ...runtime.workspace import staged
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with staged(path, file=True) as tmp, open(tmp, "w", newline="") as f:  # never a half-written one to resume from
         w = csv.DictWriter(f, fieldnames=[f.name for f in fields(RunResult)])
         w.writeheader()
         w.writerows(asdict(r) for r in results)
-    os.replace(tmp, path)  # never a half-written results.csv to resume from
 
 
 def _label(r: RunResult) -> str:
@@ -297,11 +296,8 @@ def _rss_ratio_table(memory: list[dict]) -> str:
 
 
 def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _plot_by_method(plt, figures: dict, path: Path) -> None:
@@ -360,11 +356,18 @@ def _plot_memory(plt, memory: list[dict], path: Path) -> None:
 
 def plot(results: list[RunResult], memory: list[dict], figures: dict, output: Path) -> None:
     """Draw the bench's PNGs into ``output`` from :func:`summarise`'s figures (a plot without data is skipped)."""
+    from types import SimpleNamespace
+
     import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only: never a display, also on a desktop
-    import matplotlib.pyplot as plt
+    def subplots(figsize):
+        fig = Figure(figsize=figsize)
+        return fig, fig.add_subplot()
 
+    # Bare Figures, not pyplot: no backend is chosen and nothing process-wide changes (a caller's GUI session
+    # keeps its backend). The plots need just these two of pyplot's names.
+    plt = SimpleNamespace(subplots=subplots, get_cmap=matplotlib.colormaps.__getitem__)
     output = Path(output)
     _plot_by_method(plt, figures, output / "accuracy_by_method.png")
     if any(figures["_tau"].values()):

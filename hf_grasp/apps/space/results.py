@@ -27,8 +27,8 @@ def percent(accuracy: float | None) -> float | None:
 
 def merged_name(report: MergeReport) -> str:
     """``merged (GRASP, τ 0.3)``: the method and, when it has one, its threshold."""
-    tau = report.method.params.get("tau")
-    return f"merged ({report.method.label}" + (f", τ {tau:g})" if isinstance(tau, (int, float)) else ")")
+    tau = report.method.number("tau")
+    return f"merged ({report.method.label}" + (f", τ {tau:g})" if tau is not None else ")")
 
 
 def accuracy_rows(outcome: RunOutcome) -> list[list]:

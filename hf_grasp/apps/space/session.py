@@ -43,13 +43,15 @@ N_EXAMPLES = 12
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What a visitor asked for: sources, target, method and options (``GraspMerger.from_pretrained``'s
-    arguments), how the page names each source, and the extras around the merge."""
+    """What a visitor asked for: sources, target, method, shared options and the method's own parameters
+    (``GraspMerger.from_pretrained``'s arguments), how the page names each source, and the extras around the
+    merge."""
 
     sources: tuple[str, ...]
     target: str
     method: str = "grasp"
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # shared options (MergeOptions'), by name
+    params: dict[str, Any] = field(default_factory=dict)  # the method's own parameters, by name
     labels: dict[str, str] = field(default_factory=dict)  # reference -> display name
     compare_ensemble: bool = True
     builtin_home: Path | None = None  # make the built-in sources there first (once)
@@ -224,7 +226,8 @@ def _run(spec: RunSpec, run_dir: Path, phase) -> RunOutcome:
             phase(MAKING)
         ensure_sources(spec.builtin_home)
     phase(LOADING)
-    merger = GraspMerger.from_pretrained(list(spec.sources), target=spec.target, method=spec.method, **spec.options)
+    merger = GraspMerger.from_pretrained(list(spec.sources), target=spec.target, method=spec.method, **spec.options,
+                                         **spec.params)
     phase(MERGING)
     result = merger.merge()
 

@@ -13,21 +13,28 @@ from __future__ import annotations
 import html
 import re
 import shutil
+import types
+import typing
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Mapping
 
 import gradio as gr
 
 from ..bench import digits_eras
 from ...runtime.errors import GraspError, first_line
 from ...methods import METHODS, find_method
+from ...plan.options import Layer, resolve
 from ...runtime.progress import log
 from . import builtin, results
 from .session import RunOutcome, RunSpec, Tick, classify, push, run_merge
 
 BUILTIN, REPO_IDS = "built-in digits-eras sources", "repo ids or local paths"
 DIGITS, DATASET = "digits-eras", "a dataset id or path"
+#: the method the form starts on
+DEFAULT_METHOD = "grasp"
+#: where the form's values come from, as an error line names it ("option density=1.5 (from the form): ...")
+FORM = "the form"
 #: a session's results (and their files) are dropped this long after its last merge
 SESSION_SECONDS = 2 * 3600
 #: the test images are 28x28; shown 4x larger, nearest-neighbour so the pixels stay sharp
@@ -59,12 +66,15 @@ def _refs(text: str) -> list[str]:
 
 def spec_from_form(home: Path, *, source_kind: str, builtin_sources: list[str], repo_ids: str, target_kind: str,
                    domain: int | None, dataset: str, dataset_domain: str, image_column: str, label_column: str,
-                   method: str, tau: float, granularity: str, initial_epochs: int, finetune_epochs: int,
-                   base: str, lr: float | None, seed: int, ensemble: bool) -> RunSpec:
+                   method: str, initial_epochs: int, finetune_epochs: int, base: str, lr: float | None, seed: int,
+                   ensemble: bool, params: Mapping[str, Any] | None = None) -> RunSpec:
     """The form's values as a :class:`RunSpec` (what ``GraspMerger.from_pretrained`` gets).
 
-    Only what the form sets is passed: everything else keeps the recipe's or
-    the engine's default, and every value is validated by the library itself.
+    ``params``: the chosen method's own parameters by name, as its inputs hold
+    them (an empty one: the recipe's or the method's default). Only what the
+    form sets is passed: everything else keeps the recipe's or the engine's
+    default. Every value is validated here by the library's own models, so a
+    bad one is refused with the CLI's line before any work.
     """
     info = find_method(method)
     options: dict[str, Any] = {"initial_epochs": int(initial_epochs), "finetune_epochs": int(finetune_epochs),
@@ -72,10 +82,6 @@ def spec_from_form(home: Path, *, source_kind: str, builtin_sources: list[str], 
     base, dataset, dataset_domain = (base or "").strip(), (dataset or "").strip(), (dataset_domain or "").strip()
     if lr:
         options["lr"] = float(lr)
-    if "tau" in info.params.model_fields:
-        options["tau"] = float(tau)
-    if "granularity" in info.params.model_fields:
-        options["granularity"] = granularity
     labels: dict[str, str] = {}
     home_for_builtin = None
     if source_kind == BUILTIN:
@@ -105,16 +111,73 @@ def spec_from_form(home: Path, *, source_kind: str, builtin_sources: list[str], 
             options["target_domain"] = dataset_domain
         options["image_column"] = (image_column or "").strip() or "image"
         options["label_column"] = (label_column or "").strip() or "label"
-    return RunSpec(sources=tuple(refs), target=target, method=method, options=options, labels=labels,
+    return RunSpec(sources=tuple(refs), target=target, method=method, options=options,
+                   params=_checked_params(method, options, params or {}), labels=labels,
                    compare_ensemble=bool(ensemble), builtin_home=home_for_builtin)
 
 
+def _checked_params(method: str, options: dict[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` and ``method``'s ``params`` validated by :func:`hf_grasp.plan.options.resolve` (the CLI's
+    checks and error line, naming the form); returns the parameters set, as validated (``"0, 0.5"`` -> a tuple).
+
+    A text box's value is text for pydantic to convert, as the command line's is; an empty one (or a cleared
+    number) is unset.
+    """
+    params = {n: (v.strip() or None) if isinstance(v, str) else v for n, v in params.items()}
+    typed = {n: v for n, v in params.items() if not isinstance(v, str)}
+    texts = {n: v for n, v in params.items() if isinstance(v, str)}
+    # complete=False: rules across options (the license's) wait for the recipe's layer in from_pretrained
+    _, own = resolve(method, [Layer(options, origin=FORM), Layer(typed, origin=FORM),
+                              Layer(texts, origin=FORM, text=True)], methods=METHODS, complete=False)
+    return {n: getattr(own, n) for n, v in params.items() if v is not None}
+
+
+def _union(annotation: Any) -> list:
+    """The parts of an annotation, ``None`` left out (``float | None`` -> ``[float]``)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [p for a in typing.get_args(annotation) for p in _union(a)]
+    return [] if annotation is type(None) else [annotation]
+
+
+def _range_text(field) -> tuple[float | None, float | None, str]:
+    """A numeric parameter's bounds (``ge``/``gt``, ``le``/``lt`` in its pydantic metadata) and how the form says
+    them (``> 0, ≤ 1``)."""
+    marks = {"gt": ">", "ge": "≥", "lt": "<", "le": "≤"}
+    bounds = {k: getattr(m, k) for m in field.metadata for k in marks if getattr(m, k, None) is not None}
+    low, high = bounds.get("ge", bounds.get("gt")), bounds.get("le", bounds.get("lt"))
+    return low, high, ", ".join(f"{marks[k]} {v}" for k, v in bounds.items())
+
+
+def param_input(method: str, name: str, field) -> gr.components.Component:
+    """The form's input for parameter ``name`` of ``method`` (a pydantic field): a dropdown for a Literal, a
+    checkbox for a bool, a slider for a number bounded on both sides, a number box for any other number, a text
+    box for the rest (a tuple: comma-separated, as on the command line). Its default, help and range are the
+    field's; its ``elem_id`` is ``param-<method>-<name>``."""
+    parts, default = _union(field.annotation), field.get_default(call_default_factory=True)
+    info, common = field.description or "", {"label": name, "elem_id": f"param-{method}-{name}"}
+    choices = [c for p in parts if typing.get_origin(p) is Literal for c in typing.get_args(p)]
+    if choices:
+        return gr.Dropdown(choices, value=default, info=info, **common)
+    if parts == [bool]:
+        return gr.Checkbox(bool(default), info=info, **common)
+    if parts and all(p in (int, float) for p in parts):
+        whole = float not in parts
+        low, high, bounds = _range_text(field)
+        info = f"{info} ({bounds})" if bounds else info
+        if low is not None and high is not None:
+            return gr.Slider(low, high, value=default, step=1 if whole else (high - low) / 100, info=info, **common)
+        # the range is told, not set as gradio's minimum/maximum: gradio would refuse a value outside it with
+        # its own words, where the library's check gives the CLI's line
+        return gr.Number(default, precision=0 if whole else None, info=info, **common)
+    text = ", ".join(map(str, default)) if isinstance(default, (tuple, list)) else "" if default is None else default
+    return gr.Textbox(str(text), info=info, **common)
+
+
 def _method_text(name: str) -> str:
-    """One line on the chosen method: its name, paper, and which knobs it takes."""
+    """One line on the chosen method: its name, paper, and whether it takes parameters of its own."""
     info = find_method(name)
     paper = f" ([paper]({info.paper}))" if info.paper else ""
-    knobs = [k for k in ("tau", "granularity") if k in info.params.model_fields]
-    note = "" if knobs else " τ and granularity do not apply to it."
+    note = "" if info.params.model_fields else " It takes no parameters of its own."
     return f"<small>{info.pretty_name}{paper}.{note}</small>"
 
 
@@ -175,12 +238,19 @@ def build_demo(home: str | Path) -> gr.Blocks:
                     with gr.Row():
                         image_column = gr.Textbox("image", label="image column")
                         label_column = gr.Textbox("label", label="label column", elem_id="label-column")
-                method = gr.Dropdown(sorted(METHODS), value="grasp", label="method", elem_id="method")
-                method_info = gr.Markdown(_method_text("grasp"))
-                with gr.Row():
-                    tau = gr.Slider(-1, 1, value=0.3, step=0.05, label="τ (transfer when cosine > τ)",
-                                    elem_id="tau")
-                    granularity = gr.Radio(["tensor", "row", "element"], value="tensor", label="granularity")
+                method = gr.Dropdown(sorted(METHODS), value=DEFAULT_METHOD, label="method", elem_id="method")
+                method_info = gr.Markdown(_method_text(DEFAULT_METHOD))
+                # every registered method's own parameters, from its pydantic model, shown while it is chosen;
+                # one input per method and parameter (a parameter several take, such as scaling, keeps each
+                # method's default and a value typed for one method never reaches another)
+                param_inputs: dict[str, dict[str, Any]] = {}  # method -> parameter name -> its input
+                param_boxes: dict[str, gr.Group] = {}
+                for name in sorted(METHODS):
+                    fields = METHODS[name].params.model_fields
+                    if fields:
+                        with gr.Group(visible=name == DEFAULT_METHOD, elem_id=f"params-{name}") as box, gr.Row():
+                            param_inputs[name] = {p: param_input(name, p, f) for p, f in fields.items()}
+                        param_boxes[name] = box
                 with gr.Row():
                     initial_epochs = gr.Slider(0, 10, value=2, step=1, label="initial epochs", elem_id="initial-epochs")
                     finetune_epochs = gr.Slider(0, 10, value=1, step=1, label="epochs after each source",
@@ -230,17 +300,25 @@ def build_demo(home: str | Path) -> gr.Blocks:
                     push_btn = gr.Button("Push to the Hub", elem_id="push")
                     push_result = gr.HTML(elem_id="push-result")
 
-        form = [source_kind, builtin_sources, repo_ids, target_kind, domain, dataset, dataset_domain, image_column,
-                label_column, method, tau, granularity, initial_epochs, finetune_epochs, base, lr, seed, ensemble]
+        # spec_from_form's arguments by name; the merge gets a set of inputs, so gradio hands it their values
+        # keyed by component and nothing depends on an order
+        form = {"source_kind": source_kind, "builtin_sources": builtin_sources, "repo_ids": repo_ids,
+                "target_kind": target_kind, "domain": domain, "dataset": dataset, "dataset_domain": dataset_domain,
+                "image_column": image_column, "label_column": label_column, "method": method,
+                "initial_epochs": initial_epochs, "finetune_epochs": finetune_epochs, "base": base, "lr": lr,
+                "seed": seed, "ensemble": ensemble}
+        merge_inputs = {run, *form.values(), *(c for inputs in param_inputs.values() for c in inputs.values())}
         shown = [error, board, log_box, result_box, summary, accuracy, chart, heatmap, transfer, examples, image,
                  truth, prediction, download, push_result, run]
 
-        def on_merge(previous, *values, progress=gr.Progress()):
-            _forget(previous)  # this session's earlier run: its files go now
+        def on_merge(values: dict, progress=gr.Progress()):
+            _forget(values[run])  # this session's earlier run: its files go now
             yield {error: gr.update(visible=False), result_box: gr.update(visible=False), run: None,
                    board: [], log_box: ""}
             try:
-                spec = spec_from_form(home, **dict(zip(_FORM_NAMES, values)))
+                fields = {name: values[c] for name, c in form.items()}
+                params = {name: values[c] for name, c in param_inputs.get(fields["method"], {}).items()}
+                spec = spec_from_form(home, **fields, params=params)
                 progress(0, desc="starting")
                 for item in run_merge(spec, home / "runs" / uuid.uuid4().hex):
                     if isinstance(item, Tick):
@@ -287,9 +365,8 @@ def build_demo(home: str | Path) -> gr.Blocks:
                 return _line(f"error: {e}", error=True), ""
 
         def on_method(name: str):
-            takes = find_method(name).params.model_fields
-            return (gr.update(interactive="tau" in takes), gr.update(interactive="granularity" in takes),
-                    _method_text(name))
+            return {**{box: gr.update(visible=m == name) for m, box in param_boxes.items()},
+                    method_info: _method_text(name)}
 
         def on_domain(d: int):
             choices = _source_choices(int(d))
@@ -300,16 +377,11 @@ def build_demo(home: str | Path) -> gr.Blocks:
         target_kind.change(lambda k: (gr.update(visible=k == DIGITS), gr.update(visible=k == DATASET)),
                            target_kind, [domain, dataset_box], queue=False)
         domain.change(on_domain, domain, builtin_sources, queue=False)
-        method.change(on_method, method, [tau, granularity, method_info], queue=False)
+        method.change(on_method, method, [*param_boxes.values(), method_info], queue=False)
         # one merge at a time in this process (the queue shows the others their place); a run is CPU-bound
-        merge_btn.click(on_merge, [run, *form], shown, concurrency_limit=1, concurrency_id="merge")
+        merge_btn.click(on_merge, merge_inputs, shown, concurrency_limit=1, concurrency_id="merge")
         examples.select(on_pick, run, [image, truth, prediction], concurrency_limit=4)
         classify_btn.click(on_classify, [run, image], [truth, prediction], concurrency_limit=4)
         push_btn.click(on_push, [run, push_repo, push_token, push_private], [push_result, push_token],
                        api_visibility="private")
     return demo
-
-
-_FORM_NAMES = ["source_kind", "builtin_sources", "repo_ids", "target_kind", "domain", "dataset", "dataset_domain",
-               "image_column", "label_column", "method", "tau", "granularity", "initial_epochs", "finetune_epochs",
-               "base", "lr", "seed", "ensemble"]

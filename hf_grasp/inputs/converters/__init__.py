@@ -18,9 +18,6 @@ Same raw files and seed, same splits. (The released code used Python's
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Hashable, Sequence
@@ -28,6 +25,7 @@ from typing import TYPE_CHECKING, Hashable, Sequence
 import numpy as np
 
 from ...runtime.errors import DataError, GraspError
+from ...runtime.workspace import staged
 
 if TYPE_CHECKING:  # datasets is imported where it is used: `hf-grasp prepare --help` stays quick
     import datasets
@@ -145,21 +143,16 @@ def _check_output(output: Path, overwrite: bool) -> None:
 
 
 def save_atomically(dd: datasets.DatasetDict, output: Path, *, overwrite: bool = False) -> None:
-    """``dd.save_to_disk`` into a temporary directory beside ``output``, then rename it into place.
+    """``dd.save_to_disk`` into a temporary directory beside ``output``, then rename it into place
+    (:func:`~hf_grasp.runtime.workspace.staged`).
 
-    A failure leaves neither ``output`` nor the temporary directory behind; with
-    ``overwrite`` an existing ``output`` is replaced only once the new one is complete.
+    A failure leaves no temporary directory behind and, with ``overwrite``, the
+    existing ``output`` in place: it is replaced only once the new one is complete.
     """
     _check_output(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        dd.save_to_disk(str(tmp / "data"))
-        if output.exists():
-            os.rename(output, tmp / "old")  # removed with tmp below
-        os.rename(tmp / "data", output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with staged(output) as tmp:
+        dd.save_to_disk(str(tmp))
 
 
 def image_files(directory: Path, suffixes: tuple[str, ...]) -> list[Path]:

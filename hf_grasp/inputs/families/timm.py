@@ -169,8 +169,9 @@ def _raw_config(model_dir: Path) -> dict[str, Any]:
 
 def _parse(model_dir: Path) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """(pretrained_cfg, architecture, model_args) as timm itself reads them from ``config.json``."""
-    # The very parser create_model("local-dir:...") uses; timm exports only the
-    # hf-hub twin of it from timm.models, so it comes from its module.
+    # The very parser create_model("local-dir:...") uses. Private, kept on purpose: timm (1.0) has no public call
+    # that reads a local folder's config.json (timm.models exports only load_model_config_from_hf, which
+    # downloads), and a parser of our own would miss its fix-ups of older exports (legacy layout, input size).
     from timm.models._hub import load_model_config_from_path
 
     cfg_file = Path(model_dir) / "config.json"

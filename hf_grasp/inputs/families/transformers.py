@@ -224,13 +224,15 @@ def check_inputs(model_dir: Path, config: Any) -> None:
     with the image. The class is the one the auto class would build, found
     without building it.
     """
-    from transformers import AutoModelForImageClassification
-    from transformers.models.auto.auto_factory import _get_model_class
+    from transformers import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
 
-    try:
-        cls = _get_model_class(config, AutoModelForImageClassification._model_mapping)
+    try:  # AutoModelForImageClassification's own mapping, public: config class -> model class(es)
+        cls = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[type(config)]
     except (KeyError, TypeError, ValueError):  # not an image classifier, or no class to tell: building says so
         return
+    if isinstance(cls, (list, tuple)):  # several classes (DeiT): the auto class's rule, config.architectures or first
+        named = getattr(config, "architectures", None) or []
+        cls = next((c for c in cls if c.__name__ in named), cls[0])
     main = getattr(cls, "main_input_name", "pixel_values")
     if main == "input_ids":
         raise UnsupportedArchitectureError(

@@ -4,7 +4,7 @@
 these machines (and offline users) cannot reach. This file is the same metric
 shipped inside hf_grasp and loaded by path::
 
-    evaluate.load("/path/to/hf_grasp/metrics/accuracy")
+    evaluate.load("/path/to/hf_grasp/engine/metrics/accuracy")
 
 ``evaluate`` resolves a directory to ``<dir>/<dirname>.py``, so this file's name
 must stay equal to its folder's. It copies the script into its dynamic-modules
@@ -27,7 +27,7 @@ Args:
 Returns:
     accuracy (`float`): fraction of predictions equal to their reference, in [0, 1].
 Examples:
-    >>> metric = evaluate.load("hf_grasp/metrics/accuracy")
+    >>> metric = evaluate.load("hf_grasp/engine/metrics/accuracy")
     >>> metric.compute(predictions=[0, 1, 1], references=[0, 1, 0])
     {'accuracy': 0.6666666666666666}
 """
