@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,14 +25,14 @@ from torch import nn
 from .runtime.memory import frozen_heap
 from .output.card import HEATMAP, build_model_card, for_publication, has_heatmap
 from .inputs.data import TargetData, load_target, preprocess_target
-from .runtime.errors import GraspError, SourceError, first_line
+from .runtime.errors import GraspError, SourceError, first_line, flag
 from .inputs.families.base import ModelFamily
 from .output.heatmap import plot_alignment_heatmap
 from .output.publish import _redact, push_folder
 from .inputs.labels import relabel_model, relabel_saved
 from .runtime.launch import announce_processes
 from .plan.config import CONFIG_NAME, REPORT_NAME
-from .plan.plan import MergePlan, pinned_reference
+from .plan.plan import MergePlan, pinned_reference, withheld
 from .inputs.saved_merge import find_merge_config
 from .methods import METHODS, find_method
 from .engine.context import MergeContext
@@ -53,13 +53,13 @@ def check_free_space(output: str | Path, inputs: MergeInputs, *, checkpointed: b
     (three with ``checkpointed``: the resume state beside it holds one, and two while it is replaced)."""
     size = sum(f.stat().st_size for f in inputs.lead.weight_files if f.exists())
     need = size * (3 if checkpointed else 1)
-    where = Path(output).resolve()
-    while not where.exists():
+    where = Path(os.path.abspath(Path(output).expanduser()))
+    while not os.path.isdir(where):  # never raises (a name over the file system's limit is refused before)
         where = where.parent
     free = shutil.disk_usage(where).free
     if need and free < need * 1.1:  # weights plus config, card, report and heatmap
         raise GraspError(f"output {output}: {free / 2**20:.1f} MiB free on its file system, the merged model needs "
-                         f"about {need / 2**20:.1f} MiB; free space or choose another --output")
+                         f"about {need / 2**20:.1f} MiB; free space or choose another {flag('output', None)}")
 
 
 def _references(sources: Any) -> list[str]:
@@ -84,7 +84,8 @@ class _EarlierMerge:
         """Its ``grasp_report.json``, from the files ``resolved`` (the init source) brought."""
         path = Path(resolved.path) / REPORT_NAME
         if not path.is_file():
-            raise SourceError(f"--init {self.reference!r}: it has {CONFIG_NAME} but no {REPORT_NAME}, so its steps "
+            raise SourceError(f"{flag('init', None)} {self.reference!r}: it has {CONFIG_NAME} but no "
+                              f"{REPORT_NAME}, so its steps "
                               "cannot be carried on; re-save it with hf-grasp")
         return MergeReport.load(path)
 
@@ -96,15 +97,21 @@ def _merged_license(options: MergeOptions, inputs: MergeInputs) -> LicenseDecisi
     return decide_license(given, {s.name: s.license for s in inputs.everyone})
 
 
-def _continued_merge(init: str | None, info, token: str | bool | None) -> _EarlierMerge | None:
+def _continued_merge(init: str | None, info, token: str | bool | None,
+                     granted: dict[str, Any]) -> _EarlierMerge | None:
     """The earlier merge ``init`` names, when method ``info`` can continue it (the plan's rule); else None
-    (``init`` is then only the initial model)."""
+    (``init`` is then only the initial model). Its plan holds none of the permissions it was run with: only the
+    caller's own arguments (``granted``) grant them (warned when it had one)."""
     if not init or init in ("first", "random") or not MergePlan.can_continue(info):
         return None
     found = find_merge_config(init, token=token)
     if found is None or not MergePlan.can_continue(info, find_method(found[0].method)):
         return None
-    return _EarlierMerge(init, found[0])
+    plan, folder = found
+    options, warning = withheld(plan.options, str(Path(folder) / CONFIG_NAME), granted)
+    if warning:
+        log.warning(warning)
+    return _EarlierMerge(init, replace(plan, options=options))
 
 
 def _pinned(plan: MergePlan, inputs: MergeInputs, *, continued: bool) -> MergePlan:
@@ -182,9 +189,14 @@ class GraspMerger:
         """
         clock = RunClock.now("from_pretrained was called")  # loading the data and sources is the run too
         saved = None
+        chosen_target = target is not None or recipe is not None  # else a saved merge names them, not the caller
         if isinstance(sources, (str, os.PathLike)):  # one reference: a published merge to rebuild
-            rebuilt, _ = find_merge_config(sources, token=token, required=True)
-            saved = Layer(rebuilt.options | rebuilt.params, origin=f"merge {os.fspath(sources)}", lenient=True)
+            rebuilt, folder = find_merge_config(sources, token=token, required=True)
+            # what it ran with, but never a permission (remote code, pickle): trust comes only from the caller
+            values, warning = withheld(rebuilt.options | rebuilt.params, str(Path(folder) / CONFIG_NAME), options)
+            if warning:
+                log.warning(warning)
+            saved = Layer(values, origin=f"merge {os.fspath(sources)}", lenient=True)
             sources, method = rebuilt.sources, method or rebuilt.method
             if target is None and recipe is None:
                 target, recipe = rebuilt.target, rebuilt.recipe
@@ -192,10 +204,15 @@ class GraspMerger:
         info.require_extra()  # before any source is resolved or any data loaded
         sources = _references(sources)
         target = os.fspath(target) if target is not None else None
-        earlier = _continued_merge(options.get("init") or (saved and saved.values.get("init")), info, token)
+        earlier = _continued_merge(options.get("init") or (saved and saved.values.get("init")), info, token,
+                                   options)
         if earlier is not None and target is None and recipe is None:
             target, recipe = earlier.plan.target, earlier.plan.recipe
         dataset, recipe_values = resolve_target(target, recipe, methods=METHODS)
+        if not chosen_target:  # a recipe a saved merge names grants nothing either
+            recipe_values, warning = withheld(recipe_values, f"recipe {recipe or target}", options)
+            if warning:
+                log.warning(warning)
         layers = [Layer(recipe_values, origin=f"recipe {recipe or target}", lenient=True)]
         if earlier is not None:
             layers.append(Layer(earlier.plan.inherited(), origin=f"earlier merge {earlier.reference}", lenient=True))
@@ -258,14 +275,16 @@ class GraspMerger:
             raise SourceError(
                 f"source {self.inputs.lead.name!r}: head has {arch_labels} outputs but target {self.data.name!r} has "
                 f"{self.data.num_labels} labels, and this checkpoint sets the architecture, head included "
-                "(--skip-mismatched-heads applies only to the others): "
+                f"({flag('skip_mismatched_heads')} applies only to the others): "
                 + ("" if self.inputs.init_source else f"put a source with a {self.data.num_labels}-output head "
-                   "first (reorder --sources or use --order), or ")
-                + f"pass --init a checkpoint of this architecture with a {self.data.num_labels}-output head, adding "
-                "--skip-mismatched-heads for the sources whose heads differ")
+                   f"first (reorder {flag('sources', None)} or use {flag('order', None)}), or ")
+                + f"pass {flag('init', None)} a checkpoint of this architecture with a "
+                  f"{self.data.num_labels}-output head, adding "
+                f"{flag('skip_mismatched_heads')} for the sources whose heads differ")
         relabel_model(merged, self.data.label_names)  # its head ends in the target's class order, not the lead's
         skips = preflight_inputs(self.inputs, expected_specs(merged), num_labels=self.data.num_labels,
-                                 skip_mismatched_heads=o.skip_mismatched_heads, naming=self.family.naming(merged))
+                                 skip_mismatched_heads=o.skip_mismatched_heads, naming=self.family.naming(merged),
+                                 allow_duplicates=o.allow_duplicates)
         # the same processes from_pretrained's plan.check_launch judged (accelerate's state is one per process)
         accelerator = make_accelerator(cpu=o.cpu or None, mixed_precision=o.mixed_precision)
         merged.to(accelerator.device)
@@ -409,7 +428,7 @@ class MergeResult(ModelHubMixin):
                     super().save_pretrained(tmp, model_card_kwargs=card_kwargs)
                 except (OSError, SafetensorError) as e:  # a full disk, a quota: safetensors raises its own type
                     raise GraspError(f"output {out}: writing it failed ({first_line(e)}); free space or choose "
-                                     "another --output (nothing was left behind)") from e
+                                     f"another {flag('output', None)} (nothing was left behind)") from e
             if push_to_hub:  # the folder just renamed into place goes up, so the Hub holds exactly the local files
                 return push_folder(out, repo_id, **push)
         return None

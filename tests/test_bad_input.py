@@ -67,7 +67,7 @@ def test_head_mismatch_errors_or_is_skipped(tmp_path, checkpoints):
     good = checkpoints("resnet", 1)[0]
     five = checkpoints("resnet", 1, seed0=50, num_labels=5)[0]
     kw = dict(target="digits-eras", initial_epochs=0, finetune_epochs=0, eval_sources=False, tau=-1.5)
-    with pytest.raises(ShapeMismatchError, match="--skip-mismatched-heads"):
+    with pytest.raises(ShapeMismatchError, match="skip_mismatched_heads=True"):
         GraspMerger.from_pretrained([str(good), str(five)], **kw).merge()
     result = GraspMerger.from_pretrained([str(good), str(five)], skip_mismatched_heads=True, **kw).merge()
     rec = result.report.sources[1]

@@ -122,7 +122,7 @@ def test_ties_method_matches_peft_per_tensor(srcs, base):
 
 @pytest.mark.parametrize("method", ["task-arithmetic", "ties", "opcm"])
 def test_task_vector_methods_need_a_base(srcs, method):
-    with pytest.raises(GraspError, match="--base"):
+    with pytest.raises(GraspError, match="pass base with"):
         GraspMerger.from_pretrained([str(s) for s in srcs], target="digits-eras", method=method,
                                     initial_epochs=0, finetune_epochs=0, eval_sources=False)
 

@@ -2,7 +2,10 @@
 from the CLI and from recipes, every method's parameters in `merge --help`, the option table in docs/options.md."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
@@ -169,3 +172,31 @@ def test_docs_option_table_matches_declarations():
         "docs/options.md's option tables differ from the declarations; paste in the output of "
         "`python -c 'from hf_grasp.methods import METHODS; from hf_grasp.plan.options import "
         "option_table_markdown as t; print(t(METHODS))'`")
+
+
+EARLY = """
+import sys
+from hf_grasp.apps.cli import main
+code = main(sys.argv[1:])
+assert 'torch' not in sys.modules, 'torch imported before the refusal'
+print(code)
+"""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--order", "0,x"], "option order='0,x' (from the command line): use given, reverse, random or a comma list"),
+    (["--order", "0,0"], "option order='0,0': must be a permutation of 0..1"),
+    (["--order", "0,5"], "option order='0,5': must be a permutation of 0..1"),
+    (["--license-name", "x"], "option license_name='x' applies only with license='other'"),
+    (["--method", "task-arithmetic"], "method 'task-arithmetic' works on task vectors: pass --base"),
+], ids=["form", "repeated-index", "index-past-K", "across-options", "method-rule"])
+def test_bad_options_refused_before_torch_is_imported(argv, message, tmp_path):
+    """Issue 24: every option's value, and every rule across the options the plan applies, is refused at parse
+    time (about 0.5 s) rather than after the seconds of imports: the sources need not even exist yet."""
+    proc = subprocess.run([sys.executable, "-c", EARLY, "merge", "--sources", "a", "b", "--target", "digits-eras",
+                           "--output", str(tmp_path / "o"), *argv], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), proc.stderr
+    assert not (tmp_path / "o").exists()

@@ -241,9 +241,10 @@ def test_exported_space_builds_from_its_folder_and_merges_in_a_browser(space_ven
         rows = {r[0]: r for r in _rows(page, "accuracy-table")}
         page.screenshot(path=tmp_path / "exported-space.png", full_page=True)
         browser.close()
+        # read while the page serves: a stopped page removes its runs
+        (saved,) = (tmp_path / "space-home" / "runs").rglob("merged/grasp_report.json")
+        report = json.loads(saved.read_text())
     merged = next(r for name, r in rows.items() if name.startswith("merged (GRASP"))
-    (run,) = (tmp_path / "space-home" / "runs").iterdir()
-    report = json.loads((run / "merged" / "grasp_report.json").read_text())
     assert float(merged[1]) == round(100 * report["final"]["test"]["accuracy"], 2)
     assert report["version"] == PYPROJECT["project"]["version"]
     # the run used the folder's hf_grasp, not a checkout's

@@ -198,7 +198,7 @@ def test_a_schema_5_report_loads_with_kinds_and_its_extras_as_details(grasp_run)
     assert [s.val_accuracy for s in back.steps[:3]] == [s.val_accuracy for s in report.steps]
     assert back.method.number("tau") is None
     old["steps"].append({"step": "sauce 2", "ref": None, "val_accuracy": None, "test_accuracy": None})
-    with pytest.raises(ValueError, match="'sauce 2'"):
+    with pytest.raises(GraspError, match="'sauce 2'"):
         MergeReport.from_dict(old)
 
 
@@ -233,4 +233,4 @@ def test_a_resume_state_with_a_malformed_record_is_refused(tmp_path, record, why
         Checkpoint(tmp_path, _config(), resume=True)
     message = str(e.value)
     assert "its resume state" in message and "is unreadable" in message and why in message
-    assert "--overwrite" in message
+    assert "overwrite=True" in message

@@ -169,7 +169,8 @@ def test_page_merges_shows_the_report_classifies_and_refuses_bad_input(space, tm
             z.extractall(tmp_path / "unzipped")
         folder = tmp_path / "unzipped" / "merged"
         report = json.loads((folder / "grasp_report.json").read_text())
-        (run,) = (home / "runs").iterdir()
+        (page_runs,) = (home / "runs").iterdir()  # this server's folder; its runs inside
+        (run,) = page_runs.iterdir()
         assert (run / "merged" / "grasp_report.json").read_text() == (folder / "grasp_report.json").read_text()
         ensemble = json.loads((run / "ensemble_report.json").read_text())
 
@@ -226,7 +227,7 @@ def test_page_merges_shows_the_report_classifies_and_refuses_bad_input(space, tm
 
         # bad input: the same one line the command line prints
         expected = merge_fails(tmp_path, ["nobody/no-such-model", "nobody/no-such-model-2"])
-        page.get_by_label("repo ids or local paths").check()
+        page.get_by_label("Hub repo ids").check()
         page.fill("#repo-ids textarea", "nobody/no-such-model\nnobody/no-such-model-2")
         page.click("#merge")
         expect(page.locator("#error")).to_have_text(expected, timeout=60_000)
@@ -242,7 +243,8 @@ def test_page_merges_shows_the_report_classifies_and_refuses_bad_input(space, tm
         page.fill("#param-fisher-fisher_examples input", "0")
         page.click("#merge")
         cli = merge_fails(tmp_path, ["nobody/a", "nobody/b"], "--method", "fisher", "--fisher-examples", "0")
-        expect(page.locator("#error")).to_have_text(cli.replace("'0' (from the command line)", "0 (from the form)"))
+        expect(page.locator("#error")).to_have_text(
+            cli.replace("option fisher_examples='0' (from the command line)", '"fisher_examples" (0)'))
         shot(page, "5-parameter-error")
         browser.close()
 
@@ -276,7 +278,7 @@ def test_the_form_passes_each_method_only_what_it_takes(tmp_path):
     assert grid.params == {"ta_grid": (0.0, 0.5)}
     typed = spec_from_form(tmp_path, **{**form, "source_kind": REPO_IDS, "repo_ids": "org/a\norg/b@v1, ./c",
                                         "target_kind": DATASET, "dataset": " org/data ", "label_column": "y",
-                                        "lr": 1e-3})
+                                        "lr": 1e-3}, allow_local_paths=True)
     assert typed.sources == ("org/a", "org/b@v1", "./c") and typed.target == "org/data"
     assert typed.builtin_home is None and typed.options["label_column"] == "y" and typed.options["lr"] == 1e-3
     assert "target_domain" not in typed.options
@@ -373,12 +375,12 @@ def test_an_out_of_range_parameter_is_the_clis_one_line(tmp_path):
     demo = build_demo(tmp_path / "home")
     line = _merge_error(demo, method="ties", **{"param-ties-density": 1.5})
     cli = merge_fails(tmp_path, ["nobody/a", "nobody/b"], "--method", "ties", "--density", "1.5")
-    # the same check and words; the page names itself where the CLI names the command line (and its text '1.5')
-    assert line == cli.replace("'1.5' (from the command line)", "1.5 (from the form)")
-    assert line == "error: option density=1.5 (from the form): input should be less than or equal to 1"
+    # the same check and words; the page names the input as it labels it where the CLI names the option
+    assert line == cli.replace("option density='1.5' (from the command line)", '"density" (1.5)')
+    assert line == 'error: "density" (1.5): input should be less than or equal to 1'
     assert _merge_error(demo, **{"param-grasp-align_batches": 0}) == (
-        "error: option align_batches=0 (from the form): input should be greater than or equal to 1")
-    assert not (tmp_path / "home" / "runs").exists()  # refused before any work
+        'error: "align_batches" (0): input should be greater than or equal to 1')
+    assert not list((tmp_path / "home" / "runs").glob("*/*"))  # refused before any work
 
 
 def test_a_method_registered_from_outside_gets_its_inputs(tmp_path):
@@ -409,7 +411,7 @@ def test_a_method_registered_from_outside_gets_its_inputs(tmp_path):
                               params={"strength": 2.0, "steps": 4, "mode": "hard", "verbose": True})
         assert spec.params == {"strength": 2.0, "steps": 4, "mode": "hard", "verbose": True}
         assert _merge_error(demo, method="throwaway-test", **{"param-throwaway-test-strength": 0}) == (
-            "error: option strength=0 (from the form): input should be greater than 0")
+            'error: "strength" (0): input should be greater than 0')
     finally:
         METHODS.pop("throwaway-test", None)
 
@@ -426,3 +428,155 @@ def test_progress_per_source_reads_the_log_lines():
     assert board.rows() == [["d1", "done", "val 90.00%, test 85.00%, 1.0 s"], ["org/m1", "waiting", ""],
                             ["org/m10", "fine-tuning", "epoch 1/1"]]
     assert board.done == 1 and board.lines[0].startswith("initial fine-tune (d1) epoch 1/2")
+
+
+
+# ------------------------------------------------------------------------------------------------ a public page
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """The test's tmp directory as the current one, holding ``org/name`` (a repo id that is also a directory)."""
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("ref", ["/etc", "./org/name", "../x", "~/x", "file:///etc", "local-dir:/etc", "org/name",
+                                 "hf-hub:../x"])
+def test_a_local_path_is_refused_unless_the_page_allows_it(in_tmp, ref):
+    pytest.importorskip("gradio")
+    from hf_grasp.apps.space.ui import BUILTIN, DATASET, DIGITS, REPO_IDS, build_demo, spec_from_form
+
+    demo = build_demo(in_tmp / "home")
+    repo = {"source-kind": REPO_IDS, "repo-ids": f"org/a\n{ref}"}
+    assert _merge_error(demo, **repo) == (
+        f'error: "source repo ids" ({ref!r}): a path on the server; this page takes Hub repo ids only (org/name)')
+    assert _merge_error(demo, **{"source-kind": REPO_IDS, "repo-ids": "org/a", "base": ref}).startswith(
+        f'error: "base" ({ref!r}): a path on the server;')
+    assert _merge_error(demo, **{"target-kind": DATASET, "dataset": ref}).startswith(
+        f'error: "dataset" ({ref!r}): a path on the server; this page takes Hub dataset ids')
+    assert not list((in_tmp / "home" / "runs").glob("*/*"))  # refused before any work
+    # the page says what it takes, and offers no path
+    inputs = _page_inputs(demo)
+    assert "local paths" not in str(inputs["source-kind"].choices) + inputs["repo-ids"].info
+    # started with local paths allowed, the same values are taken
+    form = dict(source_kind=REPO_IDS, builtin_sources=[], repo_ids=f"org/a\n{ref}", target_kind=DIGITS, domain=2,
+                dataset=None, dataset_domain=None, image_column="image", label_column="label", method="grasp",
+                initial_epochs=0, finetune_epochs=0, base=None, lr=None, seed=0, ensemble=False)
+    assert spec_from_form(in_tmp, **form, allow_local_paths=True).sources == ("org/a", ref)
+    assert spec_from_form(in_tmp, **{**form, "source_kind": BUILTIN, "builtin_sources": ["d0"]}).sources == (
+        str(in_tmp / "sources-resnet-seed0" / "d0"),)  # the page's own built-in sources are its business
+
+
+def test_the_exported_space_never_allows_local_paths():
+    import ast
+    import inspect
+
+    from hf_grasp.apps import space
+    from hf_grasp.apps.cli import build_parser
+    from hf_grasp.apps.space.export import _template
+
+    tree = ast.parse(_template("app.py"))
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "launch"]
+    assert [(c.args, c.keywords) for c in calls] == [([], [])]  # launch(): the defaults
+    assert [n.module for n in tree.body if isinstance(n, ast.ImportFrom)] == ["hf_grasp.apps.space"]
+    assert inspect.signature(space.launch).parameters["allow_local_paths"].default is False
+    assert build_parser(["space"]).parse_args(["space", "--allow-local-paths"]).allow_local_paths is True
+    with pytest.raises(GraspError, match=r"^--allow-local-paths applies to the served page only"):
+        space.run_from_args(build_parser(["space"]).parse_args(["space", "--export", "x", "--allow-local-paths"]))
+
+
+def test_every_input_is_refused_in_the_forms_words(tmp_path):
+    pytest.importorskip("gradio")
+    from hf_grasp.apps.space.ui import DATASET, REPO_IDS, build_demo
+
+    demo = build_demo(tmp_path / "home")
+    # values as a hand-made API call sends them: the merge takes them unprocessed and checks them itself
+    cases = {
+        "a text τ": ({"param-grasp-tau": "abc"},
+                     'error: "tau" (\'abc\'): input should be a valid number, unable to parse string as a number'),
+        "a text learning rate": ({"lr": "fast"}, ('error: "learning rate" (\'fast\'): input should be a valid '
+                                                  'number, unable to parse string as a number')),
+        "a text seed": ({"seed": "x"}, ('error: "seed" (\'x\'): input should be a valid integer, unable to parse '
+                                        'string as an integer')),
+        "epochs past the slider": ({"initial-epochs": 1000}, 'error: "initial epochs" (1000): the page takes 0 to 10'),
+        "no source": ({"source-kind": REPO_IDS, "repo-ids": " \n "},
+                      'error: "source repo ids": type at least one Hub repo id (org/name), one per line'),
+        "no built-in source": ({"builtin-sources": []}, 'error: "built-in sources": tick at least one'),
+        "the target's own domain": ({"builtin-sources": ["d2"]},
+                                    'error: "built-in sources" (\'d2\'): choose one of d0, d4, d1, d3, d5'),
+        "a bad target": ({"target-kind": DATASET, "dataset": "a/b/c"}, ('error: "dataset" (\'a/b/c\'): not a Hub '
+                         'dataset id (name or org/name) nor a built-in benchmark (clear10, clear100, digits-eras, '
+                         'yearbook)')),
+        "no target": ({"target-kind": DATASET, "dataset": ""},
+                      'error: "dataset": type a Hub dataset id (name or org/name)'),
+        "an unknown target kind": ({"target-kind": "s3"},
+                                   'error: "target" (\'s3\'): choose one of digits-eras, a dataset'),
+        "a bad domain": ({"domain": "2"}, 'error: "target domain" (\'2\'): choose one of 0, 1, 2, 3, 4, 5'),
+    }
+    for case, (changed, line) in cases.items():
+        assert _merge_error(demo, **changed) == line, case
+    assert not list((tmp_path / "home" / "runs").glob("*/*"))  # refused before any work
+
+
+def test_library_lines_name_the_pages_inputs_never_a_flag():
+    from hf_grasp.apps.space.guard import page_words
+
+    assert page_words("option lr='x' (from the form): input should be a valid number") == (
+        '"learning rate" (\'x\'): input should be a valid number')
+    assert page_words("option tau (from the form) is a parameter of grasp, not of method 'ties'") == (
+        '"tau" is a parameter of grasp, not of method \'ties\'')
+    assert page_words("lower the learning rate (--lr, now 5), or leave it out of --sources; --target-domain 3") == (
+        'lower the learning rate ("learning rate", now 5), or leave it out of "sources"; "target domain" 3')
+    # a flag the page has no input for is the command line's; a repo id's dashes are no flag
+    assert page_words("pass --init a checkpoint (org/a--b)") == (
+        "pass init (a command-line option, not on this page) a checkpoint (org/a--b)")
+    assert page_words("option density=1.5 (from recipe x.yaml): too big") == (
+        "option density=1.5 (from recipe x.yaml): too big")  # the recipe's, not a field of the page
+
+
+def test_run_directories_go_after_their_age_and_when_the_page_closes(tmp_path, monkeypatch):
+    pytest.importorskip("gradio")
+    import threading
+
+    from hf_grasp.apps.space import session, ui
+
+    def fake_run(spec, run_dir):  # a run that leaves its directory, as a finished one does
+        (run_dir / "merged").mkdir(parents=True)
+        return iter(())
+
+    monkeypatch.setattr(ui, "run_merge", fake_run)
+    demo = ui.build_demo(tmp_path / "home")
+    merge = _handler(demo, "on_merge")
+    list(merge.fn({c: c.value for c in merge.inputs}))
+    (page,) = (tmp_path / "home" / "runs").iterdir()
+    (first,) = page.iterdir()
+    # past the age, unless its merge is under way; the sweep runs before every merge and every SWEEP_SECONDS
+    old = time.time() - ui.SESSION_SECONDS - 1
+    os.utime(first, (old, old))
+    session._running.add(first)
+    assert session.sweep_runs(page, ui.SESSION_SECONDS) == []
+    session._running.discard(first)
+    list(merge.fn({c: c.value for c in merge.inputs}))
+    (second,) = page.iterdir()
+    assert second != first and not first.exists()
+    # a page killed before its close: its folder goes with the others' sweep, once past the age
+    stale = tmp_path / "home" / "runs" / "killed" / "run"
+    stale.mkdir(parents=True)
+    os.utime(stale.parent, (old, old))
+    assert session.sweep_runs(tmp_path / "home" / "runs", ui.SESSION_SECONDS) == [stale.parent]
+    assert any(t.name == "hf-grasp-space-sweep" for t in threading.enumerate())
+    demo.close()
+    assert list((tmp_path / "home" / "runs").iterdir()) == []
+
+
+def test_the_served_page_removes_its_runs_when_stopped(tmp_path):
+    """SIGTERM (how a Space or a service manager stops it) closes the page, which removes its run folder."""
+    pytest.importorskip("gradio")
+    port, home, log = _free_port(), tmp_path / "space-home", tmp_path / "space.log"
+    argv = [sys.executable, "-m", "hf_grasp.apps.cli", "space", "--port", str(port), "--home", str(home)]
+    with served(argv, port, log, env=page_env(tmp_path)):
+        (page,) = (home / "runs").iterdir()
+        (page / "a-run" / "merged").mkdir(parents=True)  # what a finished run leaves (2.8 MB of it)
+    assert not page.exists(), log.read_text()[-3000:]

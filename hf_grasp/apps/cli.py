@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from hf_grasp import __version__
-from ..runtime.errors import GraspError
+from ..runtime.errors import GraspError, called_from_cli
 from ..runtime.interrupts import signals_as_interrupts
 from ..methods import METHODS
 from ..plan.options import add_option_arguments, options_from_args, parse_text
@@ -101,6 +101,7 @@ def _cmd_merge(args) -> int:
     _check_push_flags(args)
     method = _method(args)
     options = parse_text(method, options_from_args(args, METHODS), methods=METHODS)  # "0.5" -> 0.5, before any work
+    _check_plan(args, method, options)
     from ..output.checkpoint import kept_for_resume, work_area
     from ..runtime.workspace import claim_output
 
@@ -139,6 +140,32 @@ def _cmd_merge(args) -> int:
     # the other processes end with this one, so the launch ends when everything is written
     process_state(options.get("cpu")).wait_for_everyone()
     return 0
+
+
+def _check_plan(args, method: str, options: dict) -> None:
+    """Refuse now, before the seconds of imports, what the merge's plan would refuse: every rule across the
+    options (``--license-name`` needs ``--license other``, ``--order`` a permutation of the sources' indices).
+
+    Only when every option layer is known without reading a model: the flags and the recipe's YAML. A saved
+    merge (``--from``) or an earlier one ``--init`` may continue adds a layer found with the sources (torch),
+    so those wait for the merger, which checks every rule again with every layer.
+    """
+    if not args.sources or options.get("init") not in (None, "first", "random") or not (args.target or args.recipe):
+        return
+    from ..inputs.recipes import BUILTIN_RECIPES, load_recipe
+    from ..plan.options import Layer, method_info
+    from ..plan.plan import MergePlan
+
+    chosen = args.recipe or (args.target if args.target in BUILTIN_RECIPES else None)
+    layers = [Layer(load_recipe(chosen, methods=METHODS).options, origin=f"recipe {chosen}", lenient=True)
+              ] if chosen else []
+    plan = MergePlan.build(method_info(method, METHODS), [*layers, Layer(options)], methods=METHODS,
+                           sources=args.sources, target=args.target, recipe=args.recipe)
+    order = plan.merge_options.order
+    # the rule inputs.resolution.ordered applies once the sources are resolved (a module that imports torch)
+    if order not in ("given", "reverse", "random") and sorted(map(int, order.split(","))) != list(
+            range(len(args.sources))):
+        raise GraspError(f"option order={order!r}: must be a permutation of 0..{len(args.sources) - 1}")
 
 
 def _merger(args, options: dict):
@@ -242,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     configure(progress=args.progress, quiet=args.quiet)
     try:
-        with signals_as_interrupts():
+        with signals_as_interrupts(), called_from_cli():  # errors' advice names flags, not Python arguments
             return args.func(args)
     except GraspError as e:
         print(f"error: {e}", file=sys.stderr)

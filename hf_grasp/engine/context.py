@@ -25,7 +25,7 @@ from torch import nn
 
 from ..runtime.memory import packed_empty, release_freed_memory
 from ..inputs.data import TargetData, alignment_batches, make_loader, preprocess_target
-from ..runtime.errors import NumericalError
+from ..runtime.errors import NumericalError, flag
 from ..runtime.interrupts import raise_if_interrupted
 from ..inputs.families.base import ModelFamily, TensorNaming
 from ..plan.options import MergeOptions, MethodParams
@@ -177,10 +177,25 @@ class MergeContext:
         self.train_loader.generator.manual_seed(seed)  # the shuffling of every epoch of this step
 
     def resume(self) -> int:
-        """Restore a checkpointed state into the merged model; how many of this run's steps it holds (0 if none)."""
+        """Restore a checkpointed state into the merged model; how many of this run's steps it holds (0 if none).
+
+        The state must record the first steps of this very run: ``(kind, number, source)`` of each, as GRASP's
+        loop numbers them (an init step unless this continues an earlier merge, then one step per source), and
+        every local input must still hold the files it pinned; else the checkpoint refuses it, naming why.
+        """
         if self.checkpoint is None:
             return 0
-        self.records = self.checkpoint.restore(self.merged)
+        from .records import StepKind
+
+        names = [s.name for s in self.sources]
+        expected: list[tuple[StepKind, int | None, str]] = []
+        if self.earlier is None:
+            first = (self.init_source.name if self.init_source is not None
+                     else "random" if self.options.init == "random" else names.pop(0))
+            expected.append((StepKind.INIT, None, first))
+        expected += [(StepKind.SOURCE, k, n) for k, n in enumerate(names, start=max(self.first_step, 1))]
+        self.records = self.checkpoint.restore(self.merged, expected=expected,
+                                               inputs=(*self.sources, self.init_source, self.base_source))
         if self.records and self.accelerator.is_local_main_process:
             log.info("resuming after step %d (%s)", len(self.records), self.records[-1].label)
         return len(self.records)
@@ -189,7 +204,9 @@ class MergeContext:
         """Checkpoint the merged model and the records after a step (when the run keeps a checkpoint)."""
         if self.checkpoint is not None and self.accelerator.is_main_process:
             with self.timer.phase("checkpoint"):
-                self.checkpoint.save(self.merged, self.records)
+                # every input whose files the state pins: the sources, the init and the base
+                self.checkpoint.save(self.merged, self.records, inputs=(*self.sources, self.init_source,
+                                                                        self.base_source))
 
     # --- the shared pieces every method uses
 
@@ -323,7 +340,7 @@ class MergeContext:
                 raise NumericalError(
                     f"merged model: tensor {self.naming.checkpoint_name(name)!r} has {NumericalError.count(tensor)} "
                     "at the end of the merge, so it was not saved; the merge overflowed: check the sources' weights "
-                    "and lower --lr or the method's --scaling")
+                    f"and lower {flag('lr', None)} or the method's {flag('scaling', None)}")
 
     def evaluate(self, model: nn.Module | None = None, split: str = "validation") -> dict:
         """Accuracy, loss and count of ``model`` (the merged one by default) on ``split`` (validation or test)."""

@@ -53,8 +53,26 @@ _PER_SOURCE = frozenset({StepKind.SOURCE, StepKind.INGREDIENT, StepKind.ADAPTER}
 _LABELS = {StepKind.COMPOSE: "compose + merge"}
 
 
+class Numbered:
+    """What every record of a step derives from its ``kind`` and ``number`` (a :class:`Step`, and the report's
+    :class:`~hf_grasp.output.report.StepRecord`)."""
+
+    kind: StepKind
+    number: int | None
+
+    @property
+    def label(self) -> str:
+        """``"source 3"``, ``"init"``, ``"compose + merge"``: how logs, tables and ``grasp_report.json`` name it."""
+        return self.kind.label(self.number)
+
+    @property
+    def counts_as_sequential_step(self) -> bool:
+        """Whether a continuation of this merge counts this step (see :attr:`StepKind.counts_as_sequential_step`)."""
+        return self.kind.counts_as_sequential_step
+
+
 @dataclass
-class Step:
+class Step(Numbered):
     """One step of a merge method and what it measured.
 
     ``number``: the source's position for a per-source kind (``source 3`` is
@@ -92,16 +110,6 @@ class Step:
                              f"integer), not {self.number!r}")
         if not self.kind.per_source and self.number is not None:
             raise ValueError(f"field 'number' of a {self.kind.value!r} step must be null, not {self.number!r}")
-
-    @property
-    def label(self) -> str:
-        """``"source 3"``, ``"init"``, ``"compose + merge"``: how logs and tables name the step."""
-        return self.kind.label(self.number)
-
-    @property
-    def counts_as_sequential_step(self) -> bool:
-        """Whether a continuation of this merge counts this step (see :attr:`StepKind.counts_as_sequential_step`)."""
-        return self.kind.counts_as_sequential_step
 
     @property
     def transfer_counts(self) -> tuple[int, int] | None:

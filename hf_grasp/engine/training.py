@@ -8,9 +8,10 @@ The idiomatic accelerate loop (``prepare``, ``accelerator.backward``,
   trains the caller's module in place. When ``prepare`` wraps it (DDP), the
   wrapper shares the module's tensors and every state copy goes through the
   caller's module.
-* Memory is budgeted. The best-validation state is copied in place into a module
-  the engine already owns (``best_store``), gradients are freed before each
-  evaluation, and the optimizer's moments are released before returning.
+* Memory is budgeted. The best-validation state is kept out of RAM
+  (``best_store``: the scratch safetensors file the engine passes, or an idle
+  module's tensors), gradients are freed before each evaluation, and the
+  optimizer's moments are released before returning.
 
 Accuracy comes from the local ``evaluate`` metric module in
 ``hf_grasp/engine/metrics/accuracy`` (``evaluate.load("accuracy")`` would fetch a script
@@ -39,7 +40,7 @@ from accelerate.utils import release_memory
 from torch import nn
 
 from ..runtime.memory import frozen_heap, packed_empty, release_freed_memory
-from ..runtime.errors import DataError, GraspError, NumericalError
+from ..runtime.errors import DataError, GraspError, NumericalError, flag
 from ..runtime.interrupts import raise_if_interrupted
 from ..plan.options import Schedule
 from ..runtime.progress import log, progress
@@ -272,7 +273,8 @@ def fine_tune(
                 scheduler.step()
             if not math.isfinite(train_loss):
                 raise NumericalError(f"{desc}, epoch {epoch}/{epochs}: the training loss is {train_loss} (the "
-                                     f"weights diverged); lower the learning rate (--lr, now {lr:g}) or check "
+                                     f"weights diverged); lower the learning rate ({flag('lr', None)}, now "
+                                     f"{lr:g}) or check "
                                      "the sources")
             with phase(timer, "validation"):
                 val = _validate(model, logits_fn, val_dl, accelerator)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..runtime.errors import DataError, first_line
+from ..runtime.errors import DataError, first_line, flag
 
 Transform = Callable[[list[Image.Image]], torch.Tensor]
 
@@ -232,15 +232,25 @@ def _builder_for_file(path: Path):
 
 
 def _load_hub(target: str):
+    from . import sources  # the one place that bounds huggingface_hub's requests (datasets makes its through them)
+
+    mark = len(sources._TIMED_OUT)
     try:
-        return datasets.load_dataset(target)
+        with sources.bounded_hub_requests():
+            loaded = datasets.load_dataset(target)
     except (OSError, ValueError) as e:
+        if len(sources._TIMED_OUT) > mark:
+            raise DataError(f"dataset '{target}': {sources._hung(sources._TIMED_OUT[-1])}") from e
         if datasets.config.HF_HUB_OFFLINE:
             raise DataError(
                 f"dataset '{target}' is not a built-in, not a local path, and not in the local "
                 "datasets cache (HF_HUB_OFFLINE is set, so the Hub is not consulted)"
             ) from e
         raise DataError(f"dataset '{target}' could not be loaded from the Hub: {first_line(e)}") from e
+    if len(sources._TIMED_OUT) > mark:  # loaded from the cache after a wait: said at once, as for sources
+        raise DataError(f"dataset '{target}': {sources._hung(sources._TIMED_OUT[-1])}; it is in the datasets cache: "
+                        "set HF_HUB_OFFLINE=1 to use the cached copy")
+    return loaded
 
 
 def _looks_like_path(target: str) -> bool:
@@ -351,13 +361,13 @@ def _check_images(ds: datasets.Dataset, image_column: str, split: str, target: s
     if not skip:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise DataError(f"image {name} in split '{split}' of {target} (column '{image_column}') cannot be read: "
-                        f"{problem}{more}; fix or remove it, or pass --skip-bad-images to leave such rows out")
+                        f"{problem}{more}; fix or remove it, or pass {flag('skip_bad_images')} to leave such rows out")
     dropped = {i for i, _, _ in bad}
     notes.append(f"split '{split}': {len(bad)} unreadable image(s) skipped (--skip-bad-images), first: "
                  f"{_published_name(name, target)}")
     kept = ds.select([i for i in range(len(ds)) if i not in dropped], keep_in_memory=True)
     if len(kept) == 0:
-        raise DataError(f"split '{split}' of {target}: no readable image left after --skip-bad-images")
+        raise DataError(f"split '{split}' of {target}: no readable image left after {flag('skip_bad_images')}")
     return kept
 
 

@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from ..runtime.errors import SourceError
+from ..runtime.errors import SourceError, flag
 
 #: what :attr:`LabelMatch.order` says, also the report's ``label_order`` of each source
 AS_TARGET, PERMUTED, POSITIONAL, LEFT_OUT = "as the target", "permuted", "positional", "left out"
@@ -163,7 +163,7 @@ def match_labels(source: str, names: Sequence[str] | None, target: Sequence[str]
     if skip_mismatched_heads:
         return LabelMatch(LEFT_OUT)
     raise SourceError(f"source {source!r}: its labels differ from the target's: {differs} (labels are matched by "
-                      "name; pass --skip-mismatched-heads to leave its head out and keep the target's)")
+                      f"name; pass {flag('skip_mismatched_heads')} to leave its head out and keep the target's)")
 
 
 def after_preflight(match: LabelMatch | None, skipped: Iterable[str]) -> tuple[LabelMatch | None, list[str]]:

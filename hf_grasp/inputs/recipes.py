@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from ..runtime.errors import DataError, GraspError, first_line
+from ..runtime.errors import DataError, GraspError, first_line, flag
 from ..plan.options import Layer, Registry, check_layer
 
 BUILTIN_RECIPES = {
@@ -99,7 +99,11 @@ def load_recipe(name_or_path: str, *, methods: Registry) -> Recipe:
     """
     path = recipe_path(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except RecursionError:  # the YAML composer nests by recursion: thousands of brackets exhaust the stack
+        raise GraspError(f"recipe {path} is not valid YAML: nested too deeply") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise GraspError(f"recipe {path} cannot be read: {first_line(e)}") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" (line {where.line + 1})" if where is not None else ""
@@ -120,6 +124,8 @@ def load_recipe(name_or_path: str, *, methods: Registry) -> Recipe:
     models = data.pop("models", None) or []
     if isinstance(models, str) or not isinstance(models, list):
         models = [models]
+    if not all(isinstance(m, str) and m for m in models):
+        raise GraspError(f"recipe {path}: 'models' must list model references (text)")
     name = name_or_path if name_or_path in BUILTIN_RECIPES else path.stem
     return Recipe(name=name, path=path, dataset=dataset, options=options, models=list(models), meta=data)
 
@@ -142,7 +148,8 @@ def resolve_target(target: str | None, recipe: str | None, *, methods: Registry)
     chosen = recipe or named
     if chosen is None:
         if target is None:
-            raise GraspError("no target: pass --target (a dataset) or --recipe (an experiment recipe)")
+            raise GraspError(f"no target: pass {flag('target', None)} (a dataset) or {flag('recipe', None)} (an "
+                             f"experiment recipe)")
         return target, {}
     rec = load_recipe(chosen, methods=methods)
     if target is not None and named is None:

@@ -10,6 +10,7 @@ against the architecture and hash its weight files for the report.
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +20,13 @@ import torch
 from huggingface_hub import hf_hub_download
 from huggingface_hub.utils import httpx  # the HTTP library huggingface_hub itself uses
 
-from ..runtime.errors import GraspError, SourceError
+from ..runtime.errors import GraspError, SourceError, flag
 from .families import family_for, read_config
 from .families.base import ModelFamily, TensorNaming
 from .labels import after_preflight, match_config, match_sources
 from ..plan.options import MergeOptions
-from .sources import ResolvedSource, SourceRef, check_specs, expected_specs, hash_files, preflight, remote_header, \
-    resolve
+from .sources import ResolvedSource, SourceRef, check_finite, check_specs, expected_specs, hash_files, preflight, \
+    remote_header, resolve
 
 
 @dataclass
@@ -74,6 +75,8 @@ def resolve_inputs(references: list[str], options: MergeOptions, *, num_labels: 
     """
     o = options
     refs = ordered([SourceRef.parse(s) for s in references], o.order, o.seed)
+    if not o.allow_duplicates:  # before anything is fetched: the same path, the same Hub id and revision
+        _refuse_duplicates([(r, _ref_identity(r)) for r in refs])
     init_ref = None if o.init in ("first", "random") else SourceRef.parse(o.init)
     base_ref = SourceRef.parse(o.base) if o.base else None
     lead = init_ref or refs[0]
@@ -95,10 +98,61 @@ def resolve_inputs(references: list[str], options: MergeOptions, *, num_labels: 
     sources = [lead_source if r is lead else deferred[id(r)] if id(r) in deferred
                else resolve(r, allow_pickle=o.allow_pickle, token=token) for r in refs]
     base = resolve(base_ref, allow_pickle=o.allow_pickle, token=token) if base_ref else None
+    if not o.allow_duplicates:  # the same files under other names (the same bytes: preflight_inputs, once the
+        _refuse_duplicates([(s.ref, _resolved_identity(s)) for s in sources])  # architecture is known to be fit)
     inputs = MergeInputs(sources, lead_source if init_ref else None, base)
     match_sources(inputs.everyone, label_names, model_dir=lead_source.path, num_labels=num_labels,
                   skip_mismatched_heads=o.skip_mismatched_heads, trust_remote_code=o.trust_remote_code)
     return inputs
+
+
+def _refuse_duplicates(identities: list[tuple[SourceRef, tuple[str, str] | None]]) -> None:
+    """Refuse two sources with the same identity ``(what it is, said as a message says it)``: merging a
+    checkpoint with itself counts it twice, rarely what was meant. None: nothing known, never equal."""
+    seen: dict[str, SourceRef] = {}
+    for ref, identity in identities:
+        if identity is None:
+            continue
+        if identity[0] in seen:
+            raise GraspError(f"sources {seen[identity[0]].text!r} and {ref.text!r} are the same checkpoint "
+                             f"({identity[1]}), which the merge would count twice: drop one, or pass "
+                             f"{flag('allow_duplicates')} if that is meant")
+        seen[identity[0]] = ref
+
+
+def _ref_identity(ref: SourceRef) -> tuple[str, str]:
+    """What a reference names before resolution: a directory's real path (symbolic links, ``..`` followed), or
+    a Hub id and the revision asked for."""
+    if ref.local_path is not None:
+        real = os.path.realpath(ref.local_path)
+        return f"path:{real}", f"the same directory {real}"
+    return f"hub:{ref.repo_id}@{ref.revision or 'main'}", f"the same Hub repo {ref.repo_id} at {ref.revision or 'main'}"
+
+
+def _resolved_identity(source: ResolvedSource) -> tuple[str, str]:
+    """Where a resolved source's files are: a Hub source's snapshot is one per repo and commit."""
+    real = os.path.realpath(source.path)
+    if source.commit and source.ref.repo_id:
+        return f"path:{real}", f"the same repo and commit {source.ref.repo_id}@{source.commit[:12]}"
+    return f"path:{real}", f"the same directory {real}"
+
+
+def _by_sizes(sources: list[ResolvedSource]) -> dict[tuple[int, ...], list[ResolvedSource]]:
+    """Sources with weights on disk grouped by the sizes of their weight files: only sources of one group can
+    hold the same bytes (a deferred source's weights are not on disk yet: left out)."""
+    groups: dict[tuple[int, ...], list[ResolvedSource]] = {}
+    for s in sources:
+        if s.weight_files:
+            groups.setdefault(tuple(sorted(f.stat().st_size for f in s.weight_files)), []).append(s)
+    return groups
+
+
+def _content_identity(source: ResolvedSource, sizes: tuple[int, ...]) -> tuple[str, str]:
+    """The sha256 of each weight file, read and hashed once (:func:`preflight_inputs` reuses the hashes, and a file
+    of the HF cache is verified against the sha256 the Hub gave it on the way). Called only for sources whose
+    file sizes equal another's, so a merge without such sources reads nothing more."""
+    digests = sorted(hash_files(source).values())
+    return f"sha256:{','.join(digests)}", f"byte-identical weight files, sha256 {digests[0][:12]}..."
 
 
 def _check_hub_headers(remote: dict[SourceRef, dict], lead: ResolvedSource, num_labels: int, options: MergeOptions,
@@ -181,17 +235,24 @@ def _architecture(config: dict[str, Any]) -> str:
 
 
 def preflight_inputs(inputs: MergeInputs, expected: dict, *, num_labels: int,
-                     skip_mismatched_heads: bool, naming: TensorNaming | None = None) -> dict[str, list[str]]:
-    """Check every input's headers against ``expected`` and hash its weight files (recorded in the report).
+                     skip_mismatched_heads: bool, naming: TensorNaming | None = None,
+                     allow_duplicates: bool = False) -> dict[str, list[str]]:
+    """Check every input's headers against ``expected`` and hash its weight files (recorded in the report);
+    sources with the same weight bytes are refused unless ``allow_duplicates``.
     ``naming``: how the checkpoints name the model's tensors (the family's; model names by default).
 
     Returns source name -> head tensors not to read from it: of another size,
     or holding other labels (``--skip-mismatched-heads``, :mod:`hf_grasp.inputs.labels`).
     """
+    if not allow_duplicates:
+        _refuse_duplicates([(s.ref, _content_identity(s, sizes)) for sizes, group in _by_sizes(inputs.sources).items()
+                            if len(group) > 1 for s in group])
     skips = {}
     for s in inputs.everyone:
-        hash_files(s)  # first: a corrupt file of the HF cache is refused as such, not as a header it cannot read
+        if {f.name for f in s.weight_files} != s.hashes.keys():  # hashed already by the duplicate check
+            hash_files(s)  # first: a corrupt file of the HF cache is refused as such, not as a header it cannot read
         skipped = preflight(s, expected, num_labels=num_labels, skip_mismatched_heads=skip_mismatched_heads,
                             naming=naming)
+        check_finite(s)
         s.labels, skips[s.name] = after_preflight(s.labels, skipped)
     return skips

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..plan.config import CONFIG_NAME
 from ..plan.plan import MergePlan
-from ..runtime.errors import SourceError
+from ..runtime.errors import SourceError, flag
 
 
 def find_merge_config(reference: str | os.PathLike, *, token: str | bool | None = None,
@@ -36,7 +36,7 @@ def find_merge_config(reference: str | os.PathLike, *, token: str | bool | None 
     if found is None:
         if required:
             raise SourceError(f"{ref.text!r} holds no {CONFIG_NAME}: it is not a merge saved by hf-grasp (to merge "
-                              "sources, pass them as a list: --sources A B ...)")
+                              f"sources, pass them as a list: {flag('sources', None)} A B ...)")
         return None
     return MergePlan.load(found), str(Path(found).parent)
 

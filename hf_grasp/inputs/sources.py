@@ -33,11 +33,11 @@ from huggingface_hub.errors import (
     SafetensorsParsingError,
 )
 from huggingface_hub.file_download import REGEX_SHA256
-from huggingface_hub.utils import httpx, sha  # httpx: the HTTP library huggingface_hub itself uses
+from huggingface_hub.utils import get_session, httpx, sha  # httpx: the HTTP library huggingface_hub uses
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from ..runtime.errors import NonFiniteSourceError, ShapeMismatchError, SourceError
+from ..runtime.errors import NonFiniteSourceError, ShapeMismatchError, SourceError, flag
 from .families.base import SAME_NAMES, Read, TensorNaming
 from ..plan.licenses import License, card_license
 
@@ -143,10 +143,94 @@ class ResolvedSource:
         }
 
 
-def _snapshot(ref: SourceRef, patterns: list[str], token: str | bool | None, local_dir: Path | None = None) -> Path:
+# --- the network ----------------------------------------------------------------
+#
+# huggingface_hub's shared HTTP client has no timeout of its own, and most of its calls pass none (repo_info,
+# list_repo_tree, get_safetensors_metadata...): an endpoint that accepts the connection and never answers held a
+# merge forever. Every request made through it is given huggingface_hub's own download timeout
+# (HF_HUB_DOWNLOAD_TIMEOUT, 10 s unless set: the bound its downloads already use) where its caller gave none, for
+# the connection and for each wait on the answer, so a hung endpoint costs one such wait, then one error line.
+# huggingface_hub already retries only reads (GET and HEAD, which are safe to repeat) and leaves writes alone.
+
+#: URLs whose endpoint did not answer within its timeout, in the order met (read by :func:`_no_timeout_since`)
+_TIMED_OUT: list[str] = []
+
+
+def hub_timeout() -> float:
+    """Seconds one Hub request may wait on the network, to connect or for the next bytes of an answer."""
+    return float(constants.HF_HUB_DOWNLOAD_TIMEOUT)
+
+
+def _on_trace(url: str):
+    def trace(event: str, info: dict) -> None:  # httpcore's "trace" request extension: each step of the exchange
+        if event.endswith(".failed") and "Timeout" in type(info.get("exception")).__name__:
+            _TIMED_OUT.append(url)
+    return trace
+
+
+def _bound(request: httpx.Request) -> None:
+    """Request hook: :func:`hub_timeout` wherever the caller set no timeout; a timeout met is noted.
+
+    A request to an endpoint that has already timed out fails at once, as huggingface_hub's offline mode fails
+    it: not retried (its backoff retried a timeout five times, for each of the many requests of a download).
+    """
+    if _endpoint(str(request.url)) in {_endpoint(u) for u in _TIMED_OUT}:
+        raise OfflineModeIsEnabled(f"{_hung(str(request.url))}: not asked again")
+    limits = request.extensions.get("timeout") or {}
+    request.extensions["timeout"] = {k: hub_timeout() if limits.get(k) is None else limits[k]
+                                     for k in ("connect", "read", "write", "pool")}
+    request.extensions.setdefault("trace", _on_trace(str(request.url)))
+
+
+@contextlib.contextmanager
+def bounded_hub_requests():
+    """Within the block (or the decorated function), every request of huggingface_hub's shared client has a
+    timeout (see :func:`hub_timeout`). Scoped: the hook is taken off again, so huggingface_hub behaves as the
+    caller set it up everywhere else (library code changes no process-wide state)."""
+    session = get_session()
+    hooks = session.event_hooks
+    if _bound in hooks["request"]:  # nested
+        yield
+        return
+    session.event_hooks = {**hooks, "request": [*hooks["request"], _bound]}
     try:
-        return Path(snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=patterns, token=token,
+        yield
+    finally:
+        current = session.event_hooks
+        session.event_hooks = {**current, "request": [h for h in current["request"] if h is not _bound]}
+
+
+def _endpoint(url: str) -> str:
+    """The scheme, host and port of ``url``: the endpoint a message names."""
+    parsed = httpx.URL(url)
+    return f"{parsed.scheme}://{parsed.netloc.decode()}"
+
+
+def _hung(url: str) -> str:
+    return (f"the Hub at {_endpoint(url)} did not answer within {hub_timeout():g} s (HF_HUB_DOWNLOAD_TIMEOUT; "
+            f"HF_ENDPOINT is {constants.ENDPOINT})")
+
+
+def _no_timeout_since(mark: int, ref: SourceRef) -> None:
+    """Refuse ``ref`` when a request made since ``_TIMED_OUT[mark:]`` timed out.
+
+    huggingface_hub answers a timeout by falling back on the cache silently; but an endpoint that hangs is set up
+    wrong (a proxy, HF_ENDPOINT) and would cost the same wait on every further call: said once, at once.
+    """
+    if len(_TIMED_OUT) > mark:
+        cached = "; its weights are in the HF cache: set HF_HUB_OFFLINE=1 to use the cached copy" \
+            if _weights_cached(ref) else " and it is not in the HF cache: check the network connection and HF_ENDPOINT"
+        raise SourceError(f"source {ref.text!r}: {_hung(_TIMED_OUT[-1])}{cached}")
+
+
+@bounded_hub_requests()
+def _snapshot(ref: SourceRef, patterns: list[str], token: str | bool | None, local_dir: Path | None = None) -> Path:
+    mark = len(_TIMED_OUT)
+    try:
+        root = Path(snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=patterns, token=token,
                                       local_dir=local_dir))
+        _no_timeout_since(mark, ref)
+        return root
     except HFValidationError as e:
         raise SourceError(f"source {ref.text!r}: not a valid Hub repo id or revision ({e})") from e
     except GatedRepoError as e:
@@ -158,6 +242,7 @@ def _snapshot(ref: SourceRef, patterns: list[str], token: str | bool | None, loc
         raise SourceError(f"source {ref.text!r}: revision {ref.revision!r} not found") from e
     except (LocalEntryNotFoundError, EntryNotFoundError, OSError, httpx.HTTPError) as e:
         # httpx: a connection dropped mid-download surfaces as the HTTP library's own error, unwrapped
+        _no_timeout_since(mark, ref)
         raise SourceError(f"source {ref.text!r}: {_why_not_fetched(ref, e)}") from e
 
 
@@ -184,7 +269,8 @@ def _why_not_fetched(ref: SourceRef, error: BaseException) -> str:
     if network is None:
         detail = str(error).strip().splitlines()[:1]
         return f"cannot be fetched ({': '.join([type(error).__name__, *detail])})"
-    unreachable = f"the Hub at {constants.ENDPOINT} cannot be reached ({type(network).__name__})"
+    unreachable = _hung(_TIMED_OUT[-1]) if isinstance(network, httpx.TimeoutException) and _TIMED_OUT \
+        else f"the Hub at {constants.ENDPOINT} cannot be reached ({type(network).__name__})"
     if _weights_cached(ref):
         return f"{unreachable}; its weights are in the HF cache: set HF_HUB_OFFLINE=1 to use the cached copy"
     return f"{unreachable} and it is not in the HF cache: check the network connection and HF_ENDPOINT"
@@ -260,7 +346,7 @@ def _shard_path(root: Path, index: Path, source: str, shard: object, *, allow_pi
                           "checkpoint again")
     if not allow_pickle:
         raise SourceError(f"{named}, a pickle file; pickle files can run code when loaded, so it is refused — "
-                          "convert the checkpoint to safetensors or pass --allow-pickle")
+                          f"convert the checkpoint to safetensors or pass {flag('allow_pickle')}")
     return root / shard
 
 
@@ -341,7 +427,7 @@ def resolve(ref: SourceRef | str | os.PathLike, *, allow_pickle: bool = False, t
             what = "only pickle weights" if pickles or ref.local_path is None else "no weight files"
             raise SourceError(
                 f"source {ref.text!r}: {what} (no *.safetensors); pickle files can run code when loaded, "
-                "so they are refused — convert the checkpoint to safetensors or pass --allow-pickle"
+                f"so they are refused — convert the checkpoint to safetensors or pass {flag('allow_pickle')}"
             )
         if not pickles:
             raise SourceError(f"source {ref.text!r}: no *.safetensors or pickle weight files in {root}")
@@ -365,6 +451,19 @@ def hash_files(source: ResolvedSource) -> dict[str, str]:
         _check_cached_blob(source, f, digest)
         source.hashes[f.name] = digest
     return source.hashes
+
+
+def check_finite(source: ResolvedSource) -> None:
+    """Refuse a NaN or inf in any of ``source``'s safetensors files, one tensor at a time (its headers checked
+    first, by :func:`preflight`): every source is checked before the first training step, not when its turn to
+    stream comes."""
+    for file in source.weight_files:
+        if file.suffix != ".safetensors":
+            continue
+        for key, tensor in read_tensors(file, safetensors_keys(file)):
+            # a finite sum has no NaN or inf in it; only a sum that overflowed needs the full check
+            if tensor.is_floating_point() and not (tensor.sum().isfinite() or tensor.isfinite().all()):
+                raise NonFiniteSourceError.of(source.name, key, tensor)
 
 
 def _check_cached_blob(source: ResolvedSource, file: Path, digest: str) -> None:
@@ -439,7 +538,8 @@ def preflight(
                        skip_mismatched_heads=skip_mismatched_heads, naming=naming)
 
 
-def remote_header(ref: SourceRef, *, token: str | bool | None = None) -> dict[str, tuple[tuple[int, ...], torch.dtype]] | None:
+def remote_header(ref: SourceRef, *, token: str | bool | None = None
+                  ) -> dict[str, tuple[tuple[int, ...], torch.dtype]] | None:
     """Names, shapes and dtypes of a Hub source's tensors, from its safetensors headers on the Hub.
 
     ``get_safetensors_metadata`` reads only the headers (HTTP range requests,
@@ -451,11 +551,14 @@ def remote_header(ref: SourceRef, *, token: str | bool | None = None) -> dict[st
     """
     if ref.local_path is not None or constants.is_offline_mode():
         return None
+    mark = len(_TIMED_OUT)
     try:
-        meta = get_safetensors_metadata(ref.repo_id, revision=ref.revision, token=token)
+        with bounded_hub_requests():
+            meta = get_safetensors_metadata(ref.repo_id, revision=ref.revision, token=token)
     except SafetensorsParsingError as e:
         raise SourceError(f"source {ref.text!r}: cannot read its safetensors header on the Hub: {e}") from e
     except (NotASafetensorsRepoError, HfHubHTTPError, OSError, httpx.HTTPError):  # OSError: requests' errors too
+        _no_timeout_since(mark, ref)  # a hung Hub is said at once, not waited on again by the download
         return None
     except (ValueError, TypeError, AttributeError):  # a malformed remote index: its download reports it
         return None
@@ -505,7 +608,7 @@ def check_specs(
                 continue
             hint = (
                 f"; it is a classifier head with {fshape[0]} outputs but the target has {num_labels} labels "
-                "(pass --skip-mismatched-heads to keep the target's head)"
+                f"(pass {flag('skip_mismatched_heads')} to keep the target's head)"
             ) if is_head else ""
             raise ShapeMismatchError(
                 f"source {source_name!r}: tensor {name!r} expected shape {list(shape)}, found {list(fshape)}{hint}"

@@ -14,8 +14,9 @@ per epoch)::
         fine-tune merged for finetune_epochs (Stage 5)
 
 Only two models ever exist: ``merged`` and the ``probe`` each source is
-streamed into; the probe doubles as the best-validation store while the merged
-model is fine-tuned.
+streamed into; while the merged model is fine-tuned, the probe's storage is
+released and the best-validation state goes to a scratch safetensors file
+(:meth:`~hf_grasp.engine.context.MergeContext.fine_tune`).
 """
 
 from __future__ import annotations

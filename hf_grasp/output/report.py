@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..engine.records import StepKind
+from ..engine.records import Numbered, StepKind
 from ..runtime.workspace import write_json  # noqa: F401 (the report's writer, importable from here)
 from ..plan.licenses import License, LicenseDecision
 
@@ -77,7 +77,7 @@ class SourceRecord:
 
 
 @dataclass
-class StepRecord:
+class StepRecord(Numbered):
     """One step of the method (``init``, ``source 2``, ``merge``, ``fine-tune``, ...) and the accuracy after it.
 
     ``kind`` and ``number`` say what the step was (:class:`~hf_grasp.engine.records.StepKind`; the number is the
@@ -96,16 +96,6 @@ class StepRecord:
 
     def __post_init__(self):
         self.kind = StepKind(self.kind)  # as read back from JSON
-
-    @property
-    def label(self) -> str:
-        """``"source 2"``, ``"init"``, ``"compose + merge"``: how tables and ``grasp_report.json`` name the step."""
-        return self.kind.label(self.number)
-
-    @property
-    def counts_as_sequential_step(self) -> bool:
-        """Whether a continuation of this merge counts this step (init and source k)."""
-        return self.kind.counts_as_sequential_step
 
 
 @dataclass
@@ -212,8 +202,41 @@ class MergeReport:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MergeReport":
-        """The report :meth:`to_dict` wrote (derived keys are recomputed, not read)."""
+    def from_dict(cls, data: dict[str, Any], *, where: str = "merge report") -> "MergeReport":
+        """The report :meth:`to_dict` wrote (derived keys are recomputed, not read); :class:`GraspError` naming
+        ``where`` when it is not one: a schema newer than this version's, a field missing, unknown or of the
+        wrong type."""
+        from ..runtime.errors import GraspError, first_line
+
+        if not isinstance(data, dict):
+            raise GraspError(f"{where}: not an hf-grasp merge report (not a JSON object)")
+        schema = data.get("schema", 0)
+        if type(schema) is not int or schema < 0:  # bool is no schema number
+            raise GraspError(f"{where}: field 'schema' must be a whole number (this hf-grasp writes "
+                             f"{SCHEMA_VERSION}), not {schema!r}")
+        if schema > SCHEMA_VERSION:
+            raise GraspError(f"{where}: schema {schema} is newer than this hf-grasp's ({SCHEMA_VERSION}): a newer "
+                             "hf-grasp wrote it; upgrade hf-grasp to read it")
+        try:
+            report = cls._from_dict(data)
+            _check_types(report, "")
+            # a metric is a dict of numbers that the card and the summary format as such
+            metrics = {f"final[{k!r}]": m for k, m in report.final.items()}
+            for i, src in enumerate(report.sources):
+                metrics[f"sources[{i}].metrics_alone"] = src.metrics_alone
+                metrics |= {f"sources[{i}].metrics_after[{k!r}]": m for k, m in (src.metrics_after or {}).items()}
+            for name, metric in metrics.items():
+                for key, number in (metric or {}).items():
+                    if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))):
+                        raise TypeError(f"field {name}[{key!r}] must be a number, not {type(number).__name__}")
+        except RecursionError:
+            raise GraspError(f"{where}: not an hf-grasp merge report (nested too deeply)") from None
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise GraspError(f"{where}: not an hf-grasp merge report ({first_line(e)})") from None
+        return report
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any]) -> "MergeReport":
         def source(d):
             return SourceRecord(**{k: v for k, v in d.items() if k != "fraction_transferred"}) if d else None
 
@@ -234,7 +257,59 @@ class MergeReport:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MergeReport":
-        return cls.from_dict(read_json(path))
+        """The report ``grasp_report.json`` at ``path`` holds; :class:`GraspError` naming the file when it cannot
+        be read or is not one (:meth:`from_dict`)."""
+        from ..runtime.errors import GraspError, first_line
+
+        try:
+            data = read_json(path)
+        except RecursionError:  # json nests by recursion: thousands of brackets exhaust the stack
+            raise GraspError(f"{path}: not an hf-grasp merge report (nested too deeply)") from None
+        except (OSError, ValueError) as e:
+            raise GraspError(f"{path}: cannot read the merge report ({first_line(e)})") from None
+        return cls.from_dict(data, where=str(path))
+
+
+def _check_types(value: Any, where: str, hint: Any = None) -> None:
+    """Raise TypeError naming the field (``where``) when ``value`` (a report record read back, recursively) is
+    not of its declared type ``hint`` (JSON's kinds: a float field takes an int; bool is no number; an entry of a
+    list or mapping may be null: a metric not measured)."""
+    import enum
+    import typing
+    import types
+
+    if dataclasses.is_dataclass(value) and hint is None or (hint is not None and dataclasses.is_dataclass(hint)):
+        if not isinstance(value, hint or type(value)):
+            raise TypeError(f"field {where or 'report'} must be an object, not {type(value).__name__}")
+        hints = typing.get_type_hints(type(value))
+        for f in dataclasses.fields(value):
+            _check_types(getattr(value, f.name), f"{where}.{f.name}" if where else f.name, hints[f.name])
+        return
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in args:
+            try:
+                return _check_types(value, where, arm)
+            except TypeError as e:
+                errors.append(e)
+        raise errors[0]
+    kind = origin or hint
+    ok = {float: (int, float), int: (int,)}.get(kind, (kind,))
+    if kind is type(None):
+        ok = (type(None),)
+    if not isinstance(value, ok) or (isinstance(value, bool) and kind in (int, float)) \
+            or (isinstance(kind, type) and issubclass(kind, enum.Enum) and not isinstance(value, kind)):
+        raise TypeError(f"field {where} must be {getattr(kind, '__name__', kind)}, not {type(value).__name__}")
+    if origin is list:
+        for i, item in enumerate(value):
+            _check_types(item, f"{where}[{i}]", args[0] | None)
+    elif origin is dict:
+        for k, item in value.items():
+            _check_types(k, f"{where} key", args[0])
+            _check_types(item, f"{where}[{k!r}]", args[1] | None)
 
 
 def _steps_before_schema_6(data: dict[str, Any]) -> list[dict[str, Any]]:

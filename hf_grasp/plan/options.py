@@ -66,6 +66,22 @@ Granularity = Literal["tensor", "row", "element"]
 GRANULARITIES: tuple[str, ...] = typing.get_args(Granularity)
 
 
+# Ranges: generous, but within what each consumer takes (a value beyond them is a typo, refused in one line).
+#: numpy's and torch's seeding take 32 bits (``np.random.seed`` refuses 2**32)
+SEED_END = 2**32
+#: images per batch: far beyond any accelerator's memory, and within the int32 torch indexes batches with
+MAX_BATCH = 2**20
+#: epochs of one fine-tuning round: ten thousand is weeks of training even on a tiny target
+MAX_EPOCHS = 10_000
+#: threads: torch.set_num_threads takes a C int; no machine has more cores than this
+MAX_THREADS = 4096
+# A float option needs no bound beyond being finite: a rate that makes training diverge is refused by the
+# engine's loss check, naming the round and epoch.
+#: any other whole-number option (a method parameter that declares no bound: a count, a rank): what every loop,
+#: slice (``itertools.islice`` takes at most ``sys.maxsize``) and torch call it reaches can take
+INT_LIMIT = 2**31 - 1
+
+
 class _Options(BaseModel):
     """Common validation: unknown names refused, NaN/inf refused unless a field allows them,
     numbers accepted for text (YAML's ``target_domain: 2``)."""
@@ -75,6 +91,19 @@ class _Options(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
+
+    @field_validator("*")
+    @classmethod
+    def _within_int_limit(cls, value: Any, info) -> Any:
+        """A whole number (or a tuple of them) with no declared upper bound stays within :data:`INT_LIMIT`:
+        ``--align-batches 10**21`` is refused here, not as a traceback from the loop that takes it."""
+        declared = cls.model_fields[info.field_name].metadata
+        if any(hasattr(m, "le") or hasattr(m, "lt") for m in declared):
+            return value
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > INT_LIMIT:
+                raise ValueError(f"must be at most {INT_LIMIT} in size")
+        return value
 
 
 class MethodParams(_Options):
@@ -109,14 +138,16 @@ class MergeOptions(_Options):
 
     # --- sources and training budget
     batch_size: int = option(32, "Batch size for alignment, fine-tuning and evaluation.", group="training",
-                             card="Batch size: {value} (alignment, fine-tuning and evaluation).", ge=1)
+                             card="Batch size: {value} (alignment, fine-tuning and evaluation).", ge=1,
+                             le=MAX_BATCH)
     initial_epochs: int = option(3, "Epochs fine-tuning the initial model on the target before the first "
                                  "transfer.", group="training",
-                                 card="Epochs fine-tuning the initial model before the first transfer: {value}.", ge=0)
+                                 card="Epochs fine-tuning the initial model before the first transfer: {value}.", ge=0,
+                                 le=MAX_EPOCHS)
     finetune_epochs: int = option(3, "Epochs fine-tuning after each source's transfer (Stage 5); 0 disables it. "
                                   "Every method that trains gets initial + (K-1) x this many epochs.",
                                   group="training", card="Epochs fine-tuning after each source's transfer: {value}.",
-                                  ge=0)
+                                  ge=0, le=MAX_EPOCHS)
     lr: float = option(5e-5, "AdamW learning rate.", group="training", card="Learning rate {value:g} (AdamW).", gt=0)
     weight_decay: float = option(0.01, "AdamW weight decay.", group="training", card="Weight decay {value:g} (AdamW).",
                                  ge=0)
@@ -160,7 +191,8 @@ class MergeOptions(_Options):
                               "random": "Source order: shuffled with the seed.",
                               ...: "Source order: the given sources taken by their 0-based indices {value}."})
     seed: int = option(0, "Seed for batches, shuffling, random init and random order.", group="training",
-                       card="Seed: {value} (batches, shuffling, random init and random order).", ge=0)
+                       card="Seed: {value} (batches, shuffling, random init and random order).", ge=0,
+                       lt=SEED_END)
     skip_mismatched_heads: bool = option(False, "Skip (and report) source heads whose size differs from the "
                                          "target's label count, or whose label names are not the target's, instead "
                                          "of failing (labels are matched by name: the same names in another order "
@@ -196,6 +228,10 @@ class MergeOptions(_Options):
     allow_pickle: bool = option(False, "Allow pickle weight files (.bin/.pth) when a source has no safetensors.",
                                 group="runtime", card_skip="a permission to read files: the sources table lists the "
                                 "weight files read")
+    allow_duplicates: bool = option(False, "Merge a checkpoint given twice among the sources (the same directory, "
+                                    "repo and commit, or byte-identical weights), counting it twice, instead of "
+                                    "refusing it.", group="runtime",
+                                    card_skip="a permission: the sources table lists every source, repeats included")
     trust_remote_code: bool = option(False, "Allow model or dataset code from the Hub to run.", group="runtime",
                                      card_skip="a permission to run code, not a setting of the model")
     evict_sources: bool = option(False, "Download each Hub source's weights only when it is streamed, into a "
@@ -210,7 +246,8 @@ class MergeOptions(_Options):
                        card_skip="a runtime choice that does not change the model")
     threads: int | None = option(None, "CPU threads torch uses for the merge (default: torch's own, one per core). "
                                  "1 is much faster when another CPU-bound job shares the cores.", group="runtime",
-                                 card_skip="a runtime choice that does not change the model", ge=1)
+                                 card_skip="a runtime choice that does not change the model", ge=1,
+                                 le=MAX_THREADS)
 
     # --- the model card
     license: str | None = option(None, "The merged model's license, stated in its card: a Hub license id "

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ..runtime.errors import GraspError, first_line
-from .options import Layer, MergeOptions, MethodParams, Registry, _leaf_types, resolve
+from ..runtime.errors import GraspError, first_line, flag
+from .options import Layer, MergeOptions, MethodParams, Registry, _leaf_types, flag_name, resolve
 
 if TYPE_CHECKING:
     from ..methods.registry import MethodInfo
@@ -50,6 +50,9 @@ ADDED_OPTIONS = {"schedule_per": "step"}
 SAVED = ("method", "sources", "target", "recipe", "options", "params", "version", "schema", "continues")
 #: JSON has no infinity: a non-finite number is saved as this text (τ = ±inf are meaningful)
 _NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+#: options that widen what runs (remote code) or what is read (pickle files): only the caller grants them, never
+#: a file (a saved merge --from rebuilds, an earlier merge --init continues, a recipe one of them names)
+PERMISSIONS = ("trust_remote_code", "allow_pickle")
 
 
 @dataclass
@@ -102,10 +105,12 @@ class MergePlan:
         if o.init == "first" and len(self.sources) < 2:
             raise GraspError(f"{info.label} with init=first needs at least 2 sources")
         if o.evict_sources and info.reads_across_sources:
-            raise GraspError(f"--evict-sources: method {info.name!r} reads one tensor of every source at a time, so "
+            raise GraspError(f"{flag('evict_sources')}: method {info.name!r} reads one tensor of every source at "
+                             f"a time, so "
                              "all sources must be on disk together")
         if info.needs_base and not o.base:
-            raise GraspError(f"method {info.name!r} works on task vectors: pass --base with the sources' shared "
+            raise GraspError(f"method {info.name!r} works on task vectors: pass {flag('base', None)} with the "
+                             f"sources' shared "
                              "starting point")
 
     def check_launch(self, num_processes: int) -> None:
@@ -116,17 +121,19 @@ class MergePlan:
             raise GraspError(f"method {info.name!r} cannot run on {n} processes yet (its result would differ from "
                              "one process's); launch it as a single process")
         if n > 1 and o.align_mode == "train-merged":
-            raise GraspError("--align-mode train-merged: in train mode BatchNorm takes statistics over the whole "
+            raise GraspError(f"{flag('align_mode', None)} train-merged: in train mode BatchNorm takes statistics "
+                             f"over the whole "
                              "batch, which is split between the processes; launch it as a single process")
         if o.batch_size % n:
-            raise GraspError(f"--batch-size {o.batch_size}: each batch is split between the {n} processes, so it "
+            raise GraspError(f"{flag('batch_size', None)} {o.batch_size}: each batch is split between the {n} "
+                             f"processes, so it "
                              f"must be a multiple of {n}")
 
     def check_resume(self) -> None:
         """Refuse ``--resume`` for a method that keeps no state after its steps."""
         info, _ = self._built()
         if not info.sequential:
-            raise GraspError(f"--resume: method {info.name!r} does not checkpoint its steps; only "
+            raise GraspError(f"{flag('resume')}: method {info.name!r} does not checkpoint its steps; only "
                              f"{', '.join(self.resumable)} can be resumed")
 
     @property
@@ -170,8 +177,10 @@ class MergePlan:
                 "method": self.method, **self.options, **self.params}
 
     def inherited(self) -> dict[str, Any]:
-        """The options and parameters a continuation of this merge starts from (its user's flags win)."""
-        return {k: v for k, v in {**self.options, **self.params}.items() if k not in NOT_INHERITED}
+        """The options and parameters a continuation of this merge starts from (its user's flags win); never a
+        permission (:data:`PERMISSIONS`: :func:`withheld` says which it held)."""
+        return {k: v for k, v in {**self.options, **self.params}.items()
+                if k not in NOT_INHERITED and k not in PERMISSIONS}
 
     def differences(self, other: "MergePlan", mine: str = "now", theirs: str = "before") -> list[str]:
         """What differs from ``other``, one phrase per difference (``option lr is 0.01 now, 0.001 before``);
@@ -181,7 +190,9 @@ class MergePlan:
         for group in ("options", "params"):
             a, b = getattr(self, group), getattr(other, group)
             pairs += [(f"option {key}", a.get(key), b.get(key)) for key in sorted(set(a) | set(b))]
-        return [f"{name} is {_show(x)} {mine}, {_show(y)} {theirs}" for name, x, y in pairs if x != y]
+        # a tuple option (ta_grid) is a list once read back from JSON: the same value
+        return [f"{name} is {_show(x)} {mine}, {_show(y)} {theirs}" for name, x, y in pairs
+                if _plain(x) != _plain(y)]
 
     # ----------------------------------------------------------------------- grasp_config.json
 
@@ -198,11 +209,19 @@ class MergePlan:
             plan = cls(**{k: v for k, v in data.items() if k in SAVED})
         except TypeError as e:
             raise GraspError(f"{where}: not an hf-grasp merge configuration ({e})") from None
-        shapes = {"method": str, "sources": list, "options": dict, "params": dict}
-        for name, kind in shapes.items():
-            if not isinstance(getattr(plan, name), kind):
-                raise GraspError(f"{where}: field {name!r} must be a {kind.__name__}, not "
-                                 f"{type(getattr(plan, name)).__name__}")
+        # bool is an int to Python, not a schema number
+        if type(plan.schema) is not int or plan.schema < 1:
+            raise GraspError(f"{where}: field 'schema' must be a whole number from 1 (this hf-grasp writes "
+                             f"{SCHEMA_VERSION}), not {_show(plan.schema)}")
+        if plan.schema > SCHEMA_VERSION:
+            raise GraspError(f"{where}: schema {plan.schema} is newer than this hf-grasp's ({SCHEMA_VERSION}): a newer "
+                             "hf-grasp wrote it; upgrade hf-grasp to read it")
+        shapes = {"method": (str,), "sources": (list,), "options": (dict,), "params": (dict,), "version": (str,),
+                  "target": (str, type(None)), "recipe": (str, type(None)), "continues": (str, type(None))}
+        for name, kinds in shapes.items():
+            if not isinstance(getattr(plan, name), kinds):
+                raise GraspError(f"{where}: field {name!r} must be {' or '.join(_KIND_NAMES[k] for k in kinds)}, "
+                                 f"not {type(getattr(plan, name)).__name__}")
         if not all(isinstance(s, str) for s in plan.sources):
             raise GraspError(f"{where}: field 'sources' must list references (text)")
         # a merge saved before an option existed ran as that option's old behaviour, which rebuilding must keep
@@ -218,14 +237,39 @@ class MergePlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MergePlan":
+        """The plan ``grasp_config.json`` at ``path`` holds (:meth:`from_dict`); :class:`GraspError` naming the
+        file when it cannot be read or is not one."""
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+        except RecursionError:  # json nests by recursion: thousands of brackets exhaust the stack
+            raise GraspError(f"{path}: not an hf-grasp merge configuration (nested too deeply)") from None
         except (OSError, ValueError) as e:
             raise GraspError(f"{path}: cannot read the merge configuration ({first_line(e)})") from None
         if not isinstance(data, dict):
             raise GraspError(f"{path}: not an hf-grasp merge configuration (not a JSON object)")
         return cls.from_dict(data, where=str(path))
+
+
+def withheld(values: Mapping[str, Any], where: str, granted: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """``values`` read from a file (``where``: a saved merge's ``grasp_config.json``, a recipe it names) without
+    any of the :data:`PERMISSIONS`, and the one warning line naming the file and the flags to pass when it turned
+    on one that the caller's own arguments ``granted`` do not set (None: nothing to say)."""
+    asked = [name for name in PERMISSIONS if values.get(name) not in (None, False) and granted.get(name) is None]
+    kept = {k: v for k, v in values.items() if k not in PERMISSIONS}
+    if not asked:
+        return kept, None
+    return kept, (f"{where} sets {', '.join(f'{n}={values[n]!r}' for n in asked)}: ignored, only your own "
+                  f"arguments grant that; pass {' '.join(flag_name(n) for n in asked)} (in Python: "
+                  f"{', '.join(f'{n}=True' for n in asked)}) to allow it")
+
+
+_KIND_NAMES = {str: "text", list: "a list", dict: "an object", type(None): "null"}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON holds it (a tuple as a list, recursively)."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def _show(value: Any) -> str:

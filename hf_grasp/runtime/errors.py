@@ -3,7 +3,43 @@
 Anything the user can fix (a bad reference, a missing column, a shape that does
 not match) is raised as :class:`GraspError` with one line that names the culprit.
 The CLI prints that line and exits non-zero; the Python API lets it propagate.
+Advice in a message names options as the caller spells them (:func:`flag`):
+``--overwrite`` on the command line, ``overwrite=True`` from Python.
 """
+
+import contextlib
+import os
+from contextvars import ContextVar
+from typing import Iterator
+
+#: who is calling the library: "python" (the API; the default) or "cli" (only hf-grasp's entry point sets it,
+#: for its own run: library code never changes process-wide state)
+_caller: ContextVar[str] = ContextVar("hf_grasp_caller", default="python")
+
+
+@contextlib.contextmanager
+def called_from_cli() -> Iterator[None]:
+    """Within the block, :func:`flag` spells options as the command line does: for ``hf-grasp``'s entry point."""
+    token = _caller.set("cli")
+    try:
+        yield
+    finally:
+        _caller.reset(token)
+
+
+def flag(name: str, value: object = True) -> str:
+    """Option ``name`` set to ``value`` as the caller would write it, for an error's advice.
+
+    From the command line: ``--overwrite`` (``value`` True), ``--order 0,1``; from
+    Python: ``overwrite=True``, ``order='0,1'``. ``value=None`` names the option
+    itself: ``--sources`` / ``sources``.
+    """
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if _caller.get() == "cli":
+        spelled = "--" + name.replace("_", "-")
+        return spelled if value is True or value is None else f"{spelled} {value}"
+    return name if value is None else f"{name}={value!r}"
 
 
 class GraspError(Exception):
@@ -47,7 +83,7 @@ class NonFiniteSourceError(SourceError):
     def of(cls, source: str, name: str, tensor) -> "NonFiniteSourceError":
         """The error for source ``source``'s tensor ``name`` (the tensor as read)."""
         return cls(f"source {source!r}: tensor {name!r} has {NumericalError.count(tensor)}; the checkpoint is "
-                   "corrupt: re-download or re-export it, or leave it out of --sources")
+                   f"corrupt: re-download or re-export it, or leave it out of {flag('sources', None)}")
 
 
 def first_line(error: BaseException) -> str:

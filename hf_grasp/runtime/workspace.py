@@ -11,7 +11,9 @@ gone: removed) from the work of a live one (left alone):
   every write-then-rename of the package goes through :func:`staged`;
 * scratch files (the best fine-tuning state, evicted sources' downloads) live in
   one directory per process, ``<tempdir>/hf-grasp-runs-<uid>/<tag>/``
-  (:func:`run_dir`), removed at exit.
+  (:func:`run_dir`), removed at exit;
+* every name derived from the output (:func:`sibling`) fits the file system's
+  limits, ``NAME`` shortened when it must be, or the output is refused up front.
 
 SIGKILL runs no cleanup: whatever it leaves is swept by the next run that
 claims the same output or opens a run directory.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -36,7 +39,7 @@ from typing import Any, Iterable, Iterator
 import psutil
 from filelock import FileLock, Timeout
 
-from .errors import GraspError
+from .errors import GraspError, flag
 from .progress import log
 
 #: name of a path owned by a process: ``<pid>-<start time, whole seconds>``
@@ -45,6 +48,12 @@ _TAG = r"(\d+)-(\d+)"
 _claimed: set[Path] = set()
 #: this process's run directory (keyed by PID: a forked child gets its own)
 _run_dirs: dict[int, Path] = {}
+#: the longest suffix a name derived from an output takes: ``.tmp-<pid>-<start>-<8 random>``, for a 7-digit PID
+#: (Linux's largest) and a 10-digit start time
+_LONGEST_SUFFIX = len(".tmp-4194304-9999999999-") + 8
+#: room kept for the longest file name a run writes inside the output or its work area (the longest now,
+#: ``preprocessor_config.json``, has 24)
+_LONGEST_INNER = 64
 
 
 # --- owners -------------------------------------------------------------------------------------------------
@@ -137,9 +146,41 @@ def run_dir() -> Path:
 # --- the output ---------------------------------------------------------------------------------------------
 
 
+def _limits(path: Path) -> tuple[int, int]:
+    """The file-name and path limits, in bytes, of the file system holding ``path`` (its nearest existing
+    ancestor's); Linux's usual 255 and 4096 where the system does not say."""
+    anchor = next((p for p in [path, *path.parents] if os.path.isdir(p)), None)  # isdir: never raises
+    limits = []
+    for key, default in (("PC_NAME_MAX", 255), ("PC_PATH_MAX", 4096)):
+        try:
+            limits.append(os.pathconf(anchor, key) or default)
+        except (OSError, ValueError, TypeError, AttributeError):  # unknown key, no pathconf (Windows), no anchor
+            limits.append(default)
+    return limits[0], limits[1]
+
+
+def _stem(out: Path) -> str:
+    """``.NAME``, the start of every name derived from output ``NAME`` (temporary siblings, lock, resume area);
+    when NAME is too long for them to fit the file system's name limit, a prefix of it and a hash of all of it,
+    so that a legal name stays usable and two long names still get different locks."""
+    stem, limit = f".{out.name}", _limits(out.parent)[0] - _LONGEST_SUFFIX
+    if len(os.fsencode(stem)) <= limit:
+        return stem
+    digest = hashlib.sha256(os.fsencode(out.name)).hexdigest()[:12]
+    prefix = os.fsencode(out.name)[:limit - len(digest) - 2].decode(errors="ignore")  # bytes: the limit's unit
+    return f".{prefix}~{digest}"
+
+
+def sibling(out: str | os.PathLike, suffix: str) -> Path:
+    """The hidden sibling ``.NAME<suffix>`` of output ``NAME`` (``NAME`` shortened when it must be, see
+    :func:`_stem`): every name derived from an output is built here, so it fits the file system's limits."""
+    out = Path(out)
+    return out.parent / f"{_stem(out)}{suffix}"
+
+
 def temp_sibling(out: Path) -> Path:
     """A new hidden directory beside ``out`` to write it in before the rename: ``.NAME.tmp-<tag>-<random>``."""
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{owner_tag()}-", dir=out.parent))
+    return Path(tempfile.mkdtemp(prefix=sibling(out, f".tmp-{owner_tag()}-").name, dir=out.parent))
 
 
 def _temp_file(out: Path) -> Path:
@@ -150,7 +191,7 @@ def _temp_file(out: Path) -> Path:
     not mkstemp's 0600.
     """
     while True:
-        path = out.with_name(f".{out.name}.tmp-{owner_tag()}-{secrets.token_hex(4)}")
+        path = sibling(out, f".tmp-{owner_tag()}-{secrets.token_hex(4)}")
         try:
             open(path, "xb").close()
             return path
@@ -160,7 +201,7 @@ def _temp_file(out: Path) -> Path:
 
 def old_sibling(out: Path) -> Path:
     """Where the previous ``out`` goes between the two renames of an overwrite: ``.NAME.old-<tag>``."""
-    return out.with_name(f".{out.name}.old-{owner_tag()}")
+    return sibling(out, f".old-{owner_tag()}")
 
 
 @contextlib.contextmanager
@@ -258,7 +299,7 @@ def _jsonable(obj: Any) -> Any:
 
 def sweep_stale_siblings(out: Path) -> None:
     """Remove the ``.NAME.tmp-*`` / ``.NAME.old-*`` beside ``out`` that killed runs left."""
-    _sweep(out.parent, rf"^\.{re.escape(out.name)}\.(?:tmp|old)-{_TAG}(?:-|$)")
+    _sweep(out.parent, rf"^{re.escape(_stem(out))}\.(?:tmp|old)-{_TAG}(?:-|$)")
 
 
 def _local_path(ref) -> Path | None:
@@ -288,7 +329,7 @@ def _refuse_overlap(out: Path, shown: str, inputs: Iterable[tuple[str, object]])
                     else "contains" if other.is_relative_to(real) else None)
         if relation:
             raise GraspError(f"output {shown} {relation} {label}, which a merge never writes to; "
-                             "choose an --output outside every input")
+                             f"choose an {flag('output', None)} outside every input")
 
 
 def _refuse_cwd(out: Path, shown: str) -> None:
@@ -297,27 +338,64 @@ def _refuse_cwd(out: Path, shown: str) -> None:
     real, cwd = Path(os.path.realpath(out)), Path.cwd().resolve()
     if real == cwd or cwd.is_relative_to(real):
         raise GraspError(f"output {shown} is the current directory or contains it, which writing the output would "
-                         "replace; pass a new subdirectory, e.g. --output ./merged")
+                         f"replace; pass a new subdirectory, e.g. {flag('output', None)} ./merged")
 
 
-def _check_parent(out: Path, shown: str) -> None:
+def _check_lengths(out: Path, shown: str) -> None:
+    """Refuse an output one of whose names, or the longest path a run makes from it, exceeds the file system's
+    limits (``pathconf`` of its nearest existing ancestor): found now, not as an OSError once the merge is done.
+
+    Checked: each name of the output's path, and its temporary sibling holding
+    a file (every name derived from the output fits by construction: :func:`_stem`).
+    """
+    name_max, path_max = _limits(out)
+    for part in out.parts[1:]:
+        if len(os.fsencode(part)) > name_max:
+            raise GraspError(f"output {shown}: the name {part[:32]}... has {len(os.fsencode(part))} bytes, over the "
+                             f"{name_max}-byte file-name limit of its file system; choose a shorter "
+                             f"{flag('output', None)}")
+    longest = len(os.fsencode(os.path.join(out.parent, _stem(out)))) + _LONGEST_SUFFIX + 1 + _LONGEST_INNER
+    if longest >= path_max:  # PC_PATH_MAX counts the terminating NUL
+        raise GraspError(f"output {shown}: its path has {len(os.fsencode(out))} bytes, and the files a merge writes "
+                         f"in and beside it need up to {longest} with their names, over the {path_max - 1}-byte "
+                         f"path limit of its file system; choose a shorter {flag('output', None)}")
+
+
+def _remove_made(made: list[Path]) -> None:
+    """Remove the directories a run made for its output (deepest first) while they are empty: a failed run
+    leaves none behind, and a directory something else wrote into meanwhile is kept."""
+    for directory in made:
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
+
+
+def _check_parent(out: Path, shown: str) -> list[Path]:
     """Make ``out``'s parent if missing, then create and remove a file in it: the only test that a write will
-    succeed (``os.access`` misses read-only mounts, ACLs and root's exemptions)."""
+    succeed (``os.access`` misses read-only mounts, ACLs and root's exemptions). Returns the directories it made,
+    deepest first (removed again if the check fails)."""
     blocker = next((p for p in [out.parent, *out.parent.parents] if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise GraspError(f"output {shown}: {blocker} is a file, so no directory can be made under it; "
-                         "choose another --output")
+                         f"choose another {flag('output', None)}")
+    made = [p for p in [out.parent, *out.parent.parents] if not os.path.lexists(p)]
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise GraspError(f"output {shown}: cannot create {out.parent} ({e.strerror}); "
-                         "choose a writable location for --output") from None
-    try:
-        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.probe-"):
-            pass
-    except OSError as e:
-        raise GraspError(f"output {shown}: cannot write in {out.parent} ({e.strerror}); "
-                         "choose a writable location for --output") from None
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise GraspError(f"output {shown}: cannot create {out.parent} ({e.strerror}); "
+                             f"choose a writable location for {flag('output', None)}") from None
+        try:
+            with tempfile.NamedTemporaryFile(dir=out.parent, prefix=sibling(out, ".probe-").name):
+                pass
+        except OSError as e:
+            raise GraspError(f"output {shown}: cannot write in {out.parent} ({e.strerror}); "
+                             f"choose a writable location for {flag('output', None)}") from None
+    except GraspError:
+        _remove_made(made)
+        raise
+    return made
 
 
 def check_output(output: str | os.PathLike, *, inputs: Iterable[tuple[str, object]] = (),
@@ -329,20 +407,28 @@ def check_output(output: str | os.PathLike, *, inputs: Iterable[tuple[str, objec
     ``inputs`` (``(what, reference)`` pairs: local directories among them
     are compared by real path; Hub ids are not paths) or the HF cache; an
     existing non-empty directory unless ``overwrite``; a location whose parent
-    cannot be made or written. Makes the parent directory if it is missing.
+    cannot be made or written; a name or path longer than its file system allows
+    (:func:`_check_lengths`). Makes the parent directory if it is missing.
     """
+    return _check_output(output, inputs=inputs, overwrite=overwrite)[0]
+
+
+def _check_output(output: str | os.PathLike, *, inputs: Iterable[tuple[str, object]],
+                  overwrite: bool) -> tuple[Path, list[Path]]:
+    """:func:`check_output`, also returning the directories it made (deepest first)."""
     shown = os.fspath(output)
     out = Path(os.path.abspath(Path(output).expanduser()))  # abspath: "." and ".." get a name and a parent
+    _check_lengths(out, shown)  # first: a name over the limit makes every stat below raise
     if out.is_symlink():
         raise GraspError(f"output {shown} is a symbolic link; pass the directory it points to or a new path")
     if out.exists() and not out.is_dir():
-        raise GraspError(f"output {shown} is an existing file, not a directory; choose a directory for --output")
+        raise GraspError(f"output {shown} is an existing file, not a directory; choose a directory for "
+                         f"{flag('output', None)}")
     _refuse_cwd(out, shown)
     _refuse_overlap(out, shown, inputs)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise GraspError(f"output {shown} exists and is not empty; pass --overwrite to replace it")
-    _check_parent(out, shown)
-    return out
+        raise GraspError(f"output {shown} exists and is not empty; pass {flag('overwrite')} to replace it")
+    return out, _check_parent(out, shown)
 
 
 def _lock_holder(path: Path) -> str:
@@ -368,7 +454,7 @@ def _acquire(out: Path, shown: str) -> FileLock | None:
     lock is taken over at once and a reused PID can never look like a holder.
     None (and a warning) on a file system without ``flock``.
     """
-    path = out.parent / f".{out.name}.lock"
+    path = sibling(out, ".lock")
     for _ in range(3):  # a holder unlinks the file as it releases: retry on the fresh one
         lock = FileLock(path, blocking=False, on_acquired=_write_pid)
         try:
@@ -377,14 +463,14 @@ def _acquire(out: Path, shown: str) -> FileLock | None:
         except Timeout:
             if path.exists():
                 raise GraspError(f"output {shown} is being written by another hf-grasp run ({_lock_holder(path)}); "
-                                 "wait for it to finish or choose another --output") from None
+                                 f"wait for it to finish or choose another {flag('output', None)}") from None
         except OSError as e:
             if e.errno == errno.ENOSYS:
                 log.warning("%s: the file system has no file locks; two runs on this output would not be stopped",
                             out.parent)
                 return None
             raise GraspError(f"output {shown}: cannot create the lock {path} ({e.strerror}); "
-                             "choose a writable location for --output") from None
+                             f"choose a writable location for {flag('output', None)}") from None
     raise GraspError(f"output {shown}: its lock {path} keeps changing hands; try again")
 
 
@@ -404,13 +490,19 @@ def claim_output(output: str | os.PathLike, *, inputs: Iterable[tuple[str, objec
     Taking the lock also sweeps what killed runs left beside the output and in
     the scratch root. Re-entrant within a process: the CLI claims the output
     for the whole run and ``MergeResult.save_pretrained`` claims it again.
+    The parent directories it made are removed again (once empty) when the
+    block ends without the output in place.
     """
-    out = check_output(output, inputs=inputs, overwrite=overwrite)
+    out, made = _check_output(output, inputs=inputs, overwrite=overwrite)
     key = Path(os.path.realpath(out.parent)) / out.name  # one key however the path is spelled
     if key in _claimed:
         yield out
         return
-    lock = _acquire(out, os.fspath(output))
+    try:
+        lock = _acquire(out, os.fspath(output))
+    except BaseException:
+        _remove_made(made)
+        raise
     _claimed.add(key)
     try:
         sweep_stale_siblings(out)
@@ -419,4 +511,6 @@ def claim_output(output: str | os.PathLike, *, inputs: Iterable[tuple[str, objec
     finally:
         _claimed.discard(key)
         if lock is not None:
-            _release(lock)
+            _release(lock)  # first: its file sits in the first directory to remove
+        if not os.path.lexists(out):
+            _remove_made(made)

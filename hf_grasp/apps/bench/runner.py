@@ -26,8 +26,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ...runtime.errors import GraspError
+from ...runtime.errors import GraspError, flag
 from ...methods import METHODS
+from ...plan.config import CONFIG_NAME
 from ...runtime.progress import log, progress
 from . import digits_eras
 from .results import MAIN_TAU, RunResult, claims, plot, read_csv, summarise, write_csv
@@ -44,6 +45,9 @@ VARIANT_RUNS = (("grasp", "keep-start"), ("multi-source", "keep-start"), ("greed
                 ("sequential-ta", "keep-start"), ("learned-interpolation", "keep-start"))
 #: the methods each memory run compares (each in a fresh interpreter, K = cfg.memory_k)
 MEMORY_METHODS = ("grasp", "multi-source-naive", "greedy-soup", "sequential-ta", "learned-interpolation")
+#: the file a bench writes first into its output: what --resume looks for (a bench older than it: config.json and
+#: results.csv)
+MARKER = ".hf-grasp-bench"
 
 
 @dataclass
@@ -263,23 +267,77 @@ def run_memory(cfg: BenchConfig) -> list[dict]:
     return rows
 
 
+def _bench_config(path: Path) -> dict | None:
+    """A bench's ``config.json`` as written, or None if ``path`` is not one (missing, not JSON, a model's)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) and {"recipe", "arch", "domains", "seeds"} <= data.keys() else None
+
+
+def _is_bench(output: Path) -> bool:
+    """Whether ``output`` is a directory ``hf-grasp bench`` wrote: its marker, or (older) its config.json and
+    results.csv."""
+    return (output / MARKER).is_file() or (
+        (output / "results.csv").is_file() and _bench_config(output / "config.json") is not None)
+
+
+def _check_output(output: Path, resume: bool) -> None:
+    """Refuse, before any work, an output a bench must not write into: with ``resume``, anything but a bench's
+    directory; without, a directory holding anything but nothing or a bench (which ``resume`` continues).
+
+    A merge's folder or a model (a source) is never a bench's: a bench would overwrite its config.json and train
+    inside it. What :func:`~hf_grasp.runtime.workspace.claim_output` refuses (a file, a symbolic link, the current
+    directory, the HF cache, an unwritable place) it refuses next, holding the lock for the bench.
+    """
+    resuming, what = flag("resume"), (
+        "a merge's folder (it holds grasp_config.json)" if (output / CONFIG_NAME).exists()
+        else "a model's folder (it holds config.json)" if (output / "config.json").exists()
+        and _bench_config(output / "config.json") is None else None)
+    if resume:
+        if not output.exists() and not output.is_symlink():
+            raise GraspError(f"{resuming}: {output} does not exist, so there is no bench to resume; leave out "
+                             f"{resuming} to start one there")
+        if not output.is_dir():
+            raise GraspError(f"{resuming}: {output} is a file, not a directory a bench wrote; pass the "
+                             f"{flag('output', None)} of the bench to resume")
+        if what:
+            raise GraspError(f"{resuming}: {output} is {what}, not a directory a bench wrote; pass the "
+                             f"{flag('output', None)} of the bench to resume")
+        if (output / "results.csv").is_file() and _bench_config(output / "config.json") is None:
+            raise GraspError(f"{resuming}: {output} has results.csv but no bench config.json, so the settings its "
+                             f"rows ran with are unknown; start the bench in another {flag('output', None)}")
+        if not _is_bench(output):
+            raise GraspError(f"{resuming}: {output} is not a directory a bench wrote (no {MARKER}, no results.csv "
+                             f"and config.json); pass the {flag('output', None)} of the bench to resume")
+        return
+    if output.is_dir() and not output.is_symlink() and not _is_bench(output) and any(output.iterdir()):
+        raise GraspError(f"output {output} is {what or 'a directory that is not empty and not a bench'}; a bench "
+                         f"writes into a new or empty directory: choose another {flag('output', None)}")
+
+
 def _check_resumable(cfg: BenchConfig, output: Path, resume: bool) -> list[RunResult]:
     """The runs to keep from an earlier bench in ``output``: none, or all of them if it had the same settings."""
     csv_path, cfg_path = output / "results.csv", output / "config.json"
+    if not resume and (csv_path.exists() or (output / MARKER).is_file()):  # a bench, perhaps killed before a row
+        raise GraspError(f"{csv_path if csv_path.exists() else output / MARKER} exists: pass {flag('resume')} to "
+                         f"continue that bench, or choose another {flag('output', None)}")
     if not csv_path.exists():
         return []
-    if not resume:
-        raise GraspError(f"{csv_path} exists: pass --resume to continue that bench, or choose another --output")
     # domains and seeds may grow between runs; everything else must match what made the earlier rows
     # (the memory runs are redone by every invocation, so their settings may differ too)
     # methods may be added: a pair then runs only what it lacks
     same = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items()
             if k not in ("domains", "seeds", "methods", "memory_k", "memory_arch")}
-    before = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    before = _bench_config(cfg_path)
+    if before is None:
+        raise GraspError(f"{flag('resume')}: {output} has results.csv but no bench config.json, so the settings its "
+                         f"rows ran with are unknown; start the bench in another {flag('output', None)}")
     changed = sorted(k for k in same if before.get(k) != same[k])
     if changed:
-        raise GraspError(f"--resume: {cfg_path} was written with other settings ({', '.join(changed)}); "
-                         "rerun with the same settings or choose another --output")
+        raise GraspError(f"{flag('resume')}: {cfg_path} was written with other settings ({', '.join(changed)}); "
+                         f"rerun with the same settings or choose another {flag('output', None)}")
     return read_csv(csv_path)
 
 
@@ -302,23 +360,38 @@ def _check_defaults(output: Path) -> None:
         # an option added since (absent before) defaults to the behaviour that came before it, by convention
         changed = [f"{k} {before[k]!r} -> {now[k]!r}" for k in now if k in before and before[k] != now[k]]
     if changed:
-        raise GraspError(f"--resume: the runs in {output / 'results.csv'} ran under other merge defaults "
+        raise GraspError(f"{flag('resume')}: the runs in {output / 'results.csv'} ran under other merge defaults "
                          f"({'; '.join(changed)}); new runs would not be comparable with them: choose another "
-                         "--output (re-drawing the tables without new runs is fine)")
+                         f"{flag('output', None)} (re-drawing the tables without new runs is fine)")
 
 
 def bench(cfg: BenchConfig, output: str | Path, *, resume: bool = False, workers: int = 1) -> dict:
     """Run the whole bench into ``output``; returns the result and memory rows and the printed texts.
 
-    ``resume=True`` keeps the (domain, seed) pairs an earlier, interrupted or
-    smaller bench with the same settings finished in ``output`` and runs the
-    rest; ``workers`` runs that many pairs at once, each in its own process.
+    ``output`` is a new or empty directory, or with ``resume=True`` one a
+    bench wrote (it writes :data:`MARKER` first): ``resume=True`` keeps the
+    (domain, seed) pairs an earlier, interrupted or smaller bench with the same
+    settings finished in ``output`` and runs the rest; ``workers`` runs that
+    many pairs at once, each in its own process. The output is locked for the
+    bench (:func:`~hf_grasp.runtime.workspace.claim_output`).
     """
+    from ...runtime.workspace import claim_output
+
     if cfg.recipe != digits_eras.DIGITS_ERAS:
-        raise GraspError(f"bench --recipe {cfg.recipe}: only digits-eras makes its own sources offline so far")
+        raise GraspError(f"bench {flag('recipe', cfg.recipe)}: only digits-eras makes its own sources offline so far")
+    _methods(cfg)  # unknown names: refused before the output is made
     output = Path(output)
+    _check_output(output, resume)
+    # overwrite: a non-empty output is one _check_output let through, a bench's own directory
+    with claim_output(output, overwrite=True):
+        return _bench(cfg, output, resume=resume, workers=workers)
+
+
+def _bench(cfg: BenchConfig, output: Path, *, resume: bool, workers: int) -> dict:
+    """:func:`bench` in its claimed, checked ``output``."""
     output.mkdir(parents=True, exist_ok=True)
     done = _check_resumable(cfg, output, resume)
+    (output / MARKER).write_text("written by hf-grasp bench: `hf-grasp bench --resume` continues this directory\n")
     adding = bool(missing_runs(cfg, done))
     if done and adding:
         _check_defaults(output)

@@ -40,6 +40,10 @@ ENSEMBLE_REPORT = "ensemble_report.json"
 #: how many of the target's test images the page offers to classify
 N_EXAMPLES = 12
 
+#: run directories whose merge is under way in this process: never swept, whatever their age
+_running: set[Path] = set()
+_running_lock = threading.Lock()
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -149,6 +153,8 @@ def run_merge(spec: RunSpec, run_dir: Path) -> Iterator[Tick | RunOutcome]:
     run_dir = Path(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
+    with _running_lock:
+        _running.add(run_dir)
     events: queue.Queue = queue.Queue()
     worker = threading.Thread(target=_work, args=(spec, run_dir, events), name="hf-grasp-space-merge", daemon=True)
     board = SourceBoard(spec)
@@ -173,14 +179,45 @@ def run_merge(spec: RunSpec, run_dir: Path) -> Iterator[Tick | RunOutcome]:
             yield Tick(_fraction(phase, board.done, len(spec.sources)), _describe(phase, board), board.rows(),
                        list(board.lines))
     finally:
-        if not delivered:
+        if delivered:
+            _finished(run_dir)
+        else:
             # a failed run, or a visitor who left mid-run (the generator is closed): nobody will use its files
             threading.Thread(target=_discard, args=(worker, run_dir), daemon=True).start()
+
+
+def _finished(run_dir: Path) -> None:
+    with _running_lock:
+        _running.discard(run_dir)
 
 
 def _discard(worker: threading.Thread, run_dir: Path) -> None:
     worker.join()
     shutil.rmtree(run_dir, ignore_errors=True)
+    _finished(run_dir)
+
+
+def sweep_runs(runs: Path, max_age: float) -> list[Path]:
+    """Remove the directories in ``runs`` last changed ``max_age`` seconds ago or earlier (0: all), but none
+    holding a merge under way (its worker still writes there); returns those removed."""
+    removed = []
+    try:
+        entries = [e for e in Path(runs).iterdir() if e.is_dir()]
+    except OSError:  # not made yet, or gone
+        return removed
+    now = time.time()
+    for entry in entries:
+        with _running_lock:
+            if any(r == entry or r.is_relative_to(entry) for r in _running):
+                continue
+        try:
+            if max_age > 0 and now - entry.stat().st_mtime < max_age:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
 
 
 # the phases of a run, as the progress bar names them
@@ -303,4 +340,4 @@ def push(outcome: RunOutcome, repo_id: str, token: str, *, private: bool = False
     return outcome.result.push_to_hub(repo_id, private=private or None, token=token)
 
 
-__all__ = ["RunSpec", "Tick", "RunOutcome", "SourceBoard", "run_merge", "classify", "push"]
+__all__ = ["RunSpec", "Tick", "RunOutcome", "SourceBoard", "run_merge", "sweep_runs", "classify", "push"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import re
 import shutil
+import threading
 import types
 import typing
 import uuid
@@ -22,21 +23,30 @@ from typing import Any, Literal, Mapping
 import gradio as gr
 
 from ..bench import digits_eras
+from ...inputs.data import builtin_dataset_names
+from ...inputs.recipes import BUILTIN_RECIPES
 from ...runtime.errors import GraspError, first_line
 from ...methods import METHODS, find_method
 from ...plan.options import Layer, resolve
 from ...runtime.progress import log
 from . import builtin, results
-from .session import RunOutcome, RunSpec, Tick, classify, push, run_merge
+from .guard import LABELS, check_dataset, check_model_ref, page_words, refused
+from .session import RunOutcome, RunSpec, Tick, classify, push, run_merge, sweep_runs
 
-BUILTIN, REPO_IDS = "built-in digits-eras sources", "repo ids or local paths"
-DIGITS, DATASET = "digits-eras", "a dataset id or path"
+# the choices of the sources and target radios (their values; what they show says whether paths are taken)
+BUILTIN, REPO_IDS = "built-in digits-eras sources", "repo ids"
+DIGITS, DATASET = "digits-eras", "a dataset"
+#: the epoch sliders' range, which the merge holds a value to (a public page runs nobody's 1000-epoch merge)
+MAX_EPOCHS = 10
 #: the method the form starts on
 DEFAULT_METHOD = "grasp"
 #: where the form's values come from, as an error line names it ("option density=1.5 (from the form): ...")
 FORM = "the form"
-#: a session's results (and their files) are dropped this long after its last merge
+#: a session's results (and their files) are dropped this long after its last merge; a run directory is
+#: removed this long after its last change, whatever became of its session
 SESSION_SECONDS = 2 * 3600
+#: how often the page looks for run directories past that age (and gradio's cache for files past it)
+SWEEP_SECONDS = 10 * 60
 #: the test images are 28x28; shown 4x larger, nearest-neighbour so the pixels stay sharp
 DISPLAY_SIZE = 112
 
@@ -64,32 +74,68 @@ def _refs(text: str) -> list[str]:
     return [r for r in re.split(r"[\s,]+", text or "") if r]
 
 
+def _text(value: Any, field: str) -> str:
+    """A text input's value, stripped (None: empty). The merge takes its inputs unprocessed (see build_demo), so a
+    value sent past the page's widgets is checked here."""
+    if value is None:
+        return ""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value).strip()
+    raise refused(field, value, "should be text")
+
+
+def _choice(value: Any, choices: list, field: str) -> Any:
+    """``value`` if it is one of ``choices`` (what the input offers), else a refusal naming them."""
+    if isinstance(value, bool) or not any(type(value) is type(c) and value == c for c in choices):
+        raise refused(field, value, f"choose one of {', '.join(map(str, choices))}")
+    return value
+
+
 def spec_from_form(home: Path, *, source_kind: str, builtin_sources: list[str], repo_ids: str, target_kind: str,
                    domain: int | None, dataset: str, dataset_domain: str, image_column: str, label_column: str,
                    method: str, initial_epochs: int, finetune_epochs: int, base: str, lr: float | None, seed: int,
-                   ensemble: bool, params: Mapping[str, Any] | None = None) -> RunSpec:
+                   ensemble: bool, params: Mapping[str, Any] | None = None,
+                   allow_local_paths: bool = False) -> RunSpec:
     """The form's values as a :class:`RunSpec` (what ``GraspMerger.from_pretrained`` gets).
 
     ``params``: the chosen method's own parameters by name, as its inputs hold
     them (an empty one: the recipe's or the method's default). Only what the
     form sets is passed: everything else keeps the recipe's or the engine's
-    default. Every value is validated here by the library's own models, so a
-    bad one is refused with the CLI's line before any work.
+    default. Every value is checked here before any work, whatever sent it (the
+    page's widgets or a hand-made API call): a choice against the input's
+    choices, a number by the library's own models (their line, naming the form:
+    the page shows it in its words with :func:`.guard.page_words`), sources, base
+    and dataset as Hub ids or built-in benchmarks, a local path only with
+    ``allow_local_paths`` (the server's disk is not the visitor's).
     """
+    source_kind = _choice(source_kind, [BUILTIN, REPO_IDS], "source_kind")
+    target_kind = _choice(target_kind, [DIGITS, DATASET], "target_kind")
+    method = _choice(method, sorted(METHODS), "method")
     info = find_method(method)
-    options: dict[str, Any] = {"initial_epochs": int(initial_epochs), "finetune_epochs": int(finetune_epochs),
-                               "seed": int(seed)}
-    base, dataset, dataset_domain = (base or "").strip(), (dataset or "").strip(), (dataset_domain or "").strip()
-    if lr:
-        options["lr"] = float(lr)
+    if not isinstance(ensemble, bool):
+        raise refused("ensemble", ensemble, "should be ticked or not (true or false)")
+    options: dict[str, Any] = {"initial_epochs": initial_epochs, "finetune_epochs": finetune_epochs, "seed": seed}
+    base, dataset = _text(base, "base"), _text(dataset, "dataset")
+    dataset_domain = _text(dataset_domain, "target_domain")
+    # an emptied learning rate is unset (a cleared number box sends None, an older page 0)
+    if not (lr is None or lr == 0 or (isinstance(lr, str) and not lr.strip())):
+        options["lr"] = lr
+    if domain is not None:
+        domain = _choice(domain, list(range(digits_eras.NUM_DOMAINS)), "domain")
     labels: dict[str, str] = {}
     home_for_builtin = None
     if source_kind == BUILTIN:
+        target_domain = domain if domain is not None else digits_eras.RECIPE["target_domain"]
+        offered = [tag for _, tag in _source_choices(target_domain)]
+        if not isinstance(builtin_sources, (list, tuple)):
+            raise refused("builtin_sources", builtin_sources, f"tick some of {', '.join(offered)}")
+        ticked = [_choice(tag, offered, "builtin_sources") for tag in builtin_sources]
+        if not ticked:
+            raise refused("builtin_sources", None, "tick at least one")
         root = builtin.sources_root(home)
         refs = []
-        order = [f"d{d}" for d in builtin.domain_order()]
         # merge order is the list's (the recipe's), whatever order the boxes were ticked in
-        for tag in sorted(builtin_sources or [], key=order.index):
+        for tag in sorted(set(ticked), key=offered.index):
             ref = str(root / tag)
             refs.append(ref)
             labels[ref] = builtin.source_label(int(tag[1:]))
@@ -97,39 +143,49 @@ def spec_from_form(home: Path, *, source_kind: str, builtin_sources: list[str], 
         if info.needs_base:
             options["base"] = str(root / "base")  # the shared starting point the built-in sources came from
     else:
-        refs = _refs(repo_ids)
+        refs = [check_model_ref(r, "repo_ids", allow_local=allow_local_paths) for r in _refs(_text(repo_ids,
+                                                                                                  "repo_ids"))]
+        if not refs:
+            raise refused("repo_ids", None, "type at least one Hub repo id (org/name), one per line")
         if base:
-            options["base"] = base
+            options["base"] = check_model_ref(base, "base", allow_local=allow_local_paths)
     if target_kind == DIGITS:
         target = digits_eras.DIGITS_ERAS
         options["target_domain"] = str(domain if domain is not None else digits_eras.RECIPE["target_domain"])
     else:
-        target = dataset
-        if not target:
-            raise GraspError("type a dataset id or path as the target")
+        if not dataset:
+            raise refused("dataset", None, "type a Hub dataset id (name or org/name)")
+        target = check_dataset(dataset, "dataset", allow_local=allow_local_paths,
+                               builtins=sorted({*BUILTIN_RECIPES, *builtin_dataset_names()}))
         if dataset_domain:
             options["target_domain"] = dataset_domain
-        options["image_column"] = (image_column or "").strip() or "image"
-        options["label_column"] = (label_column or "").strip() or "label"
-    return RunSpec(sources=tuple(refs), target=target, method=method, options=options,
-                   params=_checked_params(method, options, params or {}), labels=labels,
-                   compare_ensemble=bool(ensemble), builtin_home=home_for_builtin)
+        options["image_column"] = _text(image_column, "image_column") or "image"
+        options["label_column"] = _text(label_column, "label_column") or "label"
+    options, params = _checked(method, options, params or {})
+    for name in ("initial_epochs", "finetune_epochs"):
+        if not 0 <= options[name] <= MAX_EPOCHS:
+            raise refused(name, options[name], f"the page takes 0 to {MAX_EPOCHS}")
+    return RunSpec(sources=tuple(refs), target=target, method=method, options=options, params=params,
+                   labels=labels, compare_ensemble=ensemble, builtin_home=home_for_builtin)
 
 
-def _checked_params(method: str, options: dict[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+def _checked(method: str, options: dict[str, Any],
+             params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``options`` and ``method``'s ``params`` validated by :func:`hf_grasp.plan.options.resolve` (the CLI's
-    checks and error line, naming the form); returns the parameters set, as validated (``"0, 0.5"`` -> a tuple).
+    checks and error line, naming the form); returns those set, as validated (``"0, 0.5"`` -> a tuple).
 
-    A text box's value is text for pydantic to convert, as the command line's is; an empty one (or a cleared
-    number) is unset.
+    A text value is text for pydantic to convert, as the command line's is (a number box's text sent past the
+    page's widgets is refused by the same check); an empty one (or a cleared number) is unset.
     """
     params = {n: (v.strip() or None) if isinstance(v, str) else v for n, v in params.items()}
-    typed = {n: v for n, v in params.items() if not isinstance(v, str)}
-    texts = {n: v for n, v in params.items() if isinstance(v, str)}
+    given = {**options, **params}
+    typed = {n: v for n, v in given.items() if not isinstance(v, str)}
+    texts = {n: v for n, v in given.items() if isinstance(v, str)}
     # complete=False: rules across options (the license's) wait for the recipe's layer in from_pretrained
-    _, own = resolve(method, [Layer(options, origin=FORM), Layer(typed, origin=FORM),
-                              Layer(texts, origin=FORM, text=True)], methods=METHODS, complete=False)
-    return {n: getattr(own, n) for n, v in params.items() if v is not None}
+    shared, own = resolve(method, [Layer(typed, origin=FORM), Layer(texts, origin=FORM, text=True)],
+                          methods=METHODS, complete=False)
+    return ({n: getattr(shared, n) for n in options},
+            {n: getattr(own, n) for n, v in params.items() if v is not None})
 
 
 def _union(annotation: Any) -> list:
@@ -207,38 +263,55 @@ def _line(text: str, *, error: bool = False) -> str:
 
 
 def _error(e: GraspError) -> dict:
-    """The CLI's one line (``error: ...``), shown in the page."""
-    return gr.update(value=_line(f"error: {e}", error=True), visible=True)
+    """The CLI's one line (``error: ...``) in the page's words (its inputs' labels, never a flag), shown."""
+    return gr.update(value=_line(f"error: {page_words(str(e))}", error=True), visible=True)
 
 
-def build_demo(home: str | Path) -> gr.Blocks:
-    """The Space's page; ``home`` holds the built-in sources and every session's run directory."""
+def build_demo(home: str | Path, *, allow_local_paths: bool = False) -> gr.Blocks:
+    """The Space's page; ``home`` holds the built-in sources and every session's run directory.
+
+    ``allow_local_paths``: sources, base and dataset may be paths on the server's disk (a page for its own
+    machine, ``hf-grasp space --allow-local-paths``); off, they are Hub ids or built-in benchmarks only.
+    Run directories live under ``home/runs/<this page>/``: removed :data:`SESSION_SECONDS` after their last
+    change (looked for every :data:`SWEEP_SECONDS`) and all of them when the page is closed (``demo.close()``,
+    which :func:`hf_grasp.apps.space.launch` calls at shutdown).
+    """
     home = Path(home)
+    runs = home / "runs" / uuid.uuid4().hex  # this page's alone: another server on the same home keeps its own
+    runs.mkdir(parents=True, exist_ok=True)
     recipe_domain = digits_eras.RECIPE["target_domain"]
-    # analytics off: the page reports nothing to gradio's servers about its visitors
-    with gr.Blocks(title="hf-grasp: merge image classifiers with GRASP", analytics_enabled=False) as demo:
+    paths = " or local paths" if allow_local_paths else ""
+    # analytics off: the page reports nothing to gradio's servers about its visitors. delete_cache: the copies
+    # gradio serves (the zip, the heatmap, uploads) go by the run directories' rule
+    with gr.Blocks(title="hf-grasp: merge image classifiers with GRASP", analytics_enabled=False,
+                   delete_cache=(SWEEP_SECONDS, SESSION_SECONDS)) as demo:
         run = gr.State(None, time_to_live=SESSION_SECONDS, delete_callback=_forget)
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=2):
-                source_kind = gr.Radio([BUILTIN, REPO_IDS], value=BUILTIN, label="sources", elem_id="source-kind")
+                source_kind = gr.Radio([(BUILTIN, BUILTIN), (f"Hub repo ids{paths}", REPO_IDS)], value=BUILTIN,
+                                       label=LABELS["source_kind"], elem_id="source-kind")
                 builtin_sources = gr.CheckboxGroup(
                     _source_choices(recipe_domain), value=[v for _, v in _source_choices(recipe_domain)],
-                    label="built-in sources (merge order)", elem_id="builtin-sources",
-                    info="one resnet per digits-eras domain, fine-tuned from one shared base")
-                repo_ids = gr.Textbox(label="source repo ids or local paths, one per line, in merge order",
-                                      placeholder="org/name\norg/name@revision\nhf-hub:org/name", lines=4,
+                    label=LABELS["builtin_sources"], elem_id="builtin-sources",
+                    info="merged in this order; one resnet per digits-eras domain, fine-tuned from one shared base")
+                repo_ids = gr.Textbox(label=LABELS["repo_ids"], info=f"Hub repo ids{paths}, one per line, in merge "
+                                      "order", placeholder="org/name\norg/name@revision\nhf-hub:org/name", lines=4,
                                       visible=False, elem_id="repo-ids")
-                target_kind = gr.Radio([DIGITS, DATASET], value=DIGITS, label="target", elem_id="target-kind")
-                domain = gr.Dropdown(_domain_choices(), value=recipe_domain, label="digits-eras target domain",
-                                     elem_id="domain")
+                target_kind = gr.Radio([(DIGITS, DIGITS), (f"a Hub dataset{paths}", DATASET)], value=DIGITS,
+                                       label=LABELS["target_kind"], elem_id="target-kind")
+                domain = gr.Dropdown(_domain_choices(), value=recipe_domain, label=LABELS["domain"],
+                                     info="the digits-eras domain to merge for", elem_id="domain")
                 with gr.Group(visible=False) as dataset_box:
-                    dataset = gr.Textbox(label="dataset id or path (train and test splits)", elem_id="dataset")
-                    dataset_domain = gr.Textbox(label="domain value (optional: keeps rows whose 'domain' is it)")
+                    dataset = gr.Textbox(label=LABELS["dataset"], elem_id="dataset",
+                                         info=f"a Hub dataset id{paths} (train and test splits), or a built-in "
+                                              "benchmark's name")
+                    dataset_domain = gr.Textbox(label=LABELS["target_domain"], elem_id="dataset-domain",
+                                                info="optional: keeps the rows whose 'domain' column holds it")
                     with gr.Row():
-                        image_column = gr.Textbox("image", label="image column")
-                        label_column = gr.Textbox("label", label="label column", elem_id="label-column")
-                method = gr.Dropdown(sorted(METHODS), value=DEFAULT_METHOD, label="method", elem_id="method")
+                        image_column = gr.Textbox("image", label=LABELS["image_column"])
+                        label_column = gr.Textbox("label", label=LABELS["label_column"], elem_id="label-column")
+                method = gr.Dropdown(sorted(METHODS), value=DEFAULT_METHOD, label=LABELS["method"], elem_id="method")
                 method_info = gr.Markdown(_method_text(DEFAULT_METHOD))
                 # every registered method's own parameters, from its pydantic model, shown while it is chosen;
                 # one input per method and parameter (a parameter several take, such as scaling, keeps each
@@ -252,14 +325,17 @@ def build_demo(home: str | Path) -> gr.Blocks:
                             param_inputs[name] = {p: param_input(name, p, f) for p, f in fields.items()}
                         param_boxes[name] = box
                 with gr.Row():
-                    initial_epochs = gr.Slider(0, 10, value=2, step=1, label="initial epochs", elem_id="initial-epochs")
-                    finetune_epochs = gr.Slider(0, 10, value=1, step=1, label="epochs after each source",
+                    initial_epochs = gr.Slider(0, MAX_EPOCHS, value=2, step=1, label=LABELS["initial_epochs"],
+                                               elem_id="initial-epochs")
+                    finetune_epochs = gr.Slider(0, MAX_EPOCHS, value=1, step=1, label=LABELS["finetune_epochs"],
                                                 elem_id="finetune-epochs")
                 with gr.Accordion("more", open=False):
-                    ensemble = gr.Checkbox(True, label="also run the ensemble of the same sources, for comparison")
-                    base = gr.Textbox(label="base (shared starting point; task-vector methods, repo-id sources)")
-                    lr = gr.Number(None, label="learning rate (empty: the recipe's, else 5e-5)")
-                    seed = gr.Number(0, precision=0, label="seed")
+                    ensemble = gr.Checkbox(True, label=LABELS["ensemble"], elem_id="ensemble",
+                                           info="also run the ensemble of the same sources")
+                    base = gr.Textbox(label=LABELS["base"], elem_id="base", info="the sources' shared starting "
+                                      f"point, a Hub repo id{paths} (task-vector methods, repo-id sources)")
+                    lr = gr.Number(None, label=LABELS["lr"], info="empty: the recipe's, else 5e-5", elem_id="lr")
+                    seed = gr.Number(0, precision=0, label=LABELS["seed"], elem_id="seed")
                 merge_btn = gr.Button("Merge", variant="primary", elem_id="merge")
             with gr.Column(scale=3):
                 error = gr.HTML(visible=False, elem_id="error")
@@ -318,9 +394,10 @@ def build_demo(home: str | Path) -> gr.Blocks:
             try:
                 fields = {name: values[c] for name, c in form.items()}
                 params = {name: values[c] for name, c in param_inputs.get(fields["method"], {}).items()}
-                spec = spec_from_form(home, **fields, params=params)
+                spec = spec_from_form(home, **fields, params=params, allow_local_paths=allow_local_paths)
                 progress(0, desc="starting")
-                for item in run_merge(spec, home / "runs" / uuid.uuid4().hex):
+                sweep_runs(runs, SESSION_SECONDS)
+                for item in run_merge(spec, runs / uuid.uuid4().hex):
                     if isinstance(item, Tick):
                         progress(item.fraction, desc=item.desc)
                         yield {board: item.rows, log_box: "\n".join(item.lines)}
@@ -378,10 +455,37 @@ def build_demo(home: str | Path) -> gr.Blocks:
                            target_kind, [domain, dataset_box], queue=False)
         domain.change(on_domain, domain, builtin_sources, queue=False)
         method.change(on_method, method, [*param_boxes.values(), method_info], queue=False)
-        # one merge at a time in this process (the queue shows the others their place); a run is CPU-bound
-        merge_btn.click(on_merge, merge_inputs, shown, concurrency_limit=1, concurrency_id="merge")
+        # one merge at a time in this process (the queue shows the others their place); a run is CPU-bound.
+        # preprocess=False: the values as sent, checked by spec_from_form in the page's words (gradio's own checks
+        # fail on a text in a number input with a bare "Error", and name no input)
+        merge_btn.click(on_merge, merge_inputs, shown, concurrency_limit=1, concurrency_id="merge", preprocess=False)
         examples.select(on_pick, run, [image, truth, prediction], concurrency_limit=4)
         classify_btn.click(on_classify, [run, image], [truth, prediction], concurrency_limit=4)
         push_btn.click(on_push, [run, push_repo, push_token, push_private], [push_result, push_token],
                        api_visibility="private")
+    _sweep_while_open(demo, runs)
     return demo
+
+
+def _sweep_while_open(demo: gr.Blocks, runs: Path) -> None:
+    """Remove ``runs``' directories past :data:`SESSION_SECONDS` every :data:`SWEEP_SECONDS` while ``demo`` is
+    open (and other pages' on the same home, past that age: a server killed before its close left them), and
+    all of ``runs`` when it is closed (``demo.close()``)."""
+    closed = threading.Event()
+
+    def sweep() -> None:
+        while True:
+            sweep_runs(runs, SESSION_SECONDS)
+            sweep_runs(runs.parent, SESSION_SECONDS)
+            if closed.wait(SWEEP_SECONDS):
+                return
+
+    threading.Thread(target=sweep, name="hf-grasp-space-sweep", daemon=True).start()
+    close = demo.close
+
+    def close_and_remove(*args, **kwargs) -> None:
+        close(*args, **kwargs)
+        closed.set()
+        shutil.rmtree(runs, ignore_errors=True)
+
+    demo.close = close_and_remove  # an instance's method: gradio's own close, then this page's files

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from ...runtime.errors import SourceError, UnsupportedArchitectureError, first_line
+from ...runtime.errors import SourceError, UnsupportedArchitectureError, first_line, flag
 from .base import ModelFamily, Read, TensorNaming
 
 
@@ -47,7 +47,8 @@ class TransformersFamily(ModelFamily):
         except ValueError as e:  # unknown model_type / not an image classifier / custom code refused
             if "trust_remote_code" in str(e) and not trust_remote_code:
                 raise SourceError(f"{model_dir}: its config.json needs custom code from the repository to build the "
-                                  "model; read that code, and pass --trust-remote-code only if you trust it") from e
+                                  f"model; read that code, and pass {flag('trust_remote_code')} only if you trust "
+                                  f"it") from e
             raise SourceError(f"{model_dir}: cannot build an image classifier from config.json: "
                               f"{first_line(e)}") from e
         except (ImportError, TypeError) as e:  # a library the architecture needs is missing; a config it cannot take
