@@ -80,7 +80,7 @@ def test_match_outcomes():
     with pytest.raises(SourceError) as e:
         match_labels("org/x", other, DIGITS)
     assert str(e.value) == ("source 'org/x': its labels differ from the target's: missing '7', extra 'siete' "
-                            "(labels are matched by name; pass --skip-mismatched-heads to leave its head out and "
+                            "(labels are matched by name; pass skip_mismatched_heads=True to leave its head out and "
                             "keep the target's)")
     assert match_labels("org/x", other, DIGITS, skip_mismatched_heads=True) == LabelMatch(LEFT_OUT)
 
