@@ -81,3 +81,23 @@ def test_corrupt_source_advice_names_the_argument_of_the_caller():
     with called_from_cli():
         assert str(NonFiniteSourceError.of("s", "w", tensor)).endswith("re-export it, or leave it out of --sources")
 
+
+
+def test_the_tools_beside_merge_speak_python_when_called_from_python(tmp_path):
+    """Issue 24: make-sources, the Space's export and the CLEAR converter named CLI flags to a Python caller."""
+    from hf_grasp.apps.bench.make_sources import make_sources
+    from hf_grasp.apps.space.export import export_space
+    from hf_grasp.inputs.converters.clear import select_classes
+
+    calls = [(lambda: make_sources(tmp_path / "s", target_domain=99), "target_domain=99: digits-eras has domains"),
+             (lambda: export_space(tmp_path / "e", hardware="tpu"), "hardware='tpu' is not one of"),
+             (lambda: export_space(tmp_path / "e", wheel=tmp_path / "x.whl"), "wheel="),
+             (lambda: select_classes(["a", "b"], "clear10", ["a"], 1), "give classes or num_classes, not both")]
+    for call, message in calls:
+        try:
+            call()
+        except GraspError as e:
+            assert str(e).startswith(message) and "--" not in str(e), str(e)
+        else:
+            raise AssertionError(f"no error: {message}")
+    assert not any(tmp_path.iterdir())

@@ -185,8 +185,8 @@ print(code)
 
 @pytest.mark.parametrize("argv, message", [
     (["--order", "0,x"], "option order='0,x' (from the command line): use given, reverse, random or a comma list"),
-    (["--order", "0,0"], "option order='0,0': must be a permutation of 0..1"),
-    (["--order", "0,5"], "option order='0,5': must be a permutation of 0..1"),
+    (["--order", "0,0"], "--order 0,0: must be a permutation of 0..1, one index per source"),
+    (["--order", "0,5"], "--order 0,5: must be a permutation of 0..1, one index per source"),
     (["--license-name", "x"], "option license_name='x' applies only with license='other'"),
     (["--method", "task-arithmetic"], "method 'task-arithmetic' works on task vectors: pass --base"),
 ], ids=["form", "repeated-index", "index-past-K", "across-options", "method-rule"])
@@ -199,4 +199,19 @@ def test_bad_options_refused_before_torch_is_imported(argv, message, tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_bad_value_in_a_saved_merge_is_refused_before_torch_is_imported(tmp_path):
+    """Issue 24: ``--from`` a folder whose grasp_config.json holds a value out of range failed only after the
+    seconds of imports; the folder's plan is now read and checked at parse time, like the flags."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "grasp_config.json").write_text(json.dumps(
+        {"method": "grasp", "sources": ["a", "b"], "target": "digits-eras", "recipe": None,
+         "options": {"seed": 2 ** 40}, "params": {}, "version": "0.1.0", "schema": 1}))
+    proc = subprocess.run([sys.executable, "-c", EARLY, "merge", "--from", "m", "--output", "o"],
+                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "2", proc.stderr
+    assert proc.stderr == "error: option seed=1099511627776 (from merge m): input should be less than 4294967296\n"
     assert not (tmp_path / "o").exists()

@@ -185,7 +185,7 @@ def test_existing_output_needs_overwrite(yearbook_raw, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(GraspError, match="--overwrite"):
+    with pytest.raises(GraspError, match="pass overwrite=True"):
         run_prepare(_args("yearbook", "--from", str(yearbook_raw[0]), "--output", str(out)))
     assert (out / "keep.txt").read_text() == "mine"
     dd = run_prepare(_args("yearbook", "--from", str(yearbook_raw[0]), "--output", str(out), "--overwrite"))

@@ -129,6 +129,36 @@ def test_cache_snapshot_links_stay_in_their_repo_folder(tmp_path, checkpoints, d
 # --- 3. cached blob integrity ----------------------------------------------------------------------------------
 
 
+def test_a_plain_file_in_a_cache_snapshot_is_checked_against_the_hub(tmp_path, checkpoints, hub_server, monkeypatch,
+                                                                     caplog):
+    """Issue 24: a snapshot holding a plain copy instead of a link into ``blobs/`` (a cache made where links cannot
+    be, or a link replaced) was merged unchecked; its hash is now asked of the Hub, and offline that is said."""
+    from huggingface_hub import constants
+
+    good = checkpoints("resnet", 1)[0]
+    commit = hub_server.serve("demo/plain", good)
+    snapshot = tmp_path / "hub" / "models--demo--plain" / "snapshots" / commit
+    shutil.copytree(good, snapshot)  # plain files, as huggingface_hub leaves them where it cannot link
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", hub_server.endpoint)  # as HF_ENDPOINT would set them at import
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        hub_server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    with caplog.at_level("WARNING", logger="hf_grasp"):
+        assert hash_files(resolve(snapshot))  # the Hub's sha256 agrees: accepted, nothing said
+    assert not caplog.records
+    data = bytearray((snapshot / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # in the tensor data: the header still reads fine
+    (snapshot / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(SourceError, match=r"cached file model.safetensors is corrupt .*hf cache rm model/demo/plain"):
+        hash_files(resolve(snapshot))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with caplog.at_level("WARNING", logger="hf_grasp"):
+        hash_files(resolve(snapshot))  # nothing to compare with offline: said, in one line
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "model.safetensors is a plain copy" in warning and "HF_HUB_OFFLINE is set" in warning
+
+
+
 def test_corrupt_cached_blob_is_refused_before_use(tmp_path, checkpoints, datasets_cache):
     good = checkpoints("resnet", 1)[0]
     snapshot = _cached(good, "demo/flipped", tmp_path / "hf")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import _run_main
 
-from hf_grasp import GraspMerger
+from hf_grasp import GraspError, GraspMerger
 
 CUSTOM = {"AutoConfig": "configuration_x.XConfig", "AutoModelForImageClassification": "modeling_x.XModel"}
 
@@ -60,26 +60,44 @@ def _warnings(stderr: str) -> list[str]:
 def test_from_a_saved_merge_never_turns_on_remote_code_on_the_cli(hostile_saved, tmp_path):
     config, marker = hostile_saved
     code, _, stderr = _run_main(["merge", "--from", str(config.parent), "--output", str(tmp_path / "out")])
-    assert code == 0 and not marker.exists(), stderr  # merged by transformers' own ResNet: no code of theirs ran
+    # the grant ignored: the sources' custom code is refused as on a plain --sources run, and none of it ran
+    assert code == 2 and not marker.exists() and not (tmp_path / "out").exists(), stderr
     [warning] = _warnings(stderr)  # one line, naming the file and the flags the user would pass now
     assert str(config) in warning and "trust_remote_code=True, allow_pickle=True" in warning
     assert "--trust-remote-code --allow-pickle" in warning
-    saved = json.loads((tmp_path / "out" / "grasp_config.json").read_text())["options"]
-    assert saved["trust_remote_code"] is False and saved["allow_pickle"] is False
+    assert stderr.strip().splitlines()[-1].startswith("error: source ") and "auto_map" in stderr
+
+
+def test_custom_code_is_refused_whatever_model_type_the_config_names(checkpoints, tmp_path):
+    """Issue 24: an ``auto_map`` beside a ``model_type`` transformers knows was ignored (transformers' own class
+    built, the dangling ``auto_map`` copied into the merge's config); now it is refused like any other, by name."""
+    marker = tmp_path / "MARKER"
+    good = checkpoints("resnet", 2)
+    custom = _with_remote_code(Path(shutil.copytree(good[1], tmp_path / "custom")), marker)
+    exotic = Path(shutil.copytree(custom, tmp_path / "exotic"))
+    config = json.loads((exotic / "config.json").read_text())
+    (exotic / "config.json").write_text(json.dumps({**config, "model_type": "custom-xyz"}))
+    for source in (custom, exotic):
+        code, _, stderr = _run_main(["merge", "--sources", str(good[0]), str(source), "--target", "digits-eras",
+                                     "--initial-epochs", "0", "--finetune-epochs", "0", "--output",
+                                     str(tmp_path / "out")])
+        assert code == 2 and not marker.exists() and not (tmp_path / "out").exists(), stderr
+        [error] = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert error.startswith(f"error: source {str(source)!r}: config.json asks for custom code of its repository "
+                                "(auto_map AutoConfig: configuration_x.XConfig") and "--trust-remote-code" in error
 
 
 def test_from_pretrained_of_a_saved_merge_never_turns_on_remote_code(hostile_saved, capsys):
     config, marker = hostile_saved
-    merger = GraspMerger.from_pretrained(config.parent)
-    assert not (merger.options.trust_remote_code or merger.options.allow_pickle)
-    merger.merge()
+    with pytest.raises(GraspError, match=r"auto_map .*pass trust_remote_code=True only if you trust it"):
+        GraspMerger.from_pretrained(config.parent)
     assert not marker.exists()
     [warning] = _warnings(capsys.readouterr().err)
     assert str(config) in warning and "trust_remote_code=True, allow_pickle=True" in warning
     # the caller's own word is the only one: set either way now, nothing to warn about
-    merger = GraspMerger.from_pretrained(config.parent, trust_remote_code=False, allow_pickle=False)
-    assert not merger.options.trust_remote_code and _warnings(capsys.readouterr().err) == []
-    assert not marker.exists()
+    with pytest.raises(GraspError, match="auto_map"):
+        GraspMerger.from_pretrained(config.parent, trust_remote_code=False, allow_pickle=False)
+    assert _warnings(capsys.readouterr().err) == [] and not marker.exists()
 
 
 @pytest.mark.slow
@@ -93,12 +111,13 @@ def test_init_never_inherits_remote_code_from_the_earlier_merge(checkpoints, tmp
     quick = ["--initial-epochs", "0", "--finetune-epochs", "0", "--no-eval-sources", "--no-eval-steps"]
     code, _, stderr = _run_main(["merge", "--sources", str(srcs[2]), "--init", str(earlier), "--target",
                                  "digits-eras", *quick, "--output", str(tmp_path / "more")])
-    assert code == 0 and not marker.exists(), stderr
+    assert code == 2 and not marker.exists() and not (tmp_path / "more").exists(), stderr
     [warning] = _warnings(stderr)
     assert str(config) in warning and "--trust-remote-code --allow-pickle" in warning
-    merger = GraspMerger.from_pretrained([srcs[2]], target="digits-eras", init=str(earlier), initial_epochs=0,
-                                         finetune_epochs=0)
-    assert merger.earlier is not None and not merger.options.trust_remote_code
+    assert f"error: source {str(earlier)!r}: config.json asks for custom code of its repository" in stderr
+    with pytest.raises(GraspError, match="auto_map"):
+        GraspMerger.from_pretrained([srcs[2]], target="digits-eras", init=str(earlier), initial_epochs=0,
+                                    finetune_epochs=0)
     assert not marker.exists()
 
 

@@ -75,17 +75,18 @@ def _merge_inputs(args, options: dict) -> list[tuple[str, object]]:
             ("--init", options.get("init")), ("--target", args.target)]
 
 
-def _method(args) -> str:
-    """The method that will run: ``--method``, else the ``--from`` merge's, else grasp."""
+def _saved_merge(args):
+    """``(plan, folder)`` of the merge ``--from`` names (None without one): a local folder's read at once, without
+    torch; a Hub repo's ``grasp_config.json`` through the HF cache."""
     if bool(args.sources) == bool(args.from_merge):
         raise GraspError("pass the sources to merge (--sources A B ...), or a saved merge to make again (--from "
                          "MERGE), not both" if args.sources else "no sources: pass --sources A B ..., or --from a "
                          "merge saved by hf-grasp")
-    if args.method or not args.from_merge:
-        return args.method or "grasp"
+    if not args.from_merge:
+        return None
     from ..inputs.saved_merge import find_merge_config
 
-    return find_merge_config(args.from_merge, token=args.token, required=True)[0].method
+    return find_merge_config(args.from_merge, token=args.token, required=True)
 
 
 def _check_push_flags(args) -> None:
@@ -99,9 +100,10 @@ def _check_push_flags(args) -> None:
 
 def _cmd_merge(args) -> int:
     _check_push_flags(args)
-    method = _method(args)
+    saved = _saved_merge(args)
+    method = args.method or (saved[0].method if saved else "grasp")
     options = parse_text(method, options_from_args(args, METHODS), methods=METHODS)  # "0.5" -> 0.5, before any work
-    _check_plan(args, method, options)
+    _check_plan(args, method, options, saved)
     from ..output.checkpoint import kept_for_resume, work_area
     from ..runtime.workspace import claim_output
 
@@ -142,30 +144,33 @@ def _cmd_merge(args) -> int:
     return 0
 
 
-def _check_plan(args, method: str, options: dict) -> None:
-    """Refuse now, before the seconds of imports, what the merge's plan would refuse: every rule across the
-    options (``--license-name`` needs ``--license other``, ``--order`` a permutation of the sources' indices).
+def _check_plan(args, method: str, options: dict, saved) -> None:
+    """Refuse now, before the seconds of imports, what the merge's plan would refuse: every value (a saved
+    merge's too) and every rule across the options (``--license-name`` needs ``--license other``, ``--order`` a
+    permutation of the sources' indices: :class:`MergePlan`'s rules).
 
-    Only when every option layer is known without reading a model: the flags and the recipe's YAML. A saved
-    merge (``--from``) or an earlier one ``--init`` may continue adds a layer found with the sources (torch),
-    so those wait for the merger, which checks every rule again with every layer.
+    Only when every option layer is known without reading a model: the flags, the recipe's YAML and the saved
+    merge's ``grasp_config.json``. An earlier merge ``--init`` may continue adds a layer found with the sources
+    (torch), so that waits for the merger, which checks every rule again with every layer.
     """
-    if not args.sources or options.get("init") not in (None, "first", "random") or not (args.target or args.recipe):
-        return
     from ..inputs.recipes import BUILTIN_RECIPES, load_recipe
     from ..plan.options import Layer, method_info
-    from ..plan.plan import MergePlan
+    from ..plan.plan import MergePlan, withheld
 
-    chosen = args.recipe or (args.target if args.target in BUILTIN_RECIPES else None)
-    layers = [Layer(load_recipe(chosen, methods=METHODS).options, origin=f"recipe {chosen}", lenient=True)
-              ] if chosen else []
-    plan = MergePlan.build(method_info(method, METHODS), [*layers, Layer(options)], methods=METHODS,
-                           sources=args.sources, target=args.target, recipe=args.recipe)
-    order = plan.merge_options.order
-    # the rule inputs.resolution.ordered applies once the sources are resolved (a module that imports torch)
-    if order not in ("given", "reverse", "random") and sorted(map(int, order.split(","))) != list(
-            range(len(args.sources))):
-        raise GraspError(f"option order={order!r}: must be a permutation of 0..{len(args.sources) - 1}")
+    layers, sources, target, recipe = [], args.sources, args.target, args.recipe
+    if saved:  # as GraspMerger.from_pretrained reads it: its values below the caller's, never a permission
+        plan, folder = saved
+        values, _ = withheld(plan.options | plan.params, folder, options)
+        layers, sources = [Layer(values, origin=f"merge {args.from_merge}", lenient=True)], plan.sources
+        if target is None and recipe is None:
+            target, recipe = plan.target, plan.recipe
+    if not sources or options.get("init") not in (None, "first", "random") or not (target or recipe):
+        return
+    chosen = recipe or (target if target in BUILTIN_RECIPES else None)
+    if chosen:  # the lowest layer
+        layers.insert(0, Layer(load_recipe(chosen, methods=METHODS).options, origin=f"recipe {chosen}", lenient=True))
+    MergePlan.build(method_info(method, METHODS), [*layers, Layer(options)], methods=METHODS, sources=sources,
+                    target=target, recipe=recipe)
 
 
 def _merger(args, options: dict):

@@ -57,10 +57,8 @@ def ordered(items: list, order: str, seed: int) -> list:
         out = list(items)
         random.Random(seed).shuffle(out)
         return out
-    idx = [int(i) for i in order.split(",")]  # the form is checked where the option is declared
-    if sorted(idx) != list(range(len(items))):
-        raise GraspError(f"option order={order!r}: must be a permutation of 0..{len(items) - 1}")
-    return [items[i] for i in idx]
+    # a permutation of the sources' indices: MergePlan checked it with the options
+    return [items[int(i)] for i in order.split(",")]
 
 
 def resolve_inputs(references: list[str], options: MergeOptions, *, num_labels: int,
@@ -81,6 +79,8 @@ def resolve_inputs(references: list[str], options: MergeOptions, *, num_labels: 
     base_ref = SourceRef.parse(o.base) if o.base else None
     lead = init_ref or refs[0]
     lead_source = resolve(lead, allow_pickle=o.allow_pickle, token=token)
+    if not o.trust_remote_code:  # before its config builds anything
+        check_no_custom_code(lead_source.name, read_config(lead_source.path))
     # with --evict-sources the others bring only their configs now, their headers read on the Hub already
     deferred = {id(r): resolve(r, allow_pickle=o.allow_pickle, token=token, defer_weights=True)
                 for r in refs if r is not lead} if o.evict_sources else {}
@@ -92,6 +92,9 @@ def resolve_inputs(references: list[str], options: MergeOptions, *, num_labels: 
                 remote[r] = found
     _check_hub_headers(remote, lead_source, num_labels, o,
                        config_of=lambda r: _hub_config(r, token, deferred.get(id(r))))
+    for r in remote if not o.trust_remote_code else ():  # on the Hub's config, before any weights come
+        if (config := _hub_config(r, token, deferred.get(id(r)))) is not None:
+            check_no_custom_code(r.text, config)
     for r in remote if label_names else ():  # labels that differ are refused on the config, before the weights come
         match_config(r.text, _hub_config(r, token, deferred.get(id(r))), label_names,
                      skip_mismatched_heads=o.skip_mismatched_heads)
@@ -101,6 +104,8 @@ def resolve_inputs(references: list[str], options: MergeOptions, *, num_labels: 
     if not o.allow_duplicates:  # the same files under other names (the same bytes: preflight_inputs, once the
         _refuse_duplicates([(s.ref, _resolved_identity(s)) for s in sources])  # architecture is known to be fit)
     inputs = MergeInputs(sources, lead_source if init_ref else None, base)
+    for s in inputs.everyone if not o.trust_remote_code else ():
+        check_no_custom_code(s.name, read_config(s.path))
     match_sources(inputs.everyone, label_names, model_dir=lead_source.path, num_labels=num_labels,
                   skip_mismatched_heads=o.skip_mismatched_heads, trust_remote_code=o.trust_remote_code)
     return inputs
@@ -206,6 +211,17 @@ def check_family(inputs: MergeInputs) -> ModelFamily:
         if s is not lead:
             check_same_architecture(lead.name, lead_config, s.name, read_config(s.path))
     return family
+
+
+def check_no_custom_code(name: str, config: dict[str, Any]) -> None:
+    """:class:`SourceError` when ``config`` names code of its repository (``auto_map``), whatever else it says:
+    beside a ``model_type`` transformers knows, the library would quietly build its own class instead of the one
+    the repository meant, and the merged config would name code it does not hold."""
+    auto_map = config.get("auto_map")
+    if auto_map:
+        named = ", ".join(f"{k}: {v}" for k, v in auto_map.items()) if isinstance(auto_map, dict) else str(auto_map)
+        raise SourceError(f"source {name!r}: config.json asks for custom code of its repository (auto_map {named[:200]}); "
+                          f"read that code, and pass {flag('trust_remote_code')} only if you trust it")
 
 
 def check_same_architecture(lead: str, lead_config: dict[str, Any], name: str, config: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..plan.config import CONFIG_NAME
 from ..plan.plan import MergePlan
 from ..runtime.errors import SourceError, flag
+from .references import SourceRef
 
 
 def find_merge_config(reference: str | os.PathLike, *, token: str | bool | None = None,
@@ -23,8 +24,6 @@ def find_merge_config(reference: str | os.PathLike, *, token: str | bool | None 
     reference holds no such file, or :class:`SourceError` naming it when
     ``required``; a reference that cannot be reached at all is an error either way.
     """
-    from .sources import SourceRef  # torch: only when a saved merge is looked for
-
     ref = SourceRef.parse(os.fspath(reference))
     if ref.local_path is not None:
         if not ref.local_path.is_dir():

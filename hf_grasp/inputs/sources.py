@@ -38,7 +38,9 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from ..runtime.errors import NonFiniteSourceError, ShapeMismatchError, SourceError, flag
+from ..runtime.progress import log
 from .families.base import SAME_NAMES, Read, TensorNaming
+from .references import SourceRef
 from ..plan.licenses import License, card_license
 
 SAFE_INDEX = "model.safetensors.index.json"
@@ -53,33 +55,6 @@ _DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
     "U8": torch.uint8, "BOOL": torch.bool,
 }
-
-
-@dataclass(frozen=True)
-class SourceRef:
-    """A parsed reference: a Hub repo id with optional revision, or a local directory."""
-
-    text: str
-    repo_id: str | None = None
-    revision: str | None = None
-    local_path: Path | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> "SourceRef":
-        """Parse ``org/name``, ``org/name@rev``, ``hf-hub:org/name[@rev]``, a directory or ``local-dir:PATH``."""
-        raw = text.strip()
-        if raw.startswith("local-dir:"):
-            return cls(text, local_path=Path(raw[len("local-dir:"):]).expanduser())
-        if raw.startswith("hf-hub:"):
-            raw = raw[len("hf-hub:"):]
-        elif Path(raw).expanduser().exists() or raw.startswith((".", "/", "~")):
-            return cls(text, local_path=Path(raw).expanduser())
-        repo, _, rev = raw.partition("@")
-        if repo.count("/") != 1 or not all(repo.split("/")):
-            raise SourceError(
-                f"source {text!r}: not a local directory and not a Hub repo id of the form org/name[@revision]"
-            )
-        return cls(text, repo_id=repo, revision=rev or None)
 
 
 @dataclass
@@ -467,21 +442,52 @@ def check_finite(source: ResolvedSource) -> None:
 
 
 def _check_cached_blob(source: ResolvedSource, file: Path, digest: str) -> None:
-    """Refuse ``file`` when it is a link into an HF cache repo's ``blobs/`` whose sha256 is not ``digest``.
+    """Refuse ``file`` of the HF cache when its sha256 is not ``digest``, the one the Hub gave it.
 
     An LFS file (every weight file on the Hub) is stored as ``blobs/<its sha256>``,
-    so the name is the Hub's own hash. Other blobs are named by git's sha1 and
-    local directories have no reference at all: nothing to compare, nothing checked.
+    so a link's target names the Hub's own hash. A plain file in a snapshot (a
+    cache made where links cannot be, or a link replaced by a copy) names none:
+    the Hub is asked for the file's hash at the snapshot's commit (one HEAD
+    request), unless offline, which is said once. Other blobs are named by
+    git's sha1 and local directories have no reference at all: nothing checked.
     """
     blob = file.resolve()
     repo = blob.parent.parent
-    if blob.parent.name != "blobs" or not repo.name.startswith("models--") or not REGEX_SHA256.fullmatch(blob.name) \
-            or blob.name == digest:
+    if blob.parent.name == "blobs" and repo.name.startswith("models--") and REGEX_SHA256.fullmatch(blob.name):
+        expected = blob.name
+    elif not file.is_symlink() and file.is_relative_to(source.path) and \
+            (repo := _cache_repo_folder(source.path)) is not None:  # (a deferred source's weights are elsewhere)
+        expected = _hub_sha256(source, file, repo)
+    else:
+        return
+    if expected is None or expected == digest:
         return
     repo_id = repo.name.removeprefix("models--").replace("--", "/")  # the cache's folder naming, reversed
     raise SourceError(f"source {source.name!r}: cached file {file.name} is corrupt (its sha256 is {digest[:12]}..., "
-                      f"the Hub's is {blob.name[:12]}...): delete the cache entry (hf cache rm model/{repo_id}, or "
+                      f"the Hub's is {expected[:12]}...): delete the cache entry (hf cache rm model/{repo_id}, or "
                       f"rm -r {repo}) and download it again")
+
+
+def _hub_sha256(source: ResolvedSource, file: Path, repo: Path) -> str | None:
+    """The sha256 the Hub gives ``file`` (a plain file in a snapshot folder of cache ``repo``) at the snapshot's
+    commit; None, said in one warning line, when it cannot be asked (offline, no answer) or holds none (not LFS)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, is_offline_mode
+
+    why = "HF_HUB_OFFLINE is set"
+    if not is_offline_mode():
+        repo_id = repo.name.removeprefix("models--").replace("--", "/")
+        url = hf_hub_url(repo_id, file.relative_to(source.path).as_posix(), revision=source.path.resolve().name)
+        try:
+            with bounded_hub_requests():
+                etag = get_hf_file_metadata(url, token=source.token).etag
+            if etag and REGEX_SHA256.fullmatch(etag):
+                return etag
+            why = "the Hub gave no sha256 for it"
+        except (HfHubHTTPError, OSError, ValueError, httpx.HTTPError) as e:
+            why = f"the Hub did not answer ({type(e).__name__})"
+    log.warning("source %r: cached file %s is a plain copy, not a link to a blob named by its hash, so its bytes "
+                "could not be checked (%s)", source.name, file.name, why)
+    return None
 
 
 # --- headers and pre-flight -------------------------------------------------

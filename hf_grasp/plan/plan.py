@@ -102,16 +102,18 @@ class MergePlan:
     def _check(self) -> None:
         """The rules that need nothing but the options and the method's abilities."""
         info, o = self._built()
+        if o.order not in ("given", "reverse", "random") and sorted(map(int, o.order.split(","))) != list(
+                range(len(self.sources))):  # its form is checked where the option is declared
+            raise GraspError(f"{flag('order', o.order)}: must be a permutation of 0..{len(self.sources) - 1}, "
+                             f"one index per source")
         if o.init == "first" and len(self.sources) < 2:
             raise GraspError(f"{info.label} with init=first needs at least 2 sources")
         if o.evict_sources and info.reads_across_sources:
             raise GraspError(f"{flag('evict_sources')}: method {info.name!r} reads one tensor of every source at "
-                             f"a time, so "
-                             "all sources must be on disk together")
+                             "a time, so all sources must be on disk together")
         if info.needs_base and not o.base:
             raise GraspError(f"method {info.name!r} works on task vectors: pass {flag('base', None)} with the "
-                             f"sources' shared "
-                             "starting point")
+                             "sources' shared starting point")
 
     def check_launch(self, num_processes: int) -> None:
         """Refuse a launch on ``num_processes`` processes that would not make the merge one process makes."""
@@ -122,12 +124,11 @@ class MergePlan:
                              "one process's); launch it as a single process")
         if n > 1 and o.align_mode == "train-merged":
             raise GraspError(f"{flag('align_mode', None)} train-merged: in train mode BatchNorm takes statistics "
-                             f"over the whole "
-                             "batch, which is split between the processes; launch it as a single process")
+                             "over the whole batch, which is split between the processes; launch it as a single "
+                             "process")
         if o.batch_size % n:
             raise GraspError(f"{flag('batch_size', None)} {o.batch_size}: each batch is split between the {n} "
-                             f"processes, so it "
-                             f"must be a multiple of {n}")
+                             f"processes, so it must be a multiple of {n}")
 
     def check_resume(self) -> None:
         """Refuse ``--resume`` for a method that keeps no state after its steps."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...runtime.errors import GraspError
+from ...runtime.errors import GraspError, flag
 from ...runtime.workspace import staged
 from . import archs, digits_eras
 
@@ -105,7 +105,7 @@ def make_sources(
     if output.exists() and any(output.iterdir()):
         raise GraspError(f"output {output} exists and is not empty")
     if target_domain is not None and not 0 <= target_domain < digits_eras.NUM_DOMAINS:
-        raise GraspError(f"--target-domain {target_domain}: digits-eras has domains 0..{digits_eras.NUM_DOMAINS - 1}")
+        raise GraspError(f"{flag('target_domain', target_domain)}: digits-eras has domains 0..{digits_eras.NUM_DOMAINS - 1}")
     set_seed(seed)
     ds = digits_eras.load_digits_eras()
     names = ds["train"].features["label"].names

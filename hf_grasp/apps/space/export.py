@@ -24,7 +24,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from ...runtime.errors import GraspError, first_line
+from ...runtime.errors import GraspError, first_line, flag
 
 #: PyTorch's index of CPU-only builds (torch, torchvision), for Spaces without a GPU
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -60,11 +60,11 @@ def export_space(folder: str | Path, *, wheel: str | Path | None = None, hardwar
     from ...runtime.workspace import claim_output, staged
 
     if hardware not in HARDWARE:
-        raise GraspError(f"--hardware {hardware!r} is not one of {', '.join(HARDWARE)}")
+        raise GraspError(f"{flag('hardware', hardware)} is not one of {', '.join(HARDWARE)}")
     with claim_output(folder, overwrite=overwrite) as out, tempfile.TemporaryDirectory() as scratch:
         whl = Path(wheel) if wheel else build_wheel(Path(scratch))
         if not whl.is_file() or not zipfile.is_zipfile(whl):
-            raise GraspError(f"--wheel {whl}: not a wheel file")
+            raise GraspError(f"{flag('wheel', whl)}: not a wheel file")
         with staged(out) as tmp:
             metadata = _unpack(whl, tmp)
             version = metadata["Version"]
@@ -97,14 +97,14 @@ def _unpack(whl: Path, into: Path) -> email.message.Message:
             root = into.resolve()
             for name in z.namelist():
                 if not (root / name).resolve().is_relative_to(root):
-                    raise GraspError(f"--wheel {whl}: member {name!r} would be written outside the folder")
+                    raise GraspError(f"{flag('wheel', whl)}: member {name!r} would be written outside the folder")
             (meta_name,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
             z.extractall(into)
             metadata = email.message_from_bytes(z.read(meta_name))
     except (zipfile.BadZipFile, ValueError, OSError) as e:
-        raise GraspError(f"--wheel {whl}: cannot be read as a wheel ({first_line(e)})") from None
+        raise GraspError(f"{flag('wheel', whl)}: cannot be read as a wheel ({first_line(e)})") from None
     if metadata["Name"] != DIST:
-        raise GraspError(f"--wheel {whl} is a wheel of {metadata['Name']!r}, not of {DIST}")
+        raise GraspError(f"{flag('wheel', whl)} is a wheel of {metadata['Name']!r}, not of {DIST}")
     return metadata
 
 

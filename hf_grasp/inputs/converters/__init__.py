@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Hashable, Sequence
 
 import numpy as np
 
-from ...runtime.errors import DataError, GraspError
+from ...runtime.errors import DataError, GraspError, flag
 from ...runtime.workspace import staged
 
 if TYPE_CHECKING:  # datasets is imported where it is used: `hf-grasp prepare --help` stays quick
@@ -139,7 +139,7 @@ def build_splits(columns: dict[str, list], features: datasets.Features, groups: 
 
 def _check_output(output: Path, overwrite: bool) -> None:
     if output.exists() and not overwrite and (not output.is_dir() or any(output.iterdir())):
-        raise GraspError(f"output {output} exists and is not empty; pass --overwrite to replace it")
+        raise GraspError(f"output {output} exists and is not empty; pass {flag('overwrite')} to replace it")
 
 
 def save_atomically(dd: datasets.DatasetDict, output: Path, *, overwrite: bool = False) -> None:

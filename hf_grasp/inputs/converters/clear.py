@@ -32,7 +32,7 @@ from pathlib import Path
 
 import datasets
 
-from ...runtime.errors import DataError
+from ...runtime.errors import DataError, flag
 from . import build_splits, image_files, require_dir
 
 BUCKETS = tuple(range(1, 11))
@@ -92,12 +92,12 @@ def select_classes(available: list[str], variant: str, classes: list[str] | None
                    num_classes: int | None = None, where: Path | None = None) -> list[str]:
     """The class names to keep, sorted (see the module docstring for the rules)."""
     if classes is not None and num_classes is not None:
-        raise DataError("give --classes or --num-classes, not both")
+        raise DataError(f"give {flag('classes', None)} or {flag('num_classes', None)}, not both")
     if classes is not None:
         wanted = list(dict.fromkeys(classes))
     elif num_classes is not None:
         if not 1 <= num_classes <= len(available):
-            raise DataError(f"--num-classes {num_classes}: CLEAR directory {where} has {len(available)} classes")
+            raise DataError(f"{flag('num_classes', num_classes)}: CLEAR directory {where} has {len(available)} classes")
         wanted = sorted(available)[:num_classes]
     elif variant == "clear100":
         wanted = list(CLEAR100_PAPER_CLASSES)
@@ -108,7 +108,8 @@ def select_classes(available: list[str], variant: str, classes: list[str] | None
     missing = [c for c in wanted if c not in available]
     if missing:
         raise DataError(f"class {missing[0]!r} not found in CLEAR directory {where} "
-                        f"({len(missing)} missing; pass --classes or --num-classes to choose others)")
+                        f"({len(missing)} missing; pass {flag('classes', None)} or {flag('num_classes', None)} to "
+                        "choose others)")
     return sorted(wanted)
 
 
