@@ -137,13 +137,13 @@ class GraspMerger:
         self.clock = clock or RunClock.now("the GraspMerger was made")
         self.method = plan.info.load()
         self.model_dir = inputs.lead.path
-        self.family: ModelFamily = check_family(inputs)
+        self.family: ModelFamily = check_family(inputs, trust_remote_code=self.options.trust_remote_code)
         self.earlier = earlier  # the report of the merge this one continues (--init org/merged)
         self.license = _merged_license(self.options, inputs)
         if self.license.warning:  # now, before the merge's minutes: the user can stop and pass --license
             log.warning(self.license.warning)
         # decoded and preprocessed once here, with the data, rather than every epoch of the merge
-        preprocess_target(data, self.family.image_transform(self.model_dir, train=False))
+        preprocess_target(data, self.family.transform(self.model_dir, max_length=self.options.max_length))
 
     @property
     def sources(self):
@@ -230,9 +230,10 @@ class GraspMerger:
                 image_column=opts.image_column, label_column=opts.label_column,
                 validation_fraction=opts.validation_fraction, seed=opts.seed,
                 trust_remote_code=opts.trust_remote_code, skip_bad_images=opts.skip_bad_images,
+                text_column=opts.text_column, text_pair_column=opts.text_pair_column,
             )
             inputs = resolve_inputs(sources, opts, num_labels=data.num_labels, token=token,
-                                    label_names=data.label_names)
+                                    label_names=data.label_names, target=data)
         return cls(plan, inputs, data, earlier=earlier.report(inputs.init_source) if earlier else None, clock=clock)
 
     @property

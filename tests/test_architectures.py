@@ -215,7 +215,8 @@ def _merged(model_type: str, target: Path, tmp_path: Path) -> None:
     reloaded = AutoModelForImageClassification.from_pretrained(out, dtype=torch.float32).eval()
     pixels = family.image_transform(out)(_images())
     with torch.no_grad():
-        torch.testing.assert_close(family.logits(reloaded, pixels), family.logits(result.model.eval(), pixels))
+        torch.testing.assert_close(family.logits(reloaded, {"pixel_values": pixels}),
+                                   family.logits(result.model.eval(), {"pixel_values": pixels}))
 
 
 def _refused(model_type: str, why: str, target: Path, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from conftest import run_python
 from hf_grasp.methods import METHODS, MethodInfo
-from hf_grasp.output.card import FOLDER, HEATMAP, build_model_card, for_publication, hub_dataset_id
+from hf_grasp.output.card import FOLDER, HEATMAP, MODALITY_OPTIONS, build_model_card, for_publication, hub_dataset_id
 from hf_grasp.plan.config import CONFIG_NAME
 from hf_grasp.plan.options import MergeOptions, MethodParams, option
 from hf_grasp.output.report import MergeReport, method_record
@@ -261,14 +261,20 @@ def test_card_states_each_shared_option_as_run_never_the_default(report):
     """Each option set to another value than its default: the card states that value's sentence, not the
     default's (the example merge is GRASP and trained, so every option the card states applies)."""
     defaults = {name: f.default for name, f in MergeOptions.model_fields.items()}
-    text = build_model_card(dataclasses.replace(report, options=defaults)).text
+    # an option of text targets only is stated on a text merge's card, the others on the example's (images)
+    text_report = dataclasses.replace(report, target=dataclasses.replace(report.target, modality="text"))
+    reports = {name: text_report if name in MODALITY_OPTIONS["text"] else report for name in defaults}
     for name, f in _declared(MergeOptions):
+        text = build_model_card(dataclasses.replace(reports[name], options=defaults)).text
         assert _sentence(f, f.default) in text, name
     for name, f in _declared(MergeOptions):
         value = _other_value(MergeOptions, name, f)
-        text = build_model_card(dataclasses.replace(report, options={**defaults, name: value})).text
+        text = build_model_card(dataclasses.replace(reports[name], options={**defaults, name: value})).text
         assert _sentence(f, value) in text, (name, value)
         assert _sentence(f, f.default) not in text, (name, value)
+    for name in MODALITY_OPTIONS["image"]:  # and never on the other modality's card
+        f = MergeOptions.model_fields[name]
+        assert _sentence(f, f.default) not in build_model_card(dataclasses.replace(text_report, options=defaults)).text
 
 
 @pytest.mark.parametrize("info", BUILT_IN, ids=lambda info: info.name)

@@ -151,7 +151,7 @@ def test_load_transform_logits_save_and_reload_with_plain_library(checkpoints, a
     assert pixel_values.shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert pixel_values.dtype == torch.float32
     with torch.no_grad():
-        logits = family.logits(model, pixel_values)
+        logits = family.logits(model, {"pixel_values": pixel_values})
     assert logits.shape == (4, NUM_LABELS)
     assert torch.isfinite(logits).all()
 
@@ -255,20 +255,20 @@ def test_read_config_errors_name_the_file(tmp_path):
 
 
 def test_a_new_family_plugs_in_by_registering_one_class():
-    class TextFamily(ModelFamily):
-        name = "text"
+    class AudioFamily(ModelFamily):
+        name = "audio"
 
         @classmethod
         def matches(cls, config):
-            return config.get("task") == "text-classification"
+            return config.get("task") == "audio-classification"
 
         build = num_labels = image_transform = logits = save = None  # not needed to be chosen
 
-    TextFamily.__abstractmethods__ = frozenset()
-    register_family(TextFamily)
+    AudioFamily.__abstractmethods__ = frozenset()
+    register_family(AudioFamily)
     try:
-        assert family_for({"task": "text-classification"}).name == "text"
-        with pytest.raises(SourceError, match="neither a text nor a transformers nor a timm"):
+        assert family_for({"task": "audio-classification"}).name == "audio"
+        with pytest.raises(SourceError, match="neither a audio nor a transformers nor a timm"):
             family_for({}, source="x")
     finally:
-        FAMILIES.remove(TextFamily)
+        FAMILIES.remove(AudioFamily)

@@ -56,7 +56,7 @@ tf = fam.image_transform(result.model_dir)
 rng = np.random.default_rng(0)
 imgs = [Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)) for _ in range(4)]
 with torch.no_grad():
-    print(json.dumps(fam.logits(model, tf(imgs)).tolist()))
+    print(json.dumps(fam.logits(model, {"pixel_values": tf(imgs)}).tolist()))
 """
 
 

@@ -179,7 +179,7 @@ def test_permuted_source_predicts_by_name_what_the_original_does(digits):
     for source in (original, renumbered):
         stream_into(probe, source)
         with torch.no_grad():
-            logits[source.name] = merger.family.logits(probe, x)
+            logits[source.name] = merger.family.logits(probe, {"pixel_values": x})
     assert torch.equal(logits[original.name], logits[renumbered.name])
     assert [merger.data.label_names[i] for i in logits[renumbered.name].argmax(-1)] == named[trained]
     # and so is every tensor read side by side (the task-vector methods' stream)
@@ -303,5 +303,5 @@ def test_timm_source_renumbered_streams_as_the_original(checkpoints, tmp_path):
     for source in (a, b):
         stream_into(probe, source)
         with torch.no_grad():
-            logits.append(merger.family.logits(probe, x))
+            logits.append(merger.family.logits(probe, {"pixel_values": x}))
     assert torch.equal(*logits)

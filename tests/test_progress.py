@@ -41,7 +41,7 @@ def tiny_fine_tune(epochs: int = 2) -> list[dict]:
     x = torch.randn(64, 4, generator=g)
     rows = [{"pixel_values": a, "labels": b} for a, b in zip(x, (x[:, 0] > 0).long())]
     model = nn.Linear(4, 2)
-    return fine_tune(model, lambda m, px: m(px), DataLoader(rows, batch_size=8), DataLoader(rows, batch_size=16),
+    return fine_tune(model, lambda m, batch: m(batch["pixel_values"]), DataLoader(rows, batch_size=8), DataLoader(rows, batch_size=16),
                      make_accelerator(cpu=True), epochs=epochs, lr=0.05, weight_decay=0.0, desc="tiny")
 
 

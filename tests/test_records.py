@@ -138,7 +138,7 @@ def test_a_grasp_merge_records_typed_steps_end_to_end(grasp_run, tmp_path):
     moved, total = ctx.records[1].transfer_counts
     assert total == len(report.sources[1].transferred) and 0 <= moved <= total
     saved = json.loads(report.save(tmp_path / "r.json").read_text())
-    assert saved["schema"] == 6 and "extras" not in saved
+    assert saved["schema"] == 7 and "extras" not in saved
     assert [(s["step"], s["kind"], s["number"]) for s in saved["steps"]] == [
         ("init", "init", None), ("source 1", "source", 1), ("source 2", "source", 2)]
     assert MergeReport.load(tmp_path / "r.json") == report

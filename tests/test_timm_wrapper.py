@@ -89,7 +89,7 @@ def _hf_grasp_logits(folder: Path, x: torch.Tensor) -> torch.Tensor:
     model = family.build(folder)
     stream_into(model, resolve(folder))
     with torch.no_grad():
-        return family.logits(model.eval(), x)
+        return family.logits(model.eval(), {"pixel_values": x})
 
 
 def _load_without_hf_grasp(entries: dict[str, Path], images: list[Image.Image], x: torch.Tensor, tmp: Path,
@@ -132,7 +132,7 @@ def test_a_timm_merge_and_a_make_sources_source_load_with_timm_and_transformers_
     images = _images()
     x = result.family.image_transform(merged)(images)
     with torch.no_grad():
-        in_memory = {"merged": result.family.logits(result.model.eval(), x), "made": _hf_grasp_logits(made, x)}
+        in_memory = {"merged": result.family.logits(result.model.eval(), {"pixel_values": x}), "made": _hf_grasp_logits(made, x)}
     for folder in (merged, made):
         _assert_config_serves_both(folder, DIGITS)
 
@@ -197,7 +197,7 @@ def test_every_timm_family_merges_and_loads_with_timm_and_transformers(family, t
     result.save_pretrained(merged)
     _assert_config_serves_both(merged, DIGITS)
     with torch.no_grad():
-        expected = result.family.logits(result.model.eval(), x)
+        expected = result.family.logits(result.model.eval(), {"pixel_values": x})
         by_timm = timm.create_model(f"local-dir:{merged}", pretrained=True).eval()(x)
         wrapper = AutoModelForImageClassification.from_pretrained(merged, dtype=torch.float32).eval()
         by_transformers = wrapper(pixel_values=x).logits

@@ -21,8 +21,8 @@ from hf_grasp.engine.training import evaluate_model, fine_tune, load_accuracy, m
 REPO = Path(__file__).resolve().parents[1]
 
 
-def logits_fn(model, pixel_values):
-    return model(pixel_values)
+def logits_fn(model, batch):
+    return model(batch["pixel_values"])
 
 
 def make_net(seed: int = 0, *, batchnorm: bool = True) -> nn.Sequential:
@@ -278,7 +278,7 @@ def test_recalibrate_batchnorm_matches_target_statistics():
     model.eval()
     x = torch.randn(64, 3, 2, 2) * 3 + 5
     loader = [{"pixel_values": x[i:i + 16], "labels": torch.zeros(16, dtype=torch.long)} for i in range(0, 64, 16)]
-    n = recalibrate_batchnorm(model, lambda m, px: m(px), loader, make_accelerator(cpu=True))
+    n = recalibrate_batchnorm(model, logits_fn, loader, make_accelerator(cpu=True))
     assert n == 1 and not model.training and model[1].momentum == 0.1
     # cumulative average of the per-batch means equals the overall channel means (equal batch sizes)
     expected = torch.cat([x.mean(dim=(0, 2, 3)), torch.zeros(1)])

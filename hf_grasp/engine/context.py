@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from ..runtime.progress import log
 from ..inputs.sources import ResolvedSource, stream_into
 from ..runtime.timing import PhaseTimer
 from .records import Step
-from .training import evaluate_model, fine_tune
+from .training import evaluate_model, fine_tune, rows_of
 
 
 @contextlib.contextmanager
@@ -41,7 +40,9 @@ def released(model: nn.Module):
     """Free ``model``'s tensor storage for the duration; afterwards it has the same
     tensors again (same objects, same shapes, uninitialised values), packed in one
     block per dtype (:func:`~hf_grasp.runtime.memory.packed_empty`: out of the C heap)."""
-    tensors = [t for t in itertools.chain(model.parameters(), model.buffers())]
+    # what a checkpoint holds (state_dict, tied tensors once); a non-persistent buffer (BERT's position_ids) is a
+    # constant no source brings back, so it is kept
+    tensors = list({id(t): t for t in model.state_dict(keep_vars=True).values()}.values())
     like = [torch.empty(t.shape, dtype=t.dtype, device="meta") for t in tensors]  # shapes and dtypes only
     devices = [t.device for t in tensors]
     for t in tensors:
@@ -123,8 +124,10 @@ class MergeContext:
     timer: PhaseTimer = field(default_factory=PhaseTimer)  # wall seconds per phase, for the report
 
     def __post_init__(self):
-        train_tf = self.family.image_transform(self.model_dir, train=self.options.augment)
-        self.eval_transform = self.family.image_transform(self.model_dir, train=False)
+        text = self.data.modality == "text"  # a text target is tokenised once: augmentation is for images
+        length = self.options.max_length
+        train_tf = self.family.transform(self.model_dir, train=self.options.augment and not text, max_length=length)
+        self.eval_transform = self.family.transform(self.model_dir, max_length=length)
         with self.timer.phase("data"):
             preprocess_target(self.data, self.eval_transform)  # a no-op when the merger did it already
         self._phases_at_last_record = dict(self.timer.seconds)  # each record's phases: the time since the last
@@ -132,7 +135,7 @@ class MergeContext:
         bs, seed = self.options.batch_size, self.options.seed
         # augmented training images differ every epoch: those are decoded per batch
         self.train_loader = make_loader(splits["train"], train_tf, batch_size=bs, shuffle=True, seed=seed,
-                                        preprocessed=None if self.options.augment else pre.get("train"))
+                                        preprocessed=None if self.options.augment and not text else pre.get("train"))
         self.val_loader = make_loader(splits["validation"], self.eval_transform, batch_size=bs, shuffle=False,
                                       preprocessed=pre.get("validation"))
         self.test_loader = make_loader(splits["test"], self.eval_transform, batch_size=bs, shuffle=False,
@@ -276,12 +279,12 @@ class MergeContext:
                 last_batch()
             labels = b["labels"]
             if world == 1:
-                loss = torch.nn.functional.cross_entropy(self.family.logits(model, b["pixel_values"]), labels)
+                loss = torch.nn.functional.cross_entropy(self.family.logits(model, b), labels)
             else:
                 mine = torch.tensor_split(torch.arange(len(labels), device=labels.device), world)[rank]
                 if not len(mine):
                     continue
-                logits = self.family.logits(model, b["pixel_values"][mine])
+                logits = self.family.logits(model, rows_of(b, mine))
                 # this process's share of the batch mean: the shares add up to it
                 loss = torch.nn.functional.cross_entropy(logits, labels[mine], reduction="sum") / len(labels)
             loss.backward()

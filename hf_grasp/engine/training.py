@@ -26,7 +26,7 @@ import math
 import os
 import typing
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import accelerate
 import safetensors
@@ -52,7 +52,18 @@ ACCURACY_METRIC_DIR = Path(__file__).parent / "metrics" / "accuracy"
 #: learning-rate schedules ``fine_tune`` accepts (names of ``transformers.get_scheduler``)
 SCHEDULES = typing.get_args(Schedule)
 
-LogitsFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+#: ``(model, batch) -> logits``: the family takes the model inputs it needs from the batch (its "labels" aside)
+LogitsFn = Callable[[nn.Module, Mapping[str, torch.Tensor]], torch.Tensor]
+
+
+def on_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """``batch`` (model inputs and labels) moved to ``device``: what accelerate does for a prepared loader."""
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def rows_of(batch: Mapping[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The rows ``rows`` of every tensor of ``batch``."""
+    return {k: v[rows] for k, v in batch.items()}
 
 
 def forced_cpu(cpu: bool | None) -> bool | None:
@@ -133,7 +144,7 @@ def predict_logits(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict]
         with torch.no_grad():
             for batch in loader:
                 with accelerator.autocast():
-                    logits = logits_fn(model, batch["pixel_values"])
+                    logits = logits_fn(model, batch)
                 logits, y = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
                 out.append(logits.cpu())
                 ys.append(y.cpu())
@@ -411,7 +422,7 @@ def _train_epoch(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], 
     total_loss, n_batches, last_lr = 0.0, 0, float("nan")
     for batch in progress(loader, desc=desc, unit="batch", leave=False):
         raise_if_interrupted()
-        logits = logits_fn(model, batch["pixel_values"])
+        logits = logits_fn(model, batch)
         loss = F.cross_entropy(logits.float(), batch["labels"])
         accelerator.backward(loss)
         if flush is not None:
@@ -561,7 +572,7 @@ def recalibrate_batchnorm(model: nn.Module, logits_fn: LogitsFn, loader: Iterabl
     try:
         with torch.no_grad():
             for batch in loader:
-                logits_fn(model, batch["pixel_values"].to(accelerator.device))
+                logits_fn(model, on_device(batch, accelerator.device))
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import datasets
 import numpy as np
@@ -36,13 +36,16 @@ from ..runtime.errors import DataError, first_line, flag
 Transform = Callable[[list[Image.Image]], torch.Tensor]
 
 IMAGE, LABEL = "image", "label"
+#: a text target's columns (a second text for sentence-pair tasks)
+TEXT, TEXT_PAIR = "text", "text_pair"
 SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {"valid": "validation", "val": "validation"}
 
 
 @dataclass
 class TargetData:
-    """A target dataset ready for GRASP: three splits, columns ``image`` and ``label``."""
+    """A target dataset ready for GRASP: three splits, columns ``image`` (or ``text``, and ``text_pair`` for
+    pairs) and ``label``."""
 
     name: str  # what the user passed
     domain: str | int | None  # the selected domain, converted to the domain column's type
@@ -51,7 +54,14 @@ class TargetData:
     label_names: list[str] | None  # from a ClassLabel feature when present
     notes: list[str] = field(default_factory=list)  # decisions taken, human-readable
     #: split -> its images preprocessed once for evaluation (see :func:`preprocess_target`); absent: decoded per batch
-    preprocessed: dict[str, "Preprocessed"] = field(default_factory=dict)
+    preprocessed: dict[str, "Preprocessed | Tokenized"] = field(default_factory=dict)
+    modality: str = "image"  # "image" or "text": what the sources must classify
+
+    @property
+    def inputs(self) -> list[str]:
+        """The columns a model reads (besides ``label``)."""
+        return [IMAGE] if self.modality == "image" else [c for c in (TEXT, TEXT_PAIR) if c in self.splits["train"]
+                                                            .column_names]
 
 
 def load_target(
@@ -65,6 +75,8 @@ def load_target(
     seed: int = 0,
     trust_remote_code: bool = False,
     skip_bad_images: bool = False,
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
 ) -> TargetData:
     """Load ``target`` as a :class:`TargetData`.
 
@@ -79,14 +91,22 @@ def load_target(
     a :class:`DataError` naming its file, or with ``skip_bad_images`` its row is
     dropped and noted. ``trust_remote_code`` is accepted for compatibility only:
     datasets 5 no longer runs loading scripts, so it is never passed on.
+
+    A *text* target (for text classifiers) is one with ``text_column`` given, or
+    whose train split has no ``image_column`` but a ``text`` column: its texts
+    (and ``text_pair_column``'s, for pairs) must be non-empty strings.
     """
-    if image_column == label_column:
-        raise DataError(f"image column and label column are both '{image_column}' in {target}")
+    if label_column in (image_column, text_column, text_pair_column):
+        raise DataError(f"label column '{label_column}' is also the input column in {target}")
     notes: list[str] = []
     if trust_remote_code:
         notes.append("trust_remote_code ignored: this datasets version no longer runs dataset loading scripts")
     raw = _load_raw(target, notes)
     splits = _pick_splits(raw, target, notes)
+    columns = splits["train"].column_names
+    text = text_column is not None or text_pair_column is not None or (image_column not in columns and TEXT in columns)
+    inputs = {image_column: IMAGE} if not text else {text_column or TEXT: TEXT, **(
+        {text_pair_column: TEXT_PAIR} if text_pair_column else {})}
 
     domain_value = None
     if domain is not None:
@@ -97,13 +117,16 @@ def load_target(
     for split, ds in list(splits.items()):
         if len(ds) == 0:
             raise DataError(f"split '{split}' of {target} is empty")
-        _require_columns(ds, [image_column, label_column], split, target)
+        _require_columns(ds, [*inputs, label_column], split, target)
         if domain is not None:
             ds = _select_domain(ds, domain_column, domain_value, split, target)
-        ds = ds.select_columns([image_column, label_column])
-        renames = {c: n for c, n in ((image_column, IMAGE), (label_column, LABEL)) if c != n}
+        ds = ds.select_columns([*inputs, label_column])
+        renames = {c: n for c, n in (*inputs.items(), (label_column, LABEL)) if c != n}
         if renames:
             ds = ds.rename_columns(renames)
+        if text:
+            splits[split] = _check_texts(ds, inputs, split, target)
+            continue
         ds = _ensure_image_feature(ds, image_column, split, target, notes)
         splits[split] = _check_images(ds, image_column, split, target, skip=skip_bad_images, notes=notes)
 
@@ -118,6 +141,7 @@ def load_target(
         num_labels=num_labels,
         label_names=label_names,
         notes=notes,
+        modality="text" if text else "image",
     )
 
 
@@ -344,6 +368,20 @@ def _ensure_image_feature(
     raise DataError(f"column '{image_column}' in split '{split}' of {target} holds {feature}, not images")
 
 
+def _check_texts(ds: datasets.Dataset, inputs: dict[str, str], split: str, target: str) -> datasets.Dataset:
+    """Every text a non-empty string: a column of another type, a missing or blank text, each named by its column,
+    split and row (a model would learn nothing from it, and a tokenizer gives it only special tokens)."""
+    for column, name in inputs.items():
+        feature = ds.features[name]
+        if getattr(feature, "dtype", None) not in ("string", "large_string"):
+            raise DataError(f"text column '{column}' in split '{split}' of {target} holds {feature}, not strings")
+        for row, text in enumerate(ds[name]):
+            if text is None or not text.strip():
+                raise DataError(f"text column '{column}' in split '{split}' of {target}: row {row} is "
+                                f"{'missing' if text is None else 'empty'}; drop such rows from the dataset")
+    return ds
+
+
 def _check_images(ds: datasets.Dataset, image_column: str, split: str, target: str, *, skip: bool,
                   notes: list[str]) -> datasets.Dataset:
     """Decode every image once, before any training: a corrupt or truncated file fails here, named, not in
@@ -498,15 +536,56 @@ def preprocess(dataset: datasets.Dataset, transform: Transform, *, budget: int |
     return Preprocessed(pixels, torch.as_tensor(list(view[LABEL]), dtype=torch.long))
 
 
-def preprocess_target(data: TargetData, transform: Transform) -> None:
+class TextEncoder(Protocol):
+    """What a text family gives a text target: its tokenizer, truncating to a maximum length, and its collator."""
+
+    max_length: int
+
+    def encode(self, texts: list[str], pairs: list[str] | None) -> list[dict[str, list[int]]]:
+        """One unpadded feature dict (``input_ids``, ``attention_mask``, ...) per text (or pair), truncated."""
+
+    def pad(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        """``features`` padded to the longest of them, as tensors (transformers' ``DataCollatorWithPadding``)."""
+
+
+@dataclass
+class Tokenized:
+    """A text split tokenised once; each batch padded to its own longest row (never to the maximum length)."""
+
+    features: list[dict[str, list[int]]]
+    labels: torch.Tensor
+    pad: Callable[[list[dict[str, list[int]]]], dict[str, torch.Tensor]]
+
+    def batch(self, rows: list[int] | torch.Tensor) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        return {**self.pad([self.features[i] for i in idx.tolist()]), "labels": self.labels[idx]}
+
+
+def tokenize(dataset: datasets.Dataset, encoder: TextEncoder) -> tuple[Tokenized, int]:
+    """``dataset``'s texts (and pairs) through ``encoder``; also how many rows were cut at its maximum length."""
+    pairs = list(dataset[TEXT_PAIR]) if TEXT_PAIR in dataset.column_names else None
+    features = encoder.encode(list(dataset[TEXT]), pairs)
+    cut = sum(len(f["input_ids"]) >= encoder.max_length for f in features)
+    return Tokenized(features, torch.as_tensor(list(dataset[LABEL]), dtype=torch.long), encoder.pad), cut
+
+
+def preprocess_target(data: TargetData, transform: "Transform | TextEncoder") -> None:
     """Fill ``data.preprocessed`` with every split that fits the budget (``transform``: the evaluation one).
 
     Decoding and running the image processor once instead of every epoch is most
     of a small model's data time. A split too large stays decoded per batch
-    (noted). Idempotent.
+    (noted). A text target's splits are all tokenised once (``transform``: the
+    sources' :class:`TextEncoder`); rows cut at the maximum length are noted.
+    Idempotent.
     """
     for split in SPLITS:
         if split in data.preprocessed:
+            continue
+        if data.modality == "text":
+            data.preprocessed[split], cut = tokenize(data.splits[split], transform)
+            if cut:
+                data.notes.append(f"split '{split}': {cut} of {len(data.splits[split])} texts cut at the maximum "
+                                  f"length of {transform.max_length} tokens")
             continue
         done = preprocess(data.splits[split], transform)
         if done is not None:
@@ -546,9 +625,10 @@ def _image_label_view(dataset: datasets.Dataset) -> datasets.Dataset:
 
 def make_loader(
     dataset: datasets.Dataset, transform: Transform, *, batch_size: int, shuffle: bool, seed: int = 0,
-    preprocessed: Preprocessed | None = None,
+    preprocessed: Preprocessed | Tokenized | None = None, rows: list[int] | None = None,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader yielding ``{"pixel_values", "labels"}`` batches of ``dataset``.
+    """A DataLoader yielding ``{"pixel_values", "labels"}`` (a text target: ``{"input_ids", "attention_mask",
+    ..., "labels"}``) batches of ``dataset``, or of its rows ``rows`` only.
 
     With ``preprocessed`` (``dataset`` through a deterministic ``transform``, see
     :func:`preprocess`) a batch is a slice of its tensors; otherwise images are
@@ -557,12 +637,15 @@ def make_loader(
     uses a ``torch.Generator`` seeded with ``seed``, so the sequence of epochs is
     reproducible. ``num_workers=0``.
     """
-    view = _image_label_view(dataset)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     # preprocessed: the sampler shuffles row indices (a range is a map-style dataset) and the batch is sliced
-    rows, collate = (view, _Collate(transform)) if preprocessed is None else (range(len(view)), preprocessed.batch)
+    if preprocessed is None:
+        view = _image_label_view(dataset)
+        items, collate = (view if rows is None else view.select(rows)), _Collate(transform)
+    else:
+        items, collate = (range(len(dataset)) if rows is None else rows), preprocessed.batch
     return torch.utils.data.DataLoader(
-        rows,
+        items,
         batch_size=batch_size,
         shuffle=shuffle,
         generator=generator,
@@ -573,7 +656,7 @@ def make_loader(
 
 def alignment_batches(
     dataset: datasets.Dataset, transform: Transform, *, n_batches: int, batch_size: int, seed: int,
-    preprocessed: Preprocessed | None = None,
+    preprocessed: Preprocessed | Tokenized | None = None,
 ) -> list[dict]:
     """``n_batches`` transformed batches of ``batch_size`` rows for gradient alignment.
 
@@ -585,7 +668,7 @@ def alignment_batches(
     """
     if n_batches < 1 or batch_size < 1:
         raise ValueError(f"need n_batches >= 1 and batch_size >= 1, got {n_batches} and {batch_size}")
-    view = _image_label_view(dataset)
+    view = _image_label_view(dataset) if preprocessed is None else dataset
     if len(view) == 0:
         raise DataError("cannot draw alignment batches from an empty dataset")
     order = np.random.default_rng(seed).permutation(len(view))

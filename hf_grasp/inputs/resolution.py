@@ -10,6 +10,7 @@ against the architecture and hash its weight files for the report.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import torch
 from huggingface_hub import hf_hub_download
 from huggingface_hub.utils import httpx  # the HTTP library huggingface_hub itself uses
 
-from ..runtime.errors import GraspError, SourceError, flag
+from ..runtime.errors import DataError, GraspError, SourceError, flag
 from .families import family_for, read_config
 from .families.base import ModelFamily, TensorNaming
 from .labels import after_preflight, match_config, match_sources
@@ -62,9 +63,11 @@ def ordered(items: list, order: str, seed: int) -> list:
 
 
 def resolve_inputs(references: list[str], options: MergeOptions, *, num_labels: int,
-                   token: str | bool | None = None, label_names: list[str] | None = None) -> MergeInputs:
+                   token: str | bool | None = None, label_names: list[str] | None = None,
+                   target: Any = None) -> MergeInputs:
     """Resolve the sources, ``--init`` and ``--base`` references; Hub sources are checked on their remote
-    headers against the architecture before any of their weights are downloaded.
+    headers against the architecture before any of their weights are downloaded. With ``target`` (the loaded
+    target data) the first source's family must classify what it holds (images, texts).
 
     Every input's labels are matched by name with the target's ``label_names``
     (:mod:`hf_grasp.inputs.labels`), from its config alone: a Hub source's before its
@@ -80,7 +83,9 @@ def resolve_inputs(references: list[str], options: MergeOptions, *, num_labels: 
     lead = init_ref or refs[0]
     lead_source = resolve(lead, allow_pickle=o.allow_pickle, token=token)
     if not o.trust_remote_code:  # before its config builds anything
-        check_no_custom_code(lead_source.name, read_config(lead_source.path))
+        check_no_custom_code(lead_source.name, read_config(lead_source.path), lead_source.path)
+    if target is not None:  # images for image classifiers, texts for text ones: before any other source is read
+        check_modality(family_for(read_config(lead_source.path), source=lead_source.name), target)
     # with --evict-sources the others bring only their configs now, their headers read on the Hub already
     deferred = {id(r): resolve(r, allow_pickle=o.allow_pickle, token=token, defer_weights=True)
                 for r in refs if r is not lead} if o.evict_sources else {}
@@ -105,7 +110,7 @@ def resolve_inputs(references: list[str], options: MergeOptions, *, num_labels: 
         _refuse_duplicates([(s.ref, _resolved_identity(s)) for s in sources])  # architecture is known to be fit)
     inputs = MergeInputs(sources, lead_source if init_ref else None, base)
     for s in inputs.everyone if not o.trust_remote_code else ():
-        check_no_custom_code(s.name, read_config(s.path))
+        check_no_custom_code(s.name, read_config(s.path), s.path)
     match_sources(inputs.everyone, label_names, model_dir=lead_source.path, num_labels=num_labels,
                   skip_mismatched_heads=o.skip_mismatched_heads, trust_remote_code=o.trust_remote_code)
     return inputs
@@ -201,27 +206,53 @@ def _hub_config(ref: SourceRef, token: str | bool | None, on_disk: ResolvedSourc
         return None
 
 
-def check_family(inputs: MergeInputs) -> ModelFamily:
+def check_family(inputs: MergeInputs, *, trust_remote_code: bool = False) -> ModelFamily:
     """The model family every input shares; :class:`SourceError` naming an input of another family or
-    architecture (which pre-flight would only report as a tensor it lacks)."""
+    architecture (which pre-flight would only report as a tensor it lacks), or of other preprocessing where the
+    merge needs the same (a text family's tokenizer). ``trust_remote_code``: the family may run the sources' own
+    code (their tokenizer's)."""
     lead = inputs.lead
     lead_config = read_config(lead.path)
-    family = family_for(lead_config, source=lead.name)
+    family = family_for(lead_config, source=lead.name, trust_remote_code=trust_remote_code)
     for s in inputs.everyone:
         if s is not lead:
             check_same_architecture(lead.name, lead_config, s.name, read_config(s.path))
+            family.check_same_inputs(lead.name, lead.path, s.name, s.path)  # a text family: the same tokenizer
     return family
 
 
-def check_no_custom_code(name: str, config: dict[str, Any]) -> None:
-    """:class:`SourceError` when ``config`` names code of its repository (``auto_map``), whatever else it says:
-    beside a ``model_type`` transformers knows, the library would quietly build its own class instead of the one
-    the repository meant, and the merged config would name code it does not hold."""
-    auto_map = config.get("auto_map")
-    if auto_map:
-        named = ", ".join(f"{k}: {v}" for k, v in auto_map.items()) if isinstance(auto_map, dict) else str(auto_map)
-        raise SourceError(f"source {name!r}: config.json asks for custom code of its repository (auto_map {named[:200]}); "
-                          f"read that code, and pass {flag('trust_remote_code')} only if you trust it")
+def check_modality(family: ModelFamily, target: Any) -> None:
+    """:class:`DataError` when the sources classify images and ``target`` (a loaded
+    :class:`~hf_grasp.inputs.data.TargetData`) holds texts, or the other way round."""
+    if family.modality != target.modality:
+        how = f": pass {flag('text_column', None)} naming its text column" if family.modality == "text" else ""
+        raise DataError(f"the sources are {family.modality} classifiers but target {target.name!r} holds "
+                        f"{target.modality}s{how}")
+
+
+def check_no_custom_code(name: str, config: dict[str, Any], folder: Path | None = None) -> None:
+    """:class:`SourceError` when ``config`` (or the ``tokenizer_config.json`` in ``folder``) names code of its
+    repository (``auto_map``), whatever else it says: beside a ``model_type`` transformers knows, the library
+    would quietly build its own class instead of the one the repository meant, and the merged config would name
+    code it does not hold."""
+    tokenizer = folder / "tokenizer_config.json" if folder is not None else None
+    for file, values in (("config.json", config),
+                         ("tokenizer_config.json", _json(tokenizer) if tokenizer and tokenizer.is_file() else {})):
+        auto_map = values.get("auto_map") if isinstance(values, dict) else None
+        if auto_map:
+            named = (", ".join(f"{k}: {v}" for k, v in auto_map.items()) if isinstance(auto_map, dict)
+                     else str(auto_map))
+            raise SourceError(f"source {name!r}: {file} asks for custom code of its repository (auto_map "
+                              f"{named[:200]}); read that code, and pass {flag('trust_remote_code')} only if you "
+                              "trust it")
+
+
+def _json(path: Path) -> Any:
+    """``path`` parsed, or None when it is not JSON (the library reading it says what is wrong)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
 
 
 def check_same_architecture(lead: str, lead_config: dict[str, Any], name: str, config: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ its own library (``AutoModelForImageClassification.from_pretrained`` /
 
     from hf_grasp.methods.ensemble_model import EnsembleClassifier
     clf = EnsembleClassifier.from_pretrained("path/to/ensemble")
-    probs = clf(clf.preprocess(images)).probabilities
+    probs = clf(clf.preprocess(images)).probabilities      # a text ensemble: clf(**clf.preprocess(texts))
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from ..runtime.errors import GraspError, SourceError, first_line
 SPEC_FILE = "ensemble.json"
 FORMAT = "hf_grasp.ensemble"
 PROCESSOR_FILE = "preprocessor_config.json"  # transformers' image processor
+TOKENIZER_FILE = "tokenizer_config.json"  # a text ensemble's tokenizer
 
 
 @dataclass
@@ -54,6 +55,7 @@ class EnsembleSpec:
     labels: list[str] | None = None      # class names by index, when the checkpoint names them
     timm_data_config: dict | None = None  # timm's resolved data config (timm family only)
     processor_dir: Path | None = field(default=None, compare=False)  # where preprocessor_config.json is copied from
+    modality: str = "image"               # "text": the members are sequence classifiers, the tokenizer is saved
 
     @classmethod
     def from_sources(cls, sources: Sequence[Any], family: Any, model_dir: Path,
@@ -76,7 +78,7 @@ class EnsembleSpec:
             timm_data = _jsonable(resolve_data_config(pretrained_cfg=_parse(model_dir)[0]))
         return cls(family=family.name, members=[_member(s) for s in sources],
                    num_labels=family.num_labels(model_dir), labels=labels or _labels(config),
-                   timm_data_config=timm_data, processor_dir=Path(model_dir))
+                   timm_data_config=timm_data, processor_dir=Path(model_dir), modality=family.modality)
 
     # --- saving and loading the description
 
@@ -96,7 +98,11 @@ class EnsembleSpec:
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
         (out / SPEC_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        if self.family == "transformers" and self.processor_dir is not None:
+        if self.modality == "text" and self.processor_dir is not None:
+            from ..inputs.families.text import load_tokenizer
+
+            load_tokenizer(self.processor_dir).save_pretrained(out)
+        elif self.family == "transformers" and self.processor_dir is not None:
             processor = self.processor_dir / PROCESSOR_FILE
             if processor.is_file():
                 shutil.copyfile(processor, out / PROCESSOR_FILE)
@@ -113,10 +119,11 @@ class EnsembleSpec:
             raise GraspError(f"{path}: not valid JSON ({e})") from None
         if raw.get("format") != FORMAT:
             raise GraspError(f"{path}: format is {raw.get('format')!r}, expected {FORMAT!r}")
-        processor = Path(directory) / PROCESSOR_FILE
+        modality = raw.get("modality", "image")
+        processor = Path(directory) / (TOKENIZER_FILE if modality == "text" else PROCESSOR_FILE)
         return cls(family=raw["family"], members=raw["members"], num_labels=int(raw["num_labels"]),
                    labels=raw.get("labels"), timm_data_config=raw.get("timm_data_config"),
-                   processor_dir=Path(directory) if processor.is_file() else None)
+                   processor_dir=Path(directory) if processor.is_file() else None, modality=modality)
 
 
 @dataclass
@@ -156,7 +163,7 @@ class EnsembleClassifier(nn.Module):
             directory = Path(snapshot_download(str(path_or_repo), revision=revision, token=token,
                                                allow_patterns=["*.json", "*.md"]))
         spec = EnsembleSpec.load(directory)
-        members = [load_member(m, spec.family, token=token) for m in spec.members]
+        members = [load_member(m, spec.family, token=token, modality=spec.modality) for m in spec.members]
         return cls(members, spec.family, spec=spec, transform=_transform(spec))
 
     def save_pretrained(self, save_directory: str | Path) -> None:
@@ -165,28 +172,33 @@ class EnsembleClassifier(nn.Module):
             raise GraspError("this ensemble was built from modules, not references: it has nothing to save")
         self.spec.save_pretrained(save_directory)
 
-    def member_logits(self, member: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    def member_logits(self, member: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.family == "transformers":
-            return member(pixel_values=pixel_values).logits
-        return member(pixel_values)
+            return member(**inputs).logits
+        return member(inputs["pixel_values"])
 
-    def forward(self, pixel_values: torch.Tensor) -> EnsembleOutput:
+    def forward(self, pixel_values: torch.Tensor | None = None, **text_inputs: torch.Tensor) -> EnsembleOutput:
+        """The averaged probabilities for ``pixel_values`` (images) or a tokenizer's ``input_ids``,
+        ``attention_mask``, ... (texts: ``clf(**clf.preprocess(texts))``)."""
+        inputs = {"pixel_values": pixel_values} if pixel_values is not None else text_inputs
         total = None
         for member, rows in zip(self.members, self.label_rows):
-            logits = self.member_logits(member, pixel_values)
+            logits = self.member_logits(member, inputs)
             p = (logits[:, rows] if rows else logits).float().softmax(dim=-1)
             total = p if total is None else total + p
         probs = total / len(self.members)
         return EnsembleOutput(logits=probs.clamp_min(torch.finfo(probs.dtype).tiny).log(), probabilities=probs)
 
-    def preprocess(self, images: list) -> torch.Tensor:
-        """``pixel_values`` for a list of PIL images, with the first member's preprocessing."""
+    def preprocess(self, images: list) -> Any:
+        """``pixel_values`` for a list of PIL images, with the first member's preprocessing; for a text ensemble,
+        the tokenizer's padded tensors for a list of texts."""
         if self._transform is None:
             raise GraspError("this ensemble has no preprocessing (it was not loaded from a folder)")
         return self._transform(images)
 
 
-def load_member(member: dict, family: str, *, token: str | bool | None = None) -> nn.Module:
+def load_member(member: dict, family: str, *, token: str | bool | None = None,
+                modality: str = "image") -> nn.Module:
     """One member, in eval mode and fp32, loaded by its own library from its Hub commit or local path."""
     repo, rev = member.get("repo_id"), member.get("commit") or member.get("revision")
     # a local member by its reference, as given; older ensemble.json files recorded its path
@@ -196,11 +208,11 @@ def load_member(member: dict, family: str, *, token: str | bool | None = None) -
                           "exist (an ensemble refers to its members, it does not contain them)")
     try:
         if family == "transformers":
-            from transformers import AutoModelForImageClassification
+            from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
-            model = (AutoModelForImageClassification.from_pretrained(repo, revision=rev, token=token,
-                                                                     dtype=torch.float32)
-                     if repo else AutoModelForImageClassification.from_pretrained(path, dtype=torch.float32))
+            auto = AutoModelForSequenceClassification if modality == "text" else AutoModelForImageClassification
+            model = (auto.from_pretrained(repo, revision=rev, token=token, dtype=torch.float32)
+                     if repo else auto.from_pretrained(path, dtype=torch.float32))
         elif family == "timm":
             import timm
 
@@ -217,7 +229,12 @@ def load_member(member: dict, family: str, *, token: str | bool | None = None) -
 # --- helpers
 
 
-def _transform(spec: EnsembleSpec) -> Callable[[list], torch.Tensor] | None:
+def _transform(spec: EnsembleSpec) -> Callable[[list], Any] | None:
+    if spec.modality == "text" and spec.processor_dir is not None:
+        from ..inputs.families.text import load_tokenizer
+
+        tokenizer = load_tokenizer(spec.processor_dir)
+        return lambda texts: dict(tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt"))
     if spec.family == "timm" and spec.timm_data_config:
         from timm.data import create_transform
 

@@ -30,6 +30,7 @@ from ..engine import merge_math
 from ..inputs.data import make_loader
 from ..engine.context import MergeContext
 from ..engine.records import StepKind
+from ..engine.training import on_device
 from .state import fold_mean, parameter_names, unique_state
 
 MINIMAL_FISHER_WEIGHT = 1e-6
@@ -40,8 +41,8 @@ def fisher_loader(ctx: MergeContext) -> torch.utils.data.DataLoader:
     train = ctx.data.splits["train"]
     n = min(ctx.params.fisher_examples, len(train))
     rows = np.random.default_rng(ctx.options.seed).permutation(len(train))[:n]
-    return make_loader(train.select(sorted(rows.tolist())), ctx.eval_transform,
-                       batch_size=ctx.options.batch_size, shuffle=False)
+    return make_loader(train, ctx.eval_transform, batch_size=ctx.options.batch_size, shuffle=False,
+                       preprocessed=ctx.data.preprocessed.get("train"), rows=sorted(rows.tolist()))
 
 
 def diagonal_fisher(ctx: MergeContext, model: nn.Module, loader) -> dict[str, Tensor]:
@@ -55,13 +56,13 @@ def diagonal_fisher(ctx: MergeContext, model: nn.Module, loader) -> dict[str, Te
     seen = 0
     for batch in loader:
         model.zero_grad(set_to_none=True)
-        x = batch["pixel_values"].to(ctx.accelerator.device)
-        merge_math.fisher_objective(ctx.family.logits(model, x)).backward()
+        batch = on_device(batch, ctx.accelerator.device)
+        merge_math.fisher_objective(ctx.family.logits(model, batch)).backward()
         with torch.no_grad():
             for n, p in model.named_parameters():
                 if p.grad is not None:
                     fisher[n].add_(p.grad.square())
-        seen += x.shape[0]
+        seen += len(batch["labels"])
     model.zero_grad(set_to_none=True)
     for f in fisher.values():
         f.div_(max(seen, 1))

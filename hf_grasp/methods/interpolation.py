@@ -30,7 +30,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..runtime.progress import progress
-from ..engine.training import evaluate_model
+from ..engine.training import evaluate_model, on_device
 from ..engine.context import MergeContext
 from .grasp import AlignmentScorer, _buffers_follow, grasp
 
@@ -47,8 +47,8 @@ class _Logits(nn.Module):
         super().__init__()
         self.model, self.logits_fn = model, logits_fn
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.logits_fn(self.model, pixel_values)
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.logits_fn(self.model, batch)
 
 
 def interpolate(merged: torch.Tensor, source: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -94,8 +94,8 @@ def learn_interpolation(ctx: MergeContext, scorer: AlignmentScorer, source: nn.M
         ctx.merged.eval()
         for epoch in progress(range(1, p.interp_epochs + 1), desc="learned interpolation: α", unit="epoch"):
             for batch in ctx.train_loader:
-                x, y = batch["pixel_values"].to(ctx.accelerator.device), batch["labels"].to(ctx.accelerator.device)
-                loss = nn.functional.cross_entropy(functional_call(wrapper, weights(), (x,)), y)
+                batch = on_device(batch, ctx.accelerator.device)
+                loss = nn.functional.cross_entropy(functional_call(wrapper, weights(), (batch,)), batch["labels"])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

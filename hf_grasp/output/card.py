@@ -169,6 +169,10 @@ inputs = processor(images=Image.open("image.jpg").convert("RGB"), return_tensors
 with torch.no_grad():
     label = model(**inputs).logits.argmax(-1).item()
 print(model.config.id2label[label])""",
+    "transformers-text": """from transformers import pipeline
+
+classify = pipeline("text-classification", model="{repo}")
+print(classify("A text to classify."))""",
     "timm": """import timm
 import torch
 from PIL import Image
@@ -185,6 +189,11 @@ from hf_grasp.methods.ensemble_model import EnsembleClassifier
 
 clf = EnsembleClassifier.from_pretrained("{repo}")    # loads all {k} member models
 out = clf(clf.preprocess([Image.open("image.jpg").convert("RGB")]))
+out.probabilities                                    # (1, {num_labels}) averaged probabilities""",
+    "ensemble-text": """from hf_grasp.methods.ensemble_model import EnsembleClassifier
+
+clf = EnsembleClassifier.from_pretrained("{repo}")    # loads all {k} member models
+out = clf(**clf.preprocess(["A text to classify."]))
 out.probabilities                                    # (1, {num_labels}) averaged probabilities""",
 }
 
@@ -214,7 +223,7 @@ def build_model_card(report: MergeReport, *, dataset: str | None = None, repo_id
     eval_results = None
     if isinstance(test_accuracy, (int, float)):
         domain = f" (domain {target.domain})" if target.domain is not None else ""
-        eval_results = [EvalResult(task_type="image-classification", dataset_type=dataset or target.name,
+        eval_results = [EvalResult(task_type=_task(report), dataset_type=dataset or target.name,
                                    dataset_name=f"{target.name}{domain}", dataset_split="test",
                                    metric_type="accuracy", metric_value=float(test_accuracy))]
     base_model = list(dict.fromkeys(s.repo_id for s in report.sources if s.is_hub)) or None
@@ -224,7 +233,9 @@ def build_model_card(report: MergeReport, *, dataset: str | None = None, repo_id
         base_model_relation="merge" if base_model else None,
         datasets=[dataset] if dataset else None,
         library_name="hf_grasp" if is_ensemble else report.family,
-        pipeline_tag="image-classification",
+        pipeline_tag=_task(report),
+        # the Hub's inference widget: an example from the target itself
+        widget=[{"text": target.example}] if target.modality == "text" and target.example else None,
         tags=TAGS + [method.name] + (["ensemble"] if is_ensemble else []),
         metrics=["accuracy"],
         model_name=model_name,
@@ -336,7 +347,8 @@ def _local_names(refs: list[str]) -> dict[str, str]:
 
 def _intro(report: MergeReport, is_ensemble: bool) -> str:
     what = ("An ensemble of" if is_ensemble else "A merge of")
-    text = (f"{what} {len(report.sources)} `{report.architecture}` image classifiers ({report.family}) "
+    text = (f"{what} {len(report.sources)} `{report.architecture}` {report.target.modality} classifiers "
+            f"({report.family}) "
             f"for **{report.target.name}**, made with {report.method.label} by hf-grasp.")
     earlier = report.continued_from
     if earlier is not None:
@@ -417,6 +429,9 @@ FINE_TUNING_OPTIONS = ("initial_epochs", "finetune_epochs", "lr", "weight_decay"
                        "keep_start", "augment")
 #: options only GRASP and its gated variants read (the alignment's gradients)
 GRASP_OPTIONS = ("align_mode",)
+#: options only a target of one modality reads: not stated for the other
+MODALITY_OPTIONS = {"image": ("image_column", "skip_bad_images", "augment"),
+                    "text": ("text_column", "text_pair_column", "max_length")}
 #: how the JSON report saves a non-finite float (``"inf"``), read back as the float
 _NON_FINITE = ("inf", "-inf", "nan")
 
@@ -437,7 +452,9 @@ def settings(report: MergeReport) -> list[tuple[str, list[str]]]:
         out.append((f"Parameters of {report.method.label}", params))
     groups: dict[str, list[str]] = {}
     left_out = {*(FINE_TUNING_OPTIONS if report.epochs_trained == 0 else ()),
-                *(GRASP_OPTIONS if not report.method.is_grasp else ())}
+                *(GRASP_OPTIONS if not report.method.is_grasp else ()),
+                *(o for modality, names in MODALITY_OPTIONS.items() if modality != report.target.modality
+                  for o in names)}
     given = {**{name: f.default for name, f in MergeOptions.model_fields.items()}, **report.options}
     for name, value in given.items():
         field = MergeOptions.model_fields.get(name)
@@ -485,9 +502,16 @@ def _usage_intro(report: MergeReport, is_ensemble: bool) -> str:
 
 def _usage(report: MergeReport, repo: str, is_ensemble: bool) -> str:
     if is_ensemble:
-        return _USAGE["ensemble"].format(repo=repo, k=len(report.sources), num_labels=report.target.num_labels)
+        key = "ensemble-text" if report.target.modality == "text" else "ensemble"
+        return _USAGE[key].format(repo=repo, k=len(report.sources), num_labels=report.target.num_labels)
     timm_ref = f"local-dir:{repo}" if repo == FOLDER else f"hf-hub:{repo}"
-    return _USAGE.get(report.family, _USAGE["transformers"]).format(repo=repo, timm_ref=timm_ref)
+    key = "transformers-text" if report.target.modality == "text" else report.family
+    return _USAGE.get(key, _USAGE["transformers"]).format(repo=repo, timm_ref=timm_ref)
+
+
+def _task(report: MergeReport) -> str:
+    """The Hub's pipeline tag (and model-index task) of the merged model."""
+    return f"{report.target.modality}-classification"
 
 
 def _heatmap_caption(report: MergeReport) -> str:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 Metrics = dict[str, Any]  # {"accuracy": float, "loss": float, "n": int}
 # 4: phases; 5: wall time, no local paths; 6: typed steps (kind, number, phases, details: no top-level extras),
 # a ±inf method parameter written as "inf"/"-inf"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7  # 7: the target's modality and example text
 
 
 @dataclass
@@ -106,6 +106,8 @@ class TargetRecord:
     sizes: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     label_names: list[str] | None = None  # the class names by index (ClassLabel), which the merged model carries
+    modality: str = "image"  # what the models classify: "image" or "text" (schema 7)
+    example: str | None = None  # a text target's first test text: the card's widget example (schema 7)
 
 
 @dataclass
@@ -384,7 +386,7 @@ def build_report(ctx: "MergeContext", method: "MethodInfo", *, seconds: float,
         method=method_record(method, ctx.params),
         options=ctx.options.to_dict(),
         target=TargetRecord(data.name, data.domain, data.num_labels, {k: len(v) for k, v in data.splits.items()},
-                            list(data.notes), data.label_names),
+                            list(data.notes), data.label_names, data.modality, _example(data)),
         family=ctx.family.name,
         architecture=type(ctx.merged).__name__,
         sources=sources,
@@ -446,3 +448,8 @@ def peak_rss_bytes() -> int:
 
         info = psutil.Process().memory_info()
         return int(getattr(info, "peak_wset", info.rss))
+
+
+def _example(data: Any) -> str | None:
+    """A text target's first test text (the card's widget example); None for images."""
+    return str(data.splits["test"][0]["text"]) if data.modality == "text" and len(data.splits["test"]) else None

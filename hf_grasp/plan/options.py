@@ -69,6 +69,8 @@ GRANULARITIES: tuple[str, ...] = typing.get_args(Granularity)
 # Ranges: generous, but within what each consumer takes (a value beyond them is a typo, refused in one line).
 #: numpy's and torch's seeding take 32 bits (``np.random.seed`` refuses 2**32)
 SEED_END = 2**32
+#: tokens per text: beyond the positions of any encoder a CPU or GPU fine-tunes
+MAX_TOKENS = 2**16
 #: images per batch: far beyond any accelerator's memory, and within the int32 torch indexes batches with
 MAX_BATCH = 2**20
 #: epochs of one fine-tuning round: ten thousand is weeks of training even on a tiny target
@@ -126,6 +128,15 @@ class MergeOptions(_Options):
     image_column: str = option("image", "Column holding the images.", group="data", card="Image column: `{value}`.")
     label_column: str = option("label", "Column holding the integer class labels.", group="data",
                                card="Label column: `{value}`.")
+    text_column: str | None = option(None, "Column holding the texts, for a text target (text classifiers); "
+                                     "default: a target without the image column but with a 'text' column is one.",
+                                     group="data", card={None: "Text column: `text`.", ...: "Text column: `{value}`."})
+    text_pair_column: str | None = option(None, "Column holding the second text of a sentence-pair task.",
+                                          group="data", card={None: "Single texts (no second text column).",
+                                                                ...: "Second text column: `{value}`."})
+    max_length: int = option(128, "Tokens per text (pair) at most, for a text target: longer ones are cut (and "
+                             "counted in the report); batches are padded to their longest row only.", group="data",
+                             card="Texts cut at {value} tokens.", ge=2, le=MAX_TOKENS)
     validation_fraction: float = option(
         0.1, "Fraction of train carved (stratified, seeded) as validation when the dataset has none.", group="data",
         card="Validation split, when the dataset has none: a stratified, seeded fraction {value:g} of train.", gt=0,

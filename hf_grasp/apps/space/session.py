@@ -320,7 +320,7 @@ def classify(outcome: RunOutcome, image: Image.Image, top: int = 5) -> dict[str,
             probs = outcome.predictor(outcome.predictor.preprocess([image])).probabilities[0]
         else:
             pixels = result.family.image_transform(result.model_dir)([image])
-            probs = torch.softmax(result.family.logits(result.model, pixels), dim=-1)[0]
+            probs = torch.softmax(result.family.logits(result.model, {"pixel_values": pixels}), dim=-1)[0]
     best = torch.topk(probs, k=min(top, probs.numel()))
     names = outcome.label_names
     return {names[i] if i < len(names) else str(i): float(p) for p, i in zip(best.values, best.indices.tolist())}

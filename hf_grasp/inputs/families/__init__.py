@@ -1,7 +1,7 @@
 """Model families and how a checkpoint is assigned to one.
 
 A family is chosen from the checkpoint's ``config.json`` alone: the first class
-in :data:`FAMILIES` whose ``matches`` accepts it wins. Adding a family (a text
+in :data:`FAMILIES` whose ``matches`` accepts it wins. Adding a family (an audio
 classifier, say) is one :class:`~hf_grasp.inputs.families.base.ModelFamily` subclass
 plus one :func:`register_family` call.
 """
@@ -15,13 +15,15 @@ from typing import Any
 from ...runtime.errors import SourceError
 from .base import ModelFamily
 from .timm import TimmFamily
+from .text import TextFamily
 from .transformers import TransformersFamily
 
 #: Checked in order. timm comes first: its configs are the more specific shape
-#: (a timm export wrapped for transformers also has a "model_type").
-FAMILIES: list[type[ModelFamily]] = [TimmFamily, TransformersFamily]
+#: (a timm export wrapped for transformers also has a "model_type"); then text classifiers, which transformers'
+#: image family would otherwise take (it accepts any "model_type").
+FAMILIES: list[type[ModelFamily]] = [TimmFamily, TextFamily, TransformersFamily]
 
-__all__ = ["FAMILIES", "ModelFamily", "TimmFamily", "TransformersFamily", "family_for", "read_config",
+__all__ = ["FAMILIES", "ModelFamily", "TextFamily", "TimmFamily", "TransformersFamily", "family_for", "read_config",
            "register_family"]
 
 
@@ -32,15 +34,16 @@ def register_family(family: type[ModelFamily], *, first: bool = False) -> type[M
     return family
 
 
-def family_for(config: dict[str, Any], *, source: str = "") -> ModelFamily:
-    """The family (an instance) whose ``matches`` accepts this parsed ``config.json``.
+def family_for(config: dict[str, Any], *, source: str = "", trust_remote_code: bool = False) -> ModelFamily:
+    """The family (an instance, allowed to run the repository's code only with ``trust_remote_code``) whose
+    ``matches`` accepts this parsed ``config.json``.
 
     Raises :class:`SourceError` naming ``source`` when none does.
     """
     for family in FAMILIES:
         if family.matches(config):
-            return family()
-    names = " nor a ".join(f.name for f in reversed(FAMILIES))
+            return family(trust_remote_code=trust_remote_code)
+    names = " nor a ".join(dict.fromkeys(f.name for f in reversed(FAMILIES)))  # (text and image: transformers)
     raise SourceError(
         f"{source or 'checkpoint'}: config.json is neither a {names} checkpoint "
         f"(it has no 'model_type', nor timm's 'architecture' with 'num_classes' / 'pretrained_cfg')"

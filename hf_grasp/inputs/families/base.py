@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -65,6 +65,13 @@ class ModelFamily(abc.ABC):
 
     #: short name recorded in reports ("transformers", "timm")
     name: str = ""
+    #: what the models classify: "image" or "text" (the target must hold the same)
+    modality: str = "image"
+
+    def __init__(self, *, trust_remote_code: bool = False):
+        #: whether code from a checkpoint's repository may run (the caller's ``--trust-remote-code``), for what the
+        #: family loads besides the model (a text family's tokenizer)
+        self.trust_remote_code = trust_remote_code
 
     @classmethod
     @abc.abstractmethod
@@ -94,9 +101,19 @@ class ModelFamily(abc.ABC):
         ``(N, C, H, W)``. Never hand-written normalisation.
         """
 
+    def transform(self, model_dir: Path, *, train: bool = False, max_length: int = 128) -> Any:
+        """The preprocessing a target's rows go through: :meth:`image_transform` for an image family; a text
+        family's tokenizer (:class:`~hf_grasp.inputs.data.TextEncoder`, cutting at ``max_length`` tokens)."""
+        return self.image_transform(model_dir, train=train)
+
+    def check_same_inputs(self, lead: str, lead_dir: Path, name: str, model_dir: Path) -> None:
+        """Refuse source ``name`` (in ``model_dir``) whose preprocessing differs from the lead's where the merge
+        needs it the same (a text family: the tokenizer). Nothing to compare by default."""
+
     @abc.abstractmethod
-    def logits(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Forward pass returning ``(N, num_labels)`` logits."""
+    def logits(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Forward pass returning ``(N, num_labels)`` logits; ``batch`` holds the model's inputs as the family's
+        preprocessing made them (``pixel_values``; ``input_ids`` and ``attention_mask``) besides ``labels``."""
 
     @abc.abstractmethod
     def save(self, model: nn.Module, out_dir: Path, *, like: Path) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -92,8 +92,8 @@ class TimmFamily(ModelFamily):
 
         return transform
 
-    def logits(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-        return model(pixel_values)
+    def logits(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return model(batch["pixel_values"])
 
     def save(self, model: nn.Module, out_dir: Path, *, like: Path) -> None:
         """:func:`save_timm_checkpoint`, carrying ``like``'s config over.

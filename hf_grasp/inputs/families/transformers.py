@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -31,17 +31,28 @@ class TransformersFamily(ModelFamily):
         # "architecture" + "pretrained_cfg"; those belong to the timm family.
         return "model_type" in config and "architecture" not in config and "pretrained_cfg" not in config
 
+    @staticmethod
+    def auto_class() -> Any:
+        """The auto class that builds this family's models."""
+        from transformers import AutoModelForImageClassification
+
+        return AutoModelForImageClassification
+
+    def check_inputs(self, model_dir: Path, config: Any) -> None:
+        """Refuse an architecture whose classifier does not take what this family feeds it (:func:`check_inputs`)."""
+        check_inputs(model_dir, config)
+
     def build(self, model_dir: Path, *, trust_remote_code: bool = False) -> nn.Module:
         """Random-init fp32 model from ``config.json`` alone (no weight file is opened), in eval mode."""
-        from transformers import AutoConfig, AutoModelForImageClassification
+        from transformers import AutoConfig
 
         config = None
         try:
             config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-            check_inputs(model_dir, config)
+            self.check_inputs(model_dir, config)
             # from_config never reads weights; dtype is explicit because transformers 5
             # otherwise follows config.dtype, which a bf16 checkpoint would set.
-            model = AutoModelForImageClassification.from_config(
+            model = self.auto_class().from_config(
                 config, dtype=torch.float32, trust_remote_code=trust_remote_code
             )
         except ValueError as e:  # unknown model_type / not an image classifier / custom code refused
@@ -49,7 +60,8 @@ class TransformersFamily(ModelFamily):
                 raise SourceError(f"{model_dir}: its config.json needs custom code from the repository to build the "
                                   f"model; read that code, and pass {flag('trust_remote_code')} only if you trust "
                                   f"it") from e
-            raise SourceError(f"{model_dir}: cannot build an image classifier from config.json: "
+            raise SourceError(f"{model_dir}: cannot build {'a text' if self.modality == 'text' else 'an image'} "
+                              f"classifier from config.json: "
                               f"{first_line(e)}") from e
         except (ImportError, TypeError) as e:  # a library the architecture needs is missing; a config it cannot take
             raise UnsupportedArchitectureError(f"{model_dir}: architecture {_architecture(config)} cannot be built "
@@ -91,8 +103,8 @@ class TransformersFamily(ModelFamily):
 
         return transform
 
-    def logits(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-        out = model(pixel_values=pixel_values)
+    def logits(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        out = model(pixel_values=batch["pixel_values"])
         # PPLCNetForImageClassification returns its class scores as last_hidden_state (so documented upstream)
         return out.logits if "logits" in out else out.last_hidden_state
 
