@@ -508,7 +508,7 @@ def test_every_input_is_refused_in_the_forms_words(tmp_path):
                                     'error: "built-in sources" (\'d2\'): choose one of d0, d4, d1, d3, d5'),
         "a bad target": ({"target-kind": DATASET, "dataset": "a/b/c"}, ('error: "dataset" (\'a/b/c\'): not a Hub '
                          'dataset id (name or org/name) nor a built-in benchmark (clear10, clear100, digits-eras, '
-                         'yearbook)')),
+                         'tweet-eras, yearbook)')),
         "no target": ({"target-kind": DATASET, "dataset": ""},
                       'error: "dataset": type a Hub dataset id (name or org/name)'),
         "an unknown target kind": ({"target-kind": "s3"},

