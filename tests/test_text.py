@@ -278,3 +278,38 @@ def test_text_sources_by_repo_id_from_the_hub(text_task, hub_server, tmp_path):
     report = json.loads((out / "grasp_report.json").read_text())
     assert report["target"]["modality"] == "text" and report["final"]["test"]["accuracy"] > 0.6
     assert "Text column: `review`." in (out / "README.md").read_text()
+
+
+def test_a_text_merge_resumes_to_the_same_bits_and_is_continued_by_init(text_task, tmp_path):
+    """The resume area and ``--init`` of an earlier merge work on text as on images: a merge stopped after its
+    second step and resumed is bit-identical to one never stopped; a saved merge continued with one more source
+    adds one step."""
+    import hf_grasp.methods.grasp as grasp_module
+
+    target, dirs = text_task
+    kw = dict(QUICK, initial_epochs=1, finetune_epochs=1)
+    merger = GraspMerger.from_pretrained(_sources(dirs), target=str(target), **kw)
+    whole = merger.merge().model.state_dict()
+    real = grasp_module._transfer_step
+
+    def stopped_at_step_2(ctx, k, *args):
+        if k == 2:
+            raise KeyboardInterrupt
+        return real(ctx, k, *args)
+
+    grasp_module._transfer_step = stopped_at_step_2
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            merger.merge(checkpoint_dir=tmp_path / "area")
+    finally:
+        grasp_module._transfer_step = real
+    resumed = merger.merge(checkpoint_dir=tmp_path / "area", resume=True).model.state_dict()
+    assert all(torch.equal(t, resumed[n]) for n, t in whole.items())
+
+    first = GraspMerger.from_pretrained(_sources(dirs)[:2], target=str(target), **kw).merge()
+    first.save_pretrained(tmp_path / "first")
+    more = GraspMerger.from_pretrained(_sources(dirs)[2:], target=str(target), init=str(tmp_path / "first"),
+                                       **kw).merge()
+    assert len(more.report.steps) == len(first.report.steps) + 1 and more.report.target.modality == "text"
+    more.save_pretrained(tmp_path / "more")
+    assert (tmp_path / "more" / "tokenizer.json").is_file()
