@@ -5,13 +5,15 @@ directory written by ``save_to_disk``, a local folder or file that
 ``datasets.load_dataset`` reads (an imagefolder of class subfolders included), or
 a Hub dataset id - ends up as one :class:`TargetData`: a ``DatasetDict`` with
 exactly ``train``/``validation``/``test`` and exactly the columns ``image`` and
-``label``. Every decision taken on the user's behalf (a carved validation split,
-an ignored split, ...) is recorded in ``TargetData.notes`` for the report and the
-model card. Problems the user can fix raise :class:`~hf_grasp.runtime.errors.DataError`
+``label`` (a text target: ``text``, ``text_pair`` for pairs, and ``label``).
+Every decision taken on the user's behalf (a carved validation split, an ignored
+split, ...) is recorded in ``TargetData.notes`` for the report and the model card. Problems the user can fix raise :class:`~hf_grasp.runtime.errors.DataError`
 with one line naming the dataset, split or column at fault.
 
 Batches follow the project convention ``{"pixel_values": (N, C, H, W) float,
-"labels": (N,) long}``. A split whose preprocessed tensors fit
+"labels": (N,) long}`` (a text target's: the tokenizer's ``input_ids``,
+``attention_mask``, ... padded per batch, and ``labels``; every split tokenised
+once, :class:`Tokenized`). A split whose preprocessed tensors fit
 :data:`PREPROCESS_BUDGET_BYTES` is decoded and run through the checkpoint's
 image processor once (:func:`preprocess_target`) and its batches are slices of
 that tensor; a larger one (or a randomly augmented train split) is decoded lazily,
@@ -56,12 +58,6 @@ class TargetData:
     #: split -> its images preprocessed once for evaluation (see :func:`preprocess_target`); absent: decoded per batch
     preprocessed: dict[str, "Preprocessed | Tokenized"] = field(default_factory=dict)
     modality: str = "image"  # "image" or "text": what the sources must classify
-
-    @property
-    def inputs(self) -> list[str]:
-        """The columns a model reads (besides ``label``)."""
-        return [IMAGE] if self.modality == "image" else [c for c in (TEXT, TEXT_PAIR) if c in self.splits["train"]
-                                                            .column_names]
 
 
 def load_target(
