@@ -25,6 +25,26 @@ from hf_grasp.apps.bench import archs
 LABELS = [str(i) for i in range(10)]
 
 
+def merge_stopped_at_step(merger, area: Path, step: int = 2) -> None:
+    """Run ``merger``'s GRASP merge with its resume area ``area`` and stop it (KeyboardInterrupt, as Ctrl-C)
+    just before step ``step``: the state the area then holds is that of a merge killed there."""
+    import hf_grasp.methods.grasp as grasp_module
+
+    real = grasp_module._transfer_step
+
+    def stopped(ctx, k, *args):
+        if k == step:
+            raise KeyboardInterrupt
+        return real(ctx, k, *args)
+
+    grasp_module._transfer_step = stopped
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            merger.merge(checkpoint_dir=area)
+    finally:
+        grasp_module._transfer_step = real
+
+
 def make_checkpoints(root: Path, arch: str, n: int, *, seed0: int = 0, num_labels: int = 10) -> list[Path]:
     """``n`` checkpoints of ``arch`` with different random weights, as a Hub repo holds them."""
     out = []

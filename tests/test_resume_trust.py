@@ -18,6 +18,7 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from conftest import merge_stopped_at_step
 from hf_grasp.engine.records import StepKind
 from hf_grasp.output.checkpoint import Checkpoint, ResumeStateError, kept_for_resume
 from hf_grasp.runtime.errors import GraspError
@@ -41,21 +42,7 @@ class Trial:
                                                   initial_epochs=0, finetune_epochs=0)
         self.final = _weights(self.merger.merge().model)
         self.pristine = root / "pristine"
-        import hf_grasp.methods.grasp as grasp_module
-
-        real = grasp_module._transfer_step
-
-        def stopped_at_step_2(ctx, k, *args):
-            if k == 2:
-                raise KeyboardInterrupt
-            return real(ctx, k, *args)
-
-        grasp_module._transfer_step = stopped_at_step_2
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                self.merger.merge(checkpoint_dir=self.pristine)
-        finally:
-            grasp_module._transfer_step = real
+        merge_stopped_at_step(self.merger, self.pristine, 2)
         self.saved = json.loads((self.pristine / STATE).read_text())
         assert self.saved["steps_done"] == 2
         self.expected = [(StepKind.INIT, None, str(self.sources[0])), (StepKind.SOURCE, 1, str(self.sources[1])),

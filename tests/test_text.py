@@ -17,7 +17,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import _run_main, merge_fails
+from conftest import _run_main, merge_fails, merge_stopped_at_step
 
 from hf_grasp import GraspError, GraspMerger
 from hf_grasp.inputs.labels import AS_TARGET, PERMUTED
@@ -284,25 +284,11 @@ def test_a_text_merge_resumes_to_the_same_bits_and_is_continued_by_init(text_tas
     """The resume area and ``--init`` of an earlier merge work on text as on images: a merge stopped after its
     second step and resumed is bit-identical to one never stopped; a saved merge continued with one more source
     adds one step."""
-    import hf_grasp.methods.grasp as grasp_module
-
     target, dirs = text_task
     kw = dict(QUICK, initial_epochs=1, finetune_epochs=1)
     merger = GraspMerger.from_pretrained(_sources(dirs), target=str(target), **kw)
     whole = merger.merge().model.state_dict()
-    real = grasp_module._transfer_step
-
-    def stopped_at_step_2(ctx, k, *args):
-        if k == 2:
-            raise KeyboardInterrupt
-        return real(ctx, k, *args)
-
-    grasp_module._transfer_step = stopped_at_step_2
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            merger.merge(checkpoint_dir=tmp_path / "area")
-    finally:
-        grasp_module._transfer_step = real
+    merge_stopped_at_step(merger, tmp_path / "area", 2)
     resumed = merger.merge(checkpoint_dir=tmp_path / "area", resume=True).model.state_dict()
     assert all(torch.equal(t, resumed[n]) for n, t in whole.items())
 
