@@ -63,7 +63,7 @@ def test_bench_advice_through_the_command_in_a_subprocess(tmp_path):
                    "--max-sources", "2", "--domains", "1", "--output", str(out), "--recipe", "yearbook",
                    env={"HF_HUB_OFFLINE": "1"}, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "error: bench --recipe yearbook: only digits-eras makes its own sources offline so far"]
+        "error: bench --recipe yearbook: only digits-eras and tweet-eras make their own sources offline so far"]
 
 
 def test_bench_recipe_advice_from_python(tmp_path):
@@ -71,7 +71,7 @@ def test_bench_recipe_advice_from_python(tmp_path):
     try:
         bench(cfg, tmp_path / "b")
     except GraspError as e:
-        assert str(e) == "bench recipe='yearbook': only digits-eras makes its own sources offline so far"
+        assert str(e) == "bench recipe='yearbook': only digits-eras and tweet-eras make their own sources offline so far"
     assert not (tmp_path / "b").exists()
 
 

@@ -41,13 +41,15 @@ def test_builtin_recipe_builds_valid_options(name):
     opts = _built(rec.options)
     for key, value in rec.options.items():
         assert getattr(opts, key) == value, key
-    # every recipe states its data columns and a target that is one of its domains
-    for key in ("target_domain", "domain_column", "image_column", "label_column"):
+    # every recipe states its data columns (images, or texts and their maximum length) and a target that is one of
+    # its domains
+    text = "text_column" in rec.options
+    for key in ("target_domain", "domain_column", "label_column") + (("max_length",) if text else ("image_column",)):
         assert key in rec.options, key
     assert opts.target_domain in [str(d) for d in rec.meta["domains"]]
     assert set(map(str, rec.meta["source_domains"])) == {str(d) for d in rec.meta["domains"]} - {opts.target_domain}
     assert set(rec.meta["splits"]) == {"train", "validation", "test"}
-    assert rec.models and isinstance(rec.meta["image_size"], int) and rec.meta["normalisation"]
+    assert rec.models and (text or isinstance(rec.meta["image_size"], int) and rec.meta["normalisation"])
 
 
 @pytest.mark.parametrize("name", PAPER)
@@ -102,6 +104,33 @@ def test_digits_eras_recipe_agrees_with_the_benchmark():
         expected = str(value) if key == "target_domain" else tuple(value) if key == "source_domains" else value
         assert counterpart[key] == expected, key
 
+
+
+def test_tweet_eras_recipe_agrees_with_the_benchmark():
+    from hf_grasp.apps.bench import tweet_eras
+
+    rec = load_recipe("tweet-eras", methods=METHODS)
+    assert rec.dataset == tweet_eras.TWEET_ERAS and rec.models == ["bert"]
+    assert rec.meta["domains"] == list(range(tweet_eras.NUM_DOMAINS))
+    assert rec.options["text_column"] == "text" and rec.options["domain_column"] == "domain"
+    made = rec.meta["make_sources"]
+    counterpart = {
+        "target_domain": str(rec.options["target_domain"]),
+        "source_domains": tuple(rec.meta["source_domains"]),
+        "lr": rec.options["lr"],
+        "batch_size": rec.options["batch_size"],
+        "max_length": rec.options["max_length"],
+        "vocab_size": rec.meta["vocab_size"],
+        "train_per_class": rec.meta["train_per_class"],
+        "validation_size": rec.meta["validation_size"],
+        "initial_epochs": rec.options["initial_epochs"],
+        "finetune_epochs": rec.options["finetune_epochs"],
+        **{k: made[k] for k in ("pretrain", "pretrain_epochs", "pretrain_lr", "source_epochs", "source_lr")},
+    }
+    for key, value in tweet_eras.RECIPE.items():
+        assert key in counterpart, f"tweet_eras.RECIPE[{key!r}] has no counterpart in recipes/tweet-eras.yaml"
+        expected = str(value) if key == "target_domain" else tuple(value) if key == "source_domains" else value
+        assert counterpart[key] == expected, key
 
 def _write(tmp_path, text, name="mine.yaml"):
     path = tmp_path / name

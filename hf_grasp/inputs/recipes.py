@@ -33,6 +33,7 @@ BUILTIN_RECIPES = {
     "clear10": "clear10.yaml",
     "clear100": "clear100.yaml",
     "digits-eras": "digits-eras.yaml",
+    "tweet-eras": "tweet-eras.yaml",
 }
 
 #: the repository's recipes/ (an editable install, a source checkout)
@@ -89,7 +90,7 @@ def recipe_path(name_or_path: str) -> Path:
 
 
 def load_recipe(name_or_path: str, *, methods: Registry) -> Recipe:
-    """Load a built-in recipe by name (``yearbook``, ``clear10``, ``clear100``, ``digits-eras``) or a YAML file.
+    """Load a built-in recipe by name (``yearbook``, ``clear10``, ``clear100``, ``digits-eras``, ``tweet-eras``) or a YAML file.
 
     ``methods``: the method registry (``hf_grasp.methods.METHODS``) its options are checked against.
 

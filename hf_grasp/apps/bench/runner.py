@@ -30,7 +30,7 @@ from ...runtime.errors import GraspError, flag
 from ...methods import METHODS
 from ...plan.config import CONFIG_NAME
 from ...runtime.progress import log, progress
-from . import digits_eras
+from . import digits_eras, tweet_eras
 from .results import MAIN_TAU, RunResult, claims, plot, read_csv, summarise, write_csv
 
 TAUS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -45,6 +45,14 @@ VARIANT_RUNS = (("grasp", "keep-start"), ("multi-source", "keep-start"), ("greed
                 ("sequential-ta", "keep-start"), ("learned-interpolation", "keep-start"))
 #: the methods each memory run compares (each in a fresh interpreter, K = cfg.memory_k)
 MEMORY_METHODS = ("grasp", "multi-source-naive", "greedy-soup", "sequential-ta", "learned-interpolation")
+#: the built-in benchmarks a bench makes its own sources for, by recipe name (the module holding data and recipe)
+BENCHMARKS = {digits_eras.DIGITS_ERAS: digits_eras, tweet_eras.TWEET_ERAS: tweet_eras}
+#: their models' default architecture (kept here: make_sources, which also has it, imports the training stack)
+DEFAULT_ARCH = {digits_eras.DIGITS_ERAS: "resnet", tweet_eras.TWEET_ERAS: "bert"}
+#: the benchmarks whose models hold no BatchNorm, so a "+bn" (recalibrated) run would repeat the plain one
+NO_BATCHNORM = {tweet_eras.TWEET_ERAS}
+#: the benchmarks whose base make-sources does not train (a seeded random init)
+NO_PRETRAINING = {tweet_eras.TWEET_ERAS}
 #: the file a bench writes first into its output: what --resume looks for (a bench older than it: config.json and
 #: results.csv)
 MARKER = ".hf-grasp-bench"
@@ -55,7 +63,7 @@ class BenchConfig:
     """What one ``hf-grasp bench`` run covers."""
 
     recipe: str = "digits-eras"
-    arch: str = "resnet"
+    arch: str | None = None                   # None: the recipe's (resnet; tweet-eras: bert)
     domains: list[int] = field(default_factory=lambda: [d for d in range(digits_eras.NUM_DOMAINS)])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     methods: list[str] | None = None          # None: every registered method
@@ -64,24 +72,38 @@ class BenchConfig:
     max_sources: int | None = None            # K; None: every non-target domain
     memory_k: tuple[int, ...] = MEMORY_K
     memory_arch: str = "resnet18"
-    pretrain_epochs: int = digits_eras.RECIPE["pretrain_epochs"]
-    source_epochs: int = digits_eras.RECIPE["source_epochs"]
+    pretrain_epochs: int | None = None        # None: the recipe's (tweet-eras' base is not pretrained)
+    source_epochs: int | None = None          # None: the recipe's
     options: dict = field(default_factory=dict)  # merge option overrides (e.g. epochs in --quick)
+
+    def __post_init__(self):
+        # the recipe's values filled in here, so config.json records what ran (and --resume compares it)
+        if self.recipe not in BENCHMARKS:
+            return  # bench() refuses it, naming the recipe
+        recipe = BENCHMARKS[self.recipe].RECIPE
+        self.arch = self.arch or DEFAULT_ARCH[self.recipe]
+        if self.source_epochs is None:
+            self.source_epochs = recipe["source_epochs"]
+        if self.pretrain_epochs is None and self.recipe not in NO_PRETRAINING:
+            self.pretrain_epochs = recipe["pretrain_epochs"]
 
     @classmethod
     def quick(cls, **overrides) -> "BenchConfig":
         """One domain, one seed, K = 3, one epoch per round, a small model for memory: minutes on 2 CPU cores."""
-        base = dict(domains=[digits_eras.RECIPE["target_domain"]], seeds=[0], taus=(0.1, 0.5, 0.9), n_orders=2,
-                    max_sources=3, memory_k=(2, 4), memory_arch="resnet", pretrain_epochs=3, source_epochs=3,
-                    options={"initial_epochs": 1, "finetune_epochs": 1})
+        recipe = overrides.get("recipe", cls.recipe)
+        base = dict(domains=[BENCHMARKS.get(recipe, digits_eras).RECIPE["target_domain"]], seeds=[0],
+                    taus=(0.1, 0.5, 0.9), n_orders=2, max_sources=3, memory_k=(2, 4), memory_arch="resnet",
+                    source_epochs=3, options={"initial_epochs": 1, "finetune_epochs": 1},
+                    **({} if recipe in NO_PRETRAINING else {"pretrain_epochs": 3}))
         return cls(**{**base, **overrides})
 
 
-def _source_order(domain: int) -> list[int]:
+def _source_order(domain: int, recipe: str = digits_eras.DIGITS_ERAS) -> list[int]:
     """Sources on both sides of the target, not nearest-first (the recipe's order for its target)."""
-    if domain == digits_eras.RECIPE["target_domain"]:
-        return list(digits_eras.RECIPE["source_domains"])
-    others = [d for d in range(digits_eras.NUM_DOMAINS) if d != domain]
+    module = BENCHMARKS[recipe]
+    if domain == module.RECIPE["target_domain"]:
+        return list(module.RECIPE["source_domains"])
+    others = [d for d in range(module.NUM_DOMAINS) if d != domain]
     return sorted(others, key=lambda d: (-abs(d - domain), d))  # farthest first, alternating sides by tie order
 
 
@@ -97,7 +119,7 @@ def _run(refs, domain, seed, method, cfg: BenchConfig, *, base, tau=None, order=
     if METHODS[method].needs_base:
         opts["base"] = str(base)
     start = time.time()
-    merger = GraspMerger.from_pretrained(refs, target="digits-eras", recipe=cfg.recipe, method=method, **opts)
+    merger = GraspMerger.from_pretrained(refs, target=cfg.recipe, recipe=cfg.recipe, method=method, **opts)
     report = merger.merge().report
     return RunResult(domain, seed, method, tau if method == "grasp" else None, order, recal,
                      report.final["test"]["accuracy"], report.final["validation"]["accuracy"],
@@ -110,7 +132,7 @@ def _sources(cfg: BenchConfig, output: Path, seed: int) -> Path:
 
     root = output / "sources" / f"{cfg.arch.replace(':', '-')}-seed{seed}"
     if not (root / "base").is_dir():
-        make_sources(root, arch=cfg.arch, target_domain=None, seed=seed,
+        make_sources(root, benchmark=cfg.recipe, arch=cfg.arch, target_domain=None, seed=seed,
                      pretrain_epochs=cfg.pretrain_epochs, source_epochs=cfg.source_epochs)
     return root
 
@@ -131,7 +153,7 @@ def pair_runs(cfg: BenchConfig, seed: int, n_sources: int) -> list[dict]:
     for method in methods:
         tau = MAIN_TAU if method == "grasp" else None
         runs.append(dict(method=method, tau=tau))
-        if METHODS[method].parameter_space:
+        if METHODS[method].parameter_space and cfg.recipe not in NO_BATCHNORM:
             runs.append(dict(method=method, tau=tau, recal=True))
     runs += [dict(method=m, tau=MAIN_TAU if m == "grasp" else None, variant=v) for m, v in VARIANT_RUNS
              if m in methods]
@@ -154,7 +176,7 @@ def run_pair(cfg: BenchConfig, output: Path, domain: int, seed: int, done: froze
              ) -> list[RunResult]:
     """The runs of :func:`pair_runs` for one (target domain, seed) whose :func:`run_key` is not in ``done``."""
     root = _sources(cfg, output, seed)
-    refs = [str(root / f"d{d}") for d in _source_order(domain)[: cfg.max_sources]]
+    refs = [str(root / f"d{d}") for d in _source_order(domain, cfg.recipe)[: cfg.max_sources]]
     return [_run(refs, domain, seed, cfg=cfg, base=root / "base", **run) for run in pair_runs(cfg, seed, len(refs))
             if run_key(**run) not in done]
 
@@ -205,7 +227,7 @@ def _finished(done: list[RunResult]) -> dict[tuple[int, int], set]:
 def missing_runs(cfg: BenchConfig, done: list[RunResult]) -> list[tuple[int, int]]:
     """The (domain, seed) pairs that lack some of their runs: all of them, or those of methods added since."""
     finished = _finished(done)
-    n_sources = len(_source_order(0)[: cfg.max_sources])
+    n_sources = len(_source_order(0, cfg.recipe)[: cfg.max_sources])
     return [(d, s) for d in cfg.domains for s in cfg.seeds
             if any(run_key(**run) not in finished.get((d, s), set()) for run in pair_runs(cfg, s, n_sources))]
 
@@ -377,8 +399,12 @@ def bench(cfg: BenchConfig, output: str | Path, *, resume: bool = False, workers
     """
     from ...runtime.workspace import claim_output
 
-    if cfg.recipe != digits_eras.DIGITS_ERAS:
-        raise GraspError(f"bench {flag('recipe', cfg.recipe)}: only digits-eras makes its own sources offline so far")
+    if cfg.recipe not in BENCHMARKS:
+        raise GraspError(f"bench {flag('recipe', cfg.recipe)}: only {' and '.join(BENCHMARKS)} make their own "
+                         "sources offline so far")
+    if cfg.memory_k and cfg.recipe != digits_eras.DIGITS_ERAS:
+        raise GraspError(f"bench {flag('recipe', cfg.recipe)}: the memory runs are measured on digits-eras' "
+                         f"{cfg.memory_arch}; pass {flag('no_memory')} here")
     _methods(cfg)  # unknown names: refused before the output is made
     output = Path(output)
     _check_output(output, resume)
@@ -434,15 +460,18 @@ def _bench(cfg: BenchConfig, output: Path, *, resume: bool, workers: int) -> dic
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``hf-grasp bench`` flags."""
-    p.add_argument("--recipe", default="digits-eras", help="Recipe to benchmark (digits-eras makes its own sources).")
-    p.add_argument("--arch", default="resnet", help="Architecture of the sources (see make-sources --arch).")
+    p.add_argument("--recipe", default="digits-eras",
+                   help="Built-in benchmark (it makes its own sources): digits-eras (images) or tweet-eras (text; "
+                        "no memory runs, which digits-eras measures).")
+    p.add_argument("--arch", default=None,
+                   help="Architecture of the sources (see make-sources --arch; default resnet, tweet-eras: bert).")
     p.add_argument("--seeds", type=int, default=None,
                    help="Number of seeds (default 5; gains below about 2 points need 10).")
     p.add_argument("--domains", type=int, nargs="+", help="Target domains (default: all).")
     p.add_argument("--methods", nargs="+", help="Methods to run (default: every registered method).")
     p.add_argument("--quick", action="store_true",
                    help="One domain, one seed, K=3, one epoch per round, 3 τ values, 2 orders, K=2,4 for memory.")
-    p.add_argument("--no-memory", action="store_true", help="Skip the peak-memory runs.")
+    p.add_argument("--no-memory", action="store_true", help="Skip the peak-memory runs (tweet-eras: always).")
     p.add_argument("--taus", type=float, nargs="+", help="τ values for the sweep (default 0.1 0.3 0.5 0.7 0.9).")
     p.add_argument("--orders", type=int, help="Number of source orders (default 5).")
     p.add_argument("--max-sources", type=int, help="K: use only the first K sources of the order.")
@@ -465,7 +494,7 @@ def run_from_args(args: argparse.Namespace) -> dict:
         cfg.domains = args.domains
     if args.methods:
         cfg.methods = args.methods
-    if args.no_memory:
+    if args.no_memory or cfg.recipe != digits_eras.DIGITS_ERAS:  # the memory runs are digits-eras' (see bench)
         cfg.memory_k = ()
     for name in ("taus", "memory_k"):
         if getattr(args, name):
@@ -475,5 +504,7 @@ def run_from_args(args: argparse.Namespace) -> dict:
     if args.max_sources:
         cfg.max_sources = args.max_sources
     if args.source_epochs:
-        cfg.pretrain_epochs = cfg.source_epochs = args.source_epochs
+        cfg.source_epochs = args.source_epochs
+        if cfg.recipe not in NO_PRETRAINING:
+            cfg.pretrain_epochs = args.source_epochs
     return bench(cfg, args.output, resume=args.resume, workers=args.workers)
