@@ -246,6 +246,35 @@ def test_page_merges_shows_the_report_classifies_and_refuses_bad_input(space, tm
         expect(page.locator("#error")).to_have_text(
             cli.replace("option fisher_examples='0' (from the command line)", '"fisher_examples" (0)'))
         shot(page, "5-parameter-error")
+
+        # the text benchmark beside the image one: its built-in sources (the page's prewarm makes them after the
+        # digits'), its merge, a test text picked and a typed one classified as plain transformers does
+        page.locator("#benchmark").get_by_label("tweet-eras: tweet sentiment, respelled (text)").check()
+        page.locator("#source-kind").get_by_label("built-in sources", exact=True).check()
+        expect(page.locator("#builtin-sources")).to_contain_text("d5 (100% of words in ROT13)")
+        page.locator("#method input").click()
+        page.get_by_role("option", name="grasp", exact=True).click()
+        page.click("#merge")
+        expect(page.locator("#accuracy-table [role=gridcell]").first).to_contain_text("merged (GRASP", timeout=300_000)
+        expect(page.locator("#summary")).to_contain_text("on 300 texts")
+        expect(page.locator("#examples")).to_be_hidden()
+        page.locator("#text-examples input").click()
+        page.get_by_role("option").first.click()
+        expect(page.locator("#truth")).to_contain_text("true label:")
+        expect(page.locator("#prediction")).to_contain_text("%")
+        typed = "the flight was late and the crew was rude"
+        page.fill("#try-text textarea", typed)
+        page.wait_for_timeout(500)  # as for the upload above: the page hands the typed value over first
+        page.click("#classify-text")
+        expect(page.locator("#truth")).to_have_text("typed text")
+        (text_run,) = [r for r in page_runs.iterdir() if (r / "merged" / "tokenizer.json").is_file()]
+        from transformers import pipeline
+
+        best = pipeline("text-classification", model=str(text_run / "merged"))([typed])[0]
+        top = page.locator("#prediction meter").first
+        expect(top).to_have_attribute("aria-label", best["label"])
+        assert float(top.get_attribute("value")) == pytest.approx(best["score"], abs=1e-5)
+        shot(page, "6-text")
         browser.close()
 
 
@@ -255,10 +284,10 @@ def test_page_merges_shows_the_report_classifies_and_refuses_bad_input(space, tm
 def test_the_form_passes_each_method_only_what_it_takes(tmp_path):
     pytest.importorskip("gradio")
     from hf_grasp.apps.space.builtin import sources_root
-    from hf_grasp.apps.space.ui import BUILTIN, DATASET, DIGITS, REPO_IDS, spec_from_form
+    from hf_grasp.apps.space.ui import BUILTIN, DATASET, BENCHMARK, REPO_IDS, spec_from_form
 
     # ticked d4 first: the merge order is still the list's (the recipe's: d0 before d4)
-    form = dict(source_kind=BUILTIN, builtin_sources=["d4", "d0"], repo_ids=None, target_kind=DIGITS, domain=3,
+    form = dict(source_kind=BUILTIN, builtin_sources=["d4", "d0"], repo_ids=None, target_kind=BENCHMARK, domain=3,
                 dataset=None, dataset_domain=None, image_column="image", label_column="label", method="grasp",
                 initial_epochs=2, finetune_epochs=1, base=None, lr=None, seed=0, ensemble=True)
     # a cleared input (None) is unset: the recipe's or the method's default
@@ -387,7 +416,7 @@ def test_a_method_registered_from_outside_gets_its_inputs(tmp_path):
     pytest.importorskip("gradio")
     from typing import Literal
 
-    from hf_grasp.apps.space.ui import BUILTIN, DIGITS, build_demo, spec_from_form
+    from hf_grasp.apps.space.ui import BUILTIN, BENCHMARK, build_demo, spec_from_form
     from hf_grasp.methods import METHODS, register_method
     from hf_grasp.plan.options import MethodParams, option
 
@@ -405,7 +434,7 @@ def test_a_method_registered_from_outside_gets_its_inputs(tmp_path):
         _check_inputs(demo, "throwaway-test")
         assert _page_inputs(demo)["param-throwaway-test-weights"].value == "0.5, 0.5"
         spec = spec_from_form(tmp_path, source_kind=BUILTIN, builtin_sources=["d0"], repo_ids=None,
-                              target_kind=DIGITS, domain=2, dataset=None, dataset_domain=None, image_column="image",
+                              target_kind=BENCHMARK, domain=2, dataset=None, dataset_domain=None, image_column="image",
                               label_column="label", method="throwaway-test", initial_epochs=0, finetune_epochs=0,
                               base=None, lr=None, seed=0, ensemble=False,
                               params={"strength": 2.0, "steps": 4, "mode": "hard", "verbose": True})
@@ -446,7 +475,7 @@ def in_tmp(tmp_path, monkeypatch):
                                  "hf-hub:../x"])
 def test_a_local_path_is_refused_unless_the_page_allows_it(in_tmp, ref):
     pytest.importorskip("gradio")
-    from hf_grasp.apps.space.ui import BUILTIN, DATASET, DIGITS, REPO_IDS, build_demo, spec_from_form
+    from hf_grasp.apps.space.ui import BUILTIN, DATASET, BENCHMARK, REPO_IDS, build_demo, spec_from_form
 
     demo = build_demo(in_tmp / "home")
     repo = {"source-kind": REPO_IDS, "repo-ids": f"org/a\n{ref}"}
@@ -461,7 +490,7 @@ def test_a_local_path_is_refused_unless_the_page_allows_it(in_tmp, ref):
     inputs = _page_inputs(demo)
     assert "local paths" not in str(inputs["source-kind"].choices) + inputs["repo-ids"].info
     # started with local paths allowed, the same values are taken
-    form = dict(source_kind=REPO_IDS, builtin_sources=[], repo_ids=f"org/a\n{ref}", target_kind=DIGITS, domain=2,
+    form = dict(source_kind=REPO_IDS, builtin_sources=[], repo_ids=f"org/a\n{ref}", target_kind=BENCHMARK, domain=2,
                 dataset=None, dataset_domain=None, image_column="image", label_column="label", method="grasp",
                 initial_epochs=0, finetune_epochs=0, base=None, lr=None, seed=0, ensemble=False)
     assert spec_from_form(in_tmp, **form, allow_local_paths=True).sources == ("org/a", ref)
@@ -512,7 +541,11 @@ def test_every_input_is_refused_in_the_forms_words(tmp_path):
         "no target": ({"target-kind": DATASET, "dataset": ""},
                       'error: "dataset": type a Hub dataset id (name or org/name)'),
         "an unknown target kind": ({"target-kind": "s3"},
-                                   'error: "target" (\'s3\'): choose one of digits-eras, a dataset'),
+                                   'error: "target" (\'s3\'): choose one of the built-in benchmark, a dataset'),
+        "an unknown benchmark": ({"benchmark": "mnist"},
+                                 'error: "benchmark" (\'mnist\'): choose one of digits-eras, tweet-eras'),
+        "a text column that is no text": ({"target-kind": DATASET, "dataset": "org/d", "text-column": ["t"]},
+                                          'error: "text column" ([\'t\']): should be text'),
         "a bad domain": ({"domain": "2"}, 'error: "target domain" (\'2\'): choose one of 0, 1, 2, 3, 4, 5'),
     }
     for case, (changed, line) in cases.items():
@@ -580,3 +613,48 @@ def test_the_served_page_removes_its_runs_when_stopped(tmp_path):
         (page,) = (home / "runs").iterdir()
         (page / "a-run" / "merged").mkdir(parents=True)  # what a finished run leaves (2.8 MB of it)
     assert not page.exists(), log.read_text()[-3000:]
+
+
+def test_the_text_benchmark_merges_and_classifies_typed_text(tmp_path):
+    """tweet-eras beside digits-eras: choosing it offers its eras and sources; its merge (and its ensemble) classify
+    a test text and a typed one as plain transformers' pipeline does with the folder the page hands out."""
+    pytest.importorskip("gradio")
+    from PIL import Image
+    from transformers import pipeline
+
+    from hf_grasp.apps.bench.make_sources import make_sources
+    from hf_grasp.apps.space import builtin
+    from hf_grasp.apps.space.session import classify, run_merge
+    from hf_grasp.apps.space.ui import BENCHMARK, BUILTIN, build_demo, spec_from_form
+
+    home = tmp_path / "home"
+    # the page makes them with the recipe on first use (about a minute); one epoch each is enough to merge here
+    make_sources(builtin.sources_root(home, "tweet-eras"), benchmark="tweet-eras", target_domain=None,
+                 source_epochs=1, seed=builtin.SEED)
+    demo = build_demo(home)
+    sources, domains = _handler(demo, "on_benchmark").fn("tweet-eras")
+    assert sources["value"] == ["d0", "d4", "d1", "d3", "d5"] and "BERT" in sources["info"]
+    assert domains["value"] == 2 and domains["choices"][5] == ("d5 (100% of words in ROT13)", 5)
+    form = dict(benchmark="tweet-eras", source_kind=BUILTIN, builtin_sources=["d0", "d4", "d3"], repo_ids=None,
+                target_kind=BENCHMARK, domain=2, dataset=None, dataset_domain=None, image_column="image",
+                text_column=None, label_column="label", method="grasp", initial_epochs=1, finetune_epochs=1,
+                base=None, lr=None, seed=0, ensemble=True)
+    spec = spec_from_form(home, **form)
+    assert spec.target == "tweet-eras" and spec.builtin_benchmark == "tweet-eras"
+    assert spec.label(spec.sources[0]) == "d0 (0% of words in ROT13)"
+    *_, outcome = run_merge(spec, tmp_path / "run")
+    assert outcome.modality == "text" and outcome.report.target.modality == "text"
+    assert all(isinstance(t, str) and t for t, _ in outcome.examples) and {y for _, y in outcome.examples} == {0, 1}
+    assert outcome.ensemble is not None and outcome.ensemble.target.modality == "text"
+    plain = pipeline("text-classification", model=str(outcome.folder), top_k=None)
+    for text in (outcome.examples[0][0], "the flight was late and the staff were rude"):
+        shown = classify(outcome, text)
+        expected = {d["label"]: d["score"] for d in plain([text])[0]}
+        assert shown.keys() == expected.keys() == {"negative", "positive"}
+        assert all(shown[k] == pytest.approx(expected[k], abs=1e-5) for k in shown)
+    with pytest.raises(GraspError, match="classifies texts"):
+        classify(outcome, Image.new("RGB", (28, 28)))
+    # the ensemble of the same sources is a method of its own too: it reloads from its folder and reads texts
+    *_, ens = run_merge(spec_from_form(home, **{**form, "method": "ensemble"}), tmp_path / "run-ensemble")
+    probs = classify(ens, "thank you, a great crew")
+    assert probs.keys() == {"negative", "positive"} and sum(probs.values()) == pytest.approx(1, abs=1e-5)

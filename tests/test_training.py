@@ -215,6 +215,26 @@ def test_metric_module_computes_accuracy():
     assert metric.compute(predictions=[0, 1, 1, 2], references=[0, 1, 0, 2]) == {"accuracy": 0.75}
 
 
+def test_two_threads_computing_accuracy_at_once_each_get_their_own_metric():
+    """The Space makes a benchmark's sources in one thread while a visitor's merge evaluates in another: one shared
+    EvaluationModule had the two close each other's writer (ValueError: I/O operation on closed file)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = threading.Barrier(2)
+
+    def many(offset: int):
+        start.wait()
+        predictions = [(i + offset) % 2 for i in range(50)]
+        got = [load_accuracy().compute(predictions=predictions, references=[0] * 50)["accuracy"] for _ in range(100)]
+        return load_accuracy(), got
+
+    with ThreadPoolExecutor(2) as pool:
+        (m0, a0), (m1, a1) = pool.map(many, (0, 1))
+    assert m0 is not m1 and a0 == [0.5] * 100 and a1 == [0.5] * 100
+    assert load_accuracy() is load_accuracy()  # cached within a thread
+
+
 def test_metric_loads_offline_in_fresh_process(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
     code = (

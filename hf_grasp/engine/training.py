@@ -24,6 +24,7 @@ import contextlib
 import functools
 import math
 import os
+import threading
 import typing
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -113,14 +114,22 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-@functools.lru_cache(maxsize=1)
+#: each thread's accuracy metric (see load_accuracy)
+_metrics = threading.local()
+
+
 def load_accuracy() -> evaluate.EvaluationModule:
     """The accuracy metric, loaded by path from the module shipped in hf_grasp (works offline).
 
-    Cached: loading copies the script into evaluate's module cache and imports it.
+    Cached, one per thread: loading copies the script into evaluate's module cache and imports it, and an
+    ``EvaluationModule`` keeps its batches in a writer between ``add`` and ``compute``, so two threads sharing one
+    (the Space making the text sources while a visitor's merge evaluates) closed each other's writer.
     """
-    # keep_in_memory: predictions live in RAM, no Arrow cache files per process.
-    return evaluate.load(str(ACCURACY_METRIC_DIR), keep_in_memory=True)
+    metric = getattr(_metrics, "accuracy", None)
+    if metric is None:
+        # keep_in_memory: predictions live in RAM, no Arrow cache files per process.
+        metric = _metrics.accuracy = evaluate.load(str(ACCURACY_METRIC_DIR), keep_in_memory=True)
+    return metric
 
 
 def predict_logits(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict],

@@ -220,7 +220,8 @@ def claims(figures: dict, memory: list[dict]) -> str:
 
     taus = {t: statistics.mean(v) * 100 for t, v in figures["_tau"].items() if v and 0.3 <= t <= 0.9}
     tau_text = (f"τ 0.3–0.9: {min(taus.values()):.1f}%–{max(taus.values()):.1f}% "
-                f"(range {max(taus.values()) - min(taus.values()):.1f} points)") if taus else "not run"
+                f"(range {max(taus.values()) - min(taus.values()):.1f} points)") if len(taus) > 1 else \
+        "not run" if not taus else "not run (one τ)"
     spread = figures["_order_spread"]
     order_text = f"max − min over orders: {_pm(spread)} points" if spread else "not run"
     g = mean("grasp")

@@ -4,7 +4,7 @@
 folder deployed as a Hugging Face Space) calls the same :func:`launch`. The page
 is built in :mod:`.ui`, runs merges through :mod:`.session` (``GraspMerger``,
 nothing else) and shows them with :mod:`.results`; :mod:`.builtin` makes the
-digits-eras sources once.
+built-in benchmarks' sources once.
 
 gradio comes with the ``space`` extra (``pip install 'hf-grasp[space]'``): it is
 imported only when the page is built, so ``hf-grasp --help`` never loads it.
@@ -104,15 +104,17 @@ def _interrupt_on_sigterm() -> None:
 
 
 def _prewarm(home: Path) -> None:
-    """Make the built-in sources in the background; on failure, one warning (the first merge tries again)."""
+    """Make the built-in sources in the background, the default benchmark's first; on failure, one warning per
+    benchmark (its first merge tries again)."""
     from ...runtime.progress import log
-    from .builtin import ensure_sources
+    from .builtin import BENCHMARKS, ensure_sources
 
-    try:
-        ensure_sources(home)
-    except Exception as e:  # noqa: BLE001 - a background thread has nobody else to tell
-        log.warning("making the built-in sources failed (%s: %s); the first merge will try again",
-                    type(e).__name__, e)
+    for benchmark in BENCHMARKS:
+        try:
+            ensure_sources(home, benchmark)
+        except Exception as e:  # noqa: BLE001 - a background thread has nobody else to tell
+            log.warning("making the built-in %s sources failed (%s: %s); its first merge will try again",
+                        benchmark, type(e).__name__, e)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

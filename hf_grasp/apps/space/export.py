@@ -159,7 +159,7 @@ def _card(version: str, requirements: list[Requirement], hardware: str):
         license="apache-2.0", models=["microsoft/resnet-18"], datasets=["ylecun/mnist"],
         tags=["model-merging", "grasp", "image-classification", "transformers", "timm"],
         emoji="🧬", colorFrom="indigo", colorTo="yellow", pinned=False,
-        short_description="Merge fine-tuned image classifiers with GRASP", suggested_hardware=hardware)
+        short_description="Merge fine-tuned image or text classifiers with GRASP", suggested_hardware=hardware)
     torch_note = " (torch from PyTorch's CPU-only builds)" if hardware in CPU_HARDWARE else ""
     body = _template("README.md").format(version=version, torch_note=torch_note)
     return SpaceCard(f"---\n{data.to_yaml()}\n---\n\n{body}")

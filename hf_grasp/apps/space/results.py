@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from ...output.report import MergeReport, SourceRecord
     from .session import RunOutcome
 
-ACCURACY_COLUMNS = ["model", "test accuracy (%)", "test images", "what it is"]
+ACCURACY_COLUMNS = ["model", "test accuracy (%)", "test examples", "what it is"]
 #: bar colours by kind of row: the merged model stands out, the sources recede
 CHART_COLORS = {"merged": "#2563eb", "ensemble": "#f59e0b", "source": "#9ca3af"}
 TRANSFER_COLUMNS = ["source", "role", "tensors transferred", "fraction transferred", "mean alignment"]
@@ -97,10 +97,10 @@ def summary(outcome: RunOutcome) -> str:
     """Two sentences: what ran on what, and how the merged model compares (Markdown)."""
     report, spec = outcome.report, outcome.spec
     target = report.target.name + (f" (domain {report.target.domain})" if report.target.domain is not None else "")
-    test = report.final.get("test") or {}
+    test, rows = report.final.get("test") or {}, "texts" if report.target.modality == "text" else "images"
     text = (f"**{report.method.pretty_name}** merged {len(report.sources)} sources onto **{target}** in "
             f"{outcome.seconds:.1f} s ({report.epochs_trained} fine-tuning epochs). Test accuracy "
-            f"**{_pct(test.get('accuracy'))}** on {test.get('n')} images")
+            f"**{_pct(test.get('accuracy'))}** on {test.get('n')} {rows}")
     alone = [(spec.label(ref), metrics["accuracy"]) for ref, (metrics, _) in sources_alone(outcome).items()]
     if alone:
         name, best = max(alone, key=lambda pair: pair[1])

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 MERGED = "merged"
 #: the ensemble baseline's report, beside the merged folder
 ENSEMBLE_REPORT = "ensemble_report.json"
-#: how many of the target's test images the page offers to classify
+#: how many of the target's test examples (images or texts) the page offers to classify
 N_EXAMPLES = 12
 
 #: run directories whose merge is under way in this process: never swept, whatever their age
@@ -59,6 +59,7 @@ class RunSpec:
     labels: dict[str, str] = field(default_factory=dict)  # reference -> display name
     compare_ensemble: bool = True
     builtin_home: Path | None = None  # make the built-in sources there first (once)
+    builtin_benchmark: str = "digits-eras"  # whose built-in sources (digits-eras, tweet-eras)
 
     def label(self, ref: str) -> str:
         return self.labels.get(ref, ref)
@@ -89,11 +90,12 @@ class RunOutcome:
     folder: Path
     zip_path: Path
     ensemble: MergeReport | None
-    examples: list[tuple[Image.Image, int]]  # (image, label) from the target's test split
+    examples: list[tuple[Image.Image | str, int]]  # (image or text, label) from the target's test split
     label_names: list[str]
     seconds: float
     heatmap: Path | None = None  # the alignment heatmap with the page's source names (None: nothing scored)
     predictor: Any = None  # the reloaded ensemble, for classifying (made on first use)
+    modality: str = "image"  # the target's: "image" or "text"
 
     @property
     def report(self) -> MergeReport:
@@ -223,7 +225,7 @@ def sweep_runs(runs: Path, max_age: float) -> list[Path]:
 # the phases of a run, as the progress bar names them
 MAKING, LOADING, MERGING = ("making the built-in sources (once; under a minute)",
                             "loading the target and checking the sources", "merging")
-ENSEMBLE, SAVING = "the ensemble baseline: same sources, same test images", "saving"
+ENSEMBLE, SAVING = "the ensemble baseline: same sources, same test examples", "saving"
 # where in 0..1 each phase starts (merging moves on with every source done)
 _PHASES = {MAKING: 0.02, LOADING: 0.1, MERGING: 0.15, ENSEMBLE: 0.85, SAVING: 0.95}
 
@@ -259,9 +261,9 @@ def _run(spec: RunSpec, run_dir: Path, phase) -> RunOutcome:
     if spec.builtin_home is not None:
         from .builtin import ensure_sources, is_made
 
-        if not is_made(spec.builtin_home):
+        if not is_made(spec.builtin_home, spec.builtin_benchmark):
             phase(MAKING)
-        ensure_sources(spec.builtin_home)
+        ensure_sources(spec.builtin_home, spec.builtin_benchmark)
     phase(LOADING)
     merger = GraspMerger.from_pretrained(list(spec.sources), target=spec.target, method=spec.method, **spec.options,
                                          **spec.params)
@@ -283,13 +285,15 @@ def _run(spec: RunSpec, run_dir: Path, phase) -> RunOutcome:
     data = merger.data
     names = data.label_names or [str(i) for i in range(data.num_labels)]
     outcome = RunOutcome(spec=spec, result=result, folder=folder, zip_path=zip_path, ensemble=ensemble,
-                         examples=_examples(data.splits["test"]), label_names=names, seconds=0.0)
+                         examples=_examples(data.splits["test"], data.modality), label_names=names, seconds=0.0,
+                         modality=data.modality)
     outcome.heatmap = page_heatmap(outcome, run_dir / "alignment-page.png")
     return outcome
 
 
-def _examples(test, n: int = N_EXAMPLES) -> list[tuple[Image.Image, int]]:
-    """Up to ``n`` test images, round-robin over the classes (so every digit shows up), with their labels."""
+def _examples(test, modality: str = "image", n: int = N_EXAMPLES) -> list[tuple[Image.Image | str, int]]:
+    """Up to ``n`` test images (or texts), round-robin over the classes (so every class shows up), with their
+    labels."""
     labels = list(test["label"])
     by_class: dict[int, list[int]] = {}
     for i, y in enumerate(labels):
@@ -299,28 +303,41 @@ def _examples(test, n: int = N_EXAMPLES) -> list[tuple[Image.Image, int]]:
         for rows in by_class.values():
             if rows and len(picked) < n:
                 picked.append(rows.pop(0))
-    return [(test[i]["image"], labels[i]) for i in picked]
+    column = "text" if modality == "text" else "image"
+    return [(test[i][column], labels[i]) for i in picked]
 
 
-def classify(outcome: RunOutcome, image: Image.Image, top: int = 5) -> dict[str, float]:
-    """The merged model's top ``top`` classes for ``image``, as ``{class name: probability}``.
+def classify(outcome: RunOutcome, item: Image.Image | str, top: int = 5) -> dict[str, float]:
+    """The merged model's top ``top`` classes for ``item`` (an image, or a text for a text classifier), as
+    ``{class name: probability}``.
 
-    A one-model result runs in memory (the same weights the zip holds); the
+    A one-model result runs in memory (the same weights the zip holds), a text
+    through the tokenizer saved with it, cut at the merge's maximum length; the
     ensemble is reloaded from its saved folder (it references its members).
     """
     import torch
 
     result = outcome.result
+    text = outcome.modality == "text"
+    if text != isinstance(item, str):
+        raise GraspError(f"this merged model classifies {'texts' if text else 'images'}: "
+                         f"{'type a text' if text else 'pick or upload an image'}")
     with torch.no_grad():
         if result.artifact is not None:
             if outcome.predictor is None:
                 from ...methods.ensemble_model import EnsembleClassifier
 
                 outcome.predictor = EnsembleClassifier.from_pretrained(outcome.folder)
-            probs = outcome.predictor(outcome.predictor.preprocess([image])).probabilities[0]
+            inputs = outcome.predictor.preprocess([item])
+            out = outcome.predictor(**inputs) if text else outcome.predictor(inputs)
+            probs = out.probabilities[0]
         else:
-            pixels = result.family.image_transform(result.model_dir)([image])
-            probs = torch.softmax(result.family.logits(result.model, {"pixel_values": pixels}), dim=-1)[0]
+            if text:
+                encoder = result.family.transform(outcome.folder, max_length=result.report.options["max_length"])
+                inputs = encoder.pad(encoder.encode([item], None))
+            else:
+                inputs = {"pixel_values": result.family.image_transform(result.model_dir)([item])}
+            probs = torch.softmax(result.family.logits(result.model, inputs), dim=-1)[0]
     best = torch.topk(probs, k=min(top, probs.numel()))
     names = outcome.label_names
     return {names[i] if i < len(names) else str(i): float(p) for p, i in zip(best.values, best.indices.tolist())}

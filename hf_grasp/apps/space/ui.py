@@ -1,9 +1,9 @@
 """The page: a ``gr.Blocks`` over :mod:`.session` (running a merge) and :mod:`.results` (what it shows).
 
-Layout, top to bottom: the form (sources, target, method and its knobs), the
-merge button, live per-source progress, then the results — accuracy table and
-chart, alignment heatmap, what moved from each source, trying the model on an
-image, download and push. Each visitor's run is a ``gr.State`` (never shared),
+Layout, top to bottom: the form (built-in benchmark, sources, target, method
+and its knobs), the merge button, live per-source progress, then the results —
+accuracy table and chart, alignment heatmap, what moved from each source,
+trying the model on an image or a text, download and push. Each visitor's run is a ``gr.State`` (never shared),
 and its files live in its own run directory, removed when the session's state
 expires.
 """
@@ -22,7 +22,6 @@ from typing import Any, Literal, Mapping
 
 import gradio as gr
 
-from ..bench import digits_eras
 from ...inputs.data import builtin_dataset_names
 from ...inputs.recipes import BUILTIN_RECIPES
 from ...runtime.errors import GraspError, first_line
@@ -34,8 +33,16 @@ from .guard import LABELS, check_dataset, check_model_ref, page_words, refused
 from .session import RunOutcome, RunSpec, Tick, classify, push, run_merge, sweep_runs
 
 # the choices of the sources and target radios (their values; what they show says whether paths are taken)
-BUILTIN, REPO_IDS = "built-in digits-eras sources", "repo ids"
-DIGITS, DATASET = "digits-eras", "a dataset"
+BUILTIN, REPO_IDS = "built-in sources", "repo ids"
+BENCHMARK, DATASET = "the built-in benchmark", "a dataset"
+#: the built-in benchmarks as the page offers them (value: the benchmark's name)
+BENCHMARK_CHOICES = [("digits-eras: handwritten digits, rotated (images)", builtin.DIGITS),
+                     ("tweet-eras: tweet sentiment, respelled (text)", builtin.TWEETS)]
+#: what the built-in sources are, by benchmark
+BUILTIN_INFO = {builtin.DIGITS: "merged in this order; one resnet per digits-eras domain, fine-tuned from one shared "
+                                "base",
+                builtin.TWEETS: "merged in this order; one tiny BERT per tweet-eras era, fine-tuned from one shared "
+                                "init (one tokenizer)"}
 #: the epoch sliders' range, which the merge holds a value to (a public page runs nobody's 1000-epoch merge)
 MAX_EPOCHS = 10
 #: the method the form starts on
@@ -50,23 +57,24 @@ SWEEP_SECONDS = 10 * 60
 #: the test images are 28x28; shown 4x larger, nearest-neighbour so the pixels stay sharp
 DISPLAY_SIZE = 112
 
-INTRO = """# hf-grasp: merge image classifiers with GRASP
+INTRO = """# hf-grasp: merge image and text classifiers with GRASP
 Pick fine-tuned classifiers that share one architecture and a target dataset. **GRASP** (Gradient-Aligned
 Sequential Parameter Transfer) fine-tunes the first source on the target, then, source by source, copies the
-parameter tensors whose loss gradient on target images points the same way as the merged model's (cosine above
+parameter tensors whose loss gradient on the target points the same way as the merged model's (cosine above
 τ) and fine-tunes again — one source in memory at a time. The page then compares the merged model with each
-source alone and with their ensemble, on the same test images.
+source alone and with their ensemble, on the same test examples.
 
-The built-in **digits-eras** benchmark (handwritten MNIST digits in six domains rotated 0°–75°) needs nothing
-from the Hub: its sources are trained here once, on first use (under a minute)."""
-
-
-def _domain_choices() -> list[tuple[str, int]]:
-    return [(builtin.source_label(d), d) for d in range(digits_eras.NUM_DOMAINS)]
+Two built-in benchmarks need nothing from the Hub: **digits-eras** (handwritten MNIST digits in six domains rotated
+0°–75°) and **tweet-eras** (negative/positive tweets in six eras of a drifting spelling, a growing share of the
+words in ROT13). Their sources are trained here once, on first use (about a minute each)."""
 
 
-def _source_choices(target_domain: int) -> list[tuple[str, str]]:
-    return [(builtin.source_label(d), f"d{d}") for d in builtin.source_domains(target_domain)]
+def _domain_choices(benchmark: str = builtin.DIGITS) -> list[tuple[str, int]]:
+    return [(builtin.source_label(d, benchmark), d) for d in range(builtin.BENCHMARKS[benchmark].NUM_DOMAINS)]
+
+
+def _source_choices(target_domain: int, benchmark: str = builtin.DIGITS) -> list[tuple[str, str]]:
+    return [(builtin.source_label(d, benchmark), f"d{d}") for d in builtin.source_domains(target_domain, benchmark)]
 
 
 def _refs(text: str) -> list[str]:
@@ -94,8 +102,8 @@ def _choice(value: Any, choices: list, field: str) -> Any:
 def spec_from_form(home: Path, *, source_kind: str, builtin_sources: list[str], repo_ids: str, target_kind: str,
                    domain: int | None, dataset: str, dataset_domain: str, image_column: str, label_column: str,
                    method: str, initial_epochs: int, finetune_epochs: int, base: str, lr: float | None, seed: int,
-                   ensemble: bool, params: Mapping[str, Any] | None = None,
-                   allow_local_paths: bool = False) -> RunSpec:
+                   ensemble: bool, params: Mapping[str, Any] | None = None, benchmark: str = builtin.DIGITS,
+                   text_column: str | None = None, allow_local_paths: bool = False) -> RunSpec:
     """The form's values as a :class:`RunSpec` (what ``GraspMerger.from_pretrained`` gets).
 
     ``params``: the chosen method's own parameters by name, as its inputs hold
@@ -108,37 +116,39 @@ def spec_from_form(home: Path, *, source_kind: str, builtin_sources: list[str], 
     and dataset as Hub ids or built-in benchmarks, a local path only with
     ``allow_local_paths`` (the server's disk is not the visitor's).
     """
+    benchmark = _choice(benchmark, list(builtin.BENCHMARKS), "benchmark")
+    recipe = builtin.BENCHMARKS[benchmark].RECIPE
     source_kind = _choice(source_kind, [BUILTIN, REPO_IDS], "source_kind")
-    target_kind = _choice(target_kind, [DIGITS, DATASET], "target_kind")
+    target_kind = _choice(target_kind, [BENCHMARK, DATASET], "target_kind")
     method = _choice(method, sorted(METHODS), "method")
     info = find_method(method)
     if not isinstance(ensemble, bool):
         raise refused("ensemble", ensemble, "should be ticked or not (true or false)")
     options: dict[str, Any] = {"initial_epochs": initial_epochs, "finetune_epochs": finetune_epochs, "seed": seed}
     base, dataset = _text(base, "base"), _text(dataset, "dataset")
-    dataset_domain = _text(dataset_domain, "target_domain")
+    dataset_domain, text_column = _text(dataset_domain, "target_domain"), _text(text_column, "text_column")
     # an emptied learning rate is unset (a cleared number box sends None, an older page 0)
     if not (lr is None or lr == 0 or (isinstance(lr, str) and not lr.strip())):
         options["lr"] = lr
     if domain is not None:
-        domain = _choice(domain, list(range(digits_eras.NUM_DOMAINS)), "domain")
+        domain = _choice(domain, [d for _, d in _domain_choices(benchmark)], "domain")
     labels: dict[str, str] = {}
     home_for_builtin = None
     if source_kind == BUILTIN:
-        target_domain = domain if domain is not None else digits_eras.RECIPE["target_domain"]
-        offered = [tag for _, tag in _source_choices(target_domain)]
+        target_domain = domain if domain is not None else recipe["target_domain"]
+        offered = [tag for _, tag in _source_choices(target_domain, benchmark)]
         if not isinstance(builtin_sources, (list, tuple)):
             raise refused("builtin_sources", builtin_sources, f"tick some of {', '.join(offered)}")
         ticked = [_choice(tag, offered, "builtin_sources") for tag in builtin_sources]
         if not ticked:
             raise refused("builtin_sources", None, "tick at least one")
-        root = builtin.sources_root(home)
+        root = builtin.sources_root(home, benchmark)
         refs = []
         # merge order is the list's (the recipe's), whatever order the boxes were ticked in
         for tag in sorted(set(ticked), key=offered.index):
             ref = str(root / tag)
             refs.append(ref)
-            labels[ref] = builtin.source_label(int(tag[1:]))
+            labels[ref] = builtin.source_label(int(tag[1:]), benchmark)
         home_for_builtin = home
         if info.needs_base:
             options["base"] = str(root / "base")  # the shared starting point the built-in sources came from
@@ -149,9 +159,9 @@ def spec_from_form(home: Path, *, source_kind: str, builtin_sources: list[str], 
             raise refused("repo_ids", None, "type at least one Hub repo id (org/name), one per line")
         if base:
             options["base"] = check_model_ref(base, "base", allow_local=allow_local_paths)
-    if target_kind == DIGITS:
-        target = digits_eras.DIGITS_ERAS
-        options["target_domain"] = str(domain if domain is not None else digits_eras.RECIPE["target_domain"])
+    if target_kind == BENCHMARK:
+        target = benchmark
+        options["target_domain"] = str(domain if domain is not None else recipe["target_domain"])
     else:
         if not dataset:
             raise refused("dataset", None, "type a Hub dataset id (name or org/name)")
@@ -159,14 +169,18 @@ def spec_from_form(home: Path, *, source_kind: str, builtin_sources: list[str], 
                                builtins=sorted({*BUILTIN_RECIPES, *builtin_dataset_names()}))
         if dataset_domain:
             options["target_domain"] = dataset_domain
-        options["image_column"] = _text(image_column, "image_column") or "image"
+        if text_column:  # a text target: its texts' column instead of images'
+            options["text_column"] = text_column
+        else:
+            options["image_column"] = _text(image_column, "image_column") or "image"
         options["label_column"] = _text(label_column, "label_column") or "label"
     options, params = _checked(method, options, params or {})
     for name in ("initial_epochs", "finetune_epochs"):
         if not 0 <= options[name] <= MAX_EPOCHS:
             raise refused(name, options[name], f"the page takes 0 to {MAX_EPOCHS}")
     return RunSpec(sources=tuple(refs), target=target, method=method, options=options, params=params,
-                   labels=labels, compare_ensemble=ensemble, builtin_home=home_for_builtin)
+                   labels=labels, compare_ensemble=ensemble, builtin_home=home_for_builtin,
+                   builtin_benchmark=benchmark)
 
 
 def _checked(method: str, options: dict[str, Any],
@@ -279,29 +293,32 @@ def build_demo(home: str | Path, *, allow_local_paths: bool = False) -> gr.Block
     home = Path(home)
     runs = home / "runs" / uuid.uuid4().hex  # this page's alone: another server on the same home keeps its own
     runs.mkdir(parents=True, exist_ok=True)
-    recipe_domain = digits_eras.RECIPE["target_domain"]
+    recipe_domain = builtin.BENCHMARKS[builtin.DIGITS].RECIPE["target_domain"]
     paths = " or local paths" if allow_local_paths else ""
     # analytics off: the page reports nothing to gradio's servers about its visitors. delete_cache: the copies
     # gradio serves (the zip, the heatmap, uploads) go by the run directories' rule
-    with gr.Blocks(title="hf-grasp: merge image classifiers with GRASP", analytics_enabled=False,
+    with gr.Blocks(title="hf-grasp: merge image and text classifiers with GRASP", analytics_enabled=False,
                    delete_cache=(SWEEP_SECONDS, SESSION_SECONDS)) as demo:
         run = gr.State(None, time_to_live=SESSION_SECONDS, delete_callback=_forget)
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=2):
+                benchmark = gr.Radio(BENCHMARK_CHOICES, value=builtin.DIGITS, label=LABELS["benchmark"],
+                                     elem_id="benchmark", info="its built-in sources and target domains")
                 source_kind = gr.Radio([(BUILTIN, BUILTIN), (f"Hub repo ids{paths}", REPO_IDS)], value=BUILTIN,
                                        label=LABELS["source_kind"], elem_id="source-kind")
                 builtin_sources = gr.CheckboxGroup(
                     _source_choices(recipe_domain), value=[v for _, v in _source_choices(recipe_domain)],
                     label=LABELS["builtin_sources"], elem_id="builtin-sources",
-                    info="merged in this order; one resnet per digits-eras domain, fine-tuned from one shared base")
+                    info=BUILTIN_INFO[builtin.DIGITS])
                 repo_ids = gr.Textbox(label=LABELS["repo_ids"], info=f"Hub repo ids{paths}, one per line, in merge "
                                       "order", placeholder="org/name\norg/name@revision\nhf-hub:org/name", lines=4,
                                       visible=False, elem_id="repo-ids")
-                target_kind = gr.Radio([(DIGITS, DIGITS), (f"a Hub dataset{paths}", DATASET)], value=DIGITS,
+                target_kind = gr.Radio([(BENCHMARK, BENCHMARK), (f"a Hub dataset{paths}", DATASET)],
+                                       value=BENCHMARK,
                                        label=LABELS["target_kind"], elem_id="target-kind")
                 domain = gr.Dropdown(_domain_choices(), value=recipe_domain, label=LABELS["domain"],
-                                     info="the digits-eras domain to merge for", elem_id="domain")
+                                     info="the benchmark's domain to merge for", elem_id="domain")
                 with gr.Group(visible=False) as dataset_box:
                     dataset = gr.Textbox(label=LABELS["dataset"], elem_id="dataset",
                                          info=f"a Hub dataset id{paths} (train and test splits), or a built-in "
@@ -310,6 +327,8 @@ def build_demo(home: str | Path, *, allow_local_paths: bool = False) -> gr.Block
                                                 info="optional: keeps the rows whose 'domain' column holds it")
                     with gr.Row():
                         image_column = gr.Textbox("image", label=LABELS["image_column"])
+                        text_column = gr.Textbox("", label=LABELS["text_column"], elem_id="text-column",
+                                                 info="a text target: its texts' column (then no image column)")
                         label_column = gr.Textbox("label", label=LABELS["label_column"], elem_id="label-column")
                 method = gr.Dropdown(sorted(METHODS), value=DEFAULT_METHOD, label=LABELS["method"], elem_id="method")
                 method_info = gr.Markdown(_method_text(DEFAULT_METHOD))
@@ -355,13 +374,18 @@ def build_demo(home: str | Path, *, allow_local_paths: bool = False) -> gr.Block
                     transfer = gr.Dataframe(headers=results.TRANSFER_COLUMNS, label="what moved from each source",
                                             interactive=False, elem_id="transfer-table")
                     gr.Markdown("### Try the merged model")
-                    with gr.Row():
+                    with gr.Row() as image_try:
                         examples = gr.Gallery(label="the target's test images (click one)", columns=6, height=240,
                                               allow_preview=False, elem_id="examples")
                         with gr.Column():
                             image = gr.Image(type="pil", label="or upload an image", sources=["upload", "clipboard"],
                                              height=180, elem_id="try-image")
                             classify_btn = gr.Button("Classify", elem_id="classify")
+                    with gr.Column(visible=False) as text_try:
+                        text_examples = gr.Dropdown([], label="the target's test texts (pick one)",
+                                                    elem_id="text-examples")
+                        text_in = gr.Textbox(label="or type a text", lines=2, elem_id="try-text")
+                        classify_text_btn = gr.Button("Classify the text", elem_id="classify-text")
                     truth = gr.Markdown(elem_id="truth")
                     prediction = gr.Label(num_top_classes=5, label="top classes", elem_id="prediction")
                     gr.Markdown("### Take it with you")
@@ -378,14 +402,14 @@ def build_demo(home: str | Path, *, allow_local_paths: bool = False) -> gr.Block
 
         # spec_from_form's arguments by name; the merge gets a set of inputs, so gradio hands it their values
         # keyed by component and nothing depends on an order
-        form = {"source_kind": source_kind, "builtin_sources": builtin_sources, "repo_ids": repo_ids,
+        form = {"benchmark": benchmark, "text_column": text_column, "source_kind": source_kind, "builtin_sources": builtin_sources, "repo_ids": repo_ids,
                 "target_kind": target_kind, "domain": domain, "dataset": dataset, "dataset_domain": dataset_domain,
                 "image_column": image_column, "label_column": label_column, "method": method,
                 "initial_epochs": initial_epochs, "finetune_epochs": finetune_epochs, "base": base, "lr": lr,
                 "seed": seed, "ensemble": ensemble}
         merge_inputs = {run, *form.values(), *(c for inputs in param_inputs.values() for c in inputs.values())}
         shown = [error, board, log_box, result_box, summary, accuracy, chart, heatmap, transfer, examples, image,
-                 truth, prediction, download, push_result, run]
+                 truth, prediction, download, push_result, run, image_try, text_try, text_examples, text_in]
 
         def on_merge(values: dict, progress=gr.Progress()):
             _forget(values[run])  # this session's earlier run: its files go now
@@ -417,9 +441,18 @@ def build_demo(home: str | Path, *, allow_local_paths: bool = False) -> gr.Block
                     chart: gr.update(value=results.chart_frame(rows), sort=[r[0] for r in rows]),
                     heatmap: str(outcome.heatmap) if outcome.heatmap else None,
                     transfer: results.transfer_rows(outcome),
-                    examples: [(_display(im), f"label {outcome.label_names[y]}") for im, y in outcome.examples],
-                    image: None, truth: "", prediction: None, download: str(outcome.zip_path), push_result: "",
-                    run: outcome}
+                    **_try_area(outcome), truth: "", prediction: None, download: str(outcome.zip_path),
+                    push_result: "", run: outcome}
+
+        def _try_area(outcome: RunOutcome) -> dict:
+            """The examples to try, as images or as texts: whichever the target holds."""
+            text = outcome.modality == "text"
+            picks = [(f"[{outcome.label_names[y]}] {t}", i) for i, (t, y) in enumerate(outcome.examples)] if text \
+                else []
+            return {image_try: gr.update(visible=not text), text_try: gr.update(visible=text),
+                    examples: [] if text else [(_display(im), f"label {outcome.label_names[y]}")
+                                               for im, y in outcome.examples],
+                    image: None, text_examples: gr.update(choices=picks, value=None), text_in: ""}
 
         def on_pick(outcome: RunOutcome | None, evt: gr.SelectData):
             if outcome is None:
@@ -430,7 +463,24 @@ def build_demo(home: str | Path, *, allow_local_paths: bool = False) -> gr.Block
         def on_classify(outcome: RunOutcome | None, im):
             if outcome is None or im is None:
                 return "error: merge first, then pick or upload an image", None
-            return "uploaded image", classify(outcome, im)
+            try:
+                return "uploaded image", classify(outcome, im)
+            except GraspError as e:  # a call past the page's widgets: an image for a text classifier
+                return f"error: {e}", None
+
+        def on_pick_text(outcome: RunOutcome | None, index: int | None):
+            if outcome is None or index is None:
+                return gr.update(), "", None
+            text, y = outcome.examples[int(index)]
+            return text, f"true label: **{outcome.label_names[y]}**", classify(outcome, text)
+
+        def on_classify_text(outcome: RunOutcome | None, text: str):
+            if outcome is None or not (text or "").strip():
+                return "error: merge first, then pick or type a text", None
+            try:
+                return "typed text", classify(outcome, text)
+            except GraspError as e:  # a call past the page's widgets: a text for an image classifier
+                return f"error: {e}", None
 
         def on_push(outcome: RunOutcome | None, repo: str, token: str, private: bool):
             # the token lives in this call only: it is cleared from the page on return, whatever happens
@@ -445,15 +495,22 @@ def build_demo(home: str | Path, *, allow_local_paths: bool = False) -> gr.Block
             return {**{box: gr.update(visible=m == name) for m, box in param_boxes.items()},
                     method_info: _method_text(name)}
 
-        def on_domain(d: int):
-            choices = _source_choices(int(d))
+        def on_domain(name: str, d: int):
+            choices = _source_choices(int(d), name)
             return gr.update(choices=choices, value=[v for _, v in choices])
+
+        def on_benchmark(name: str):
+            start = builtin.BENCHMARKS[name].RECIPE["target_domain"]
+            choices = _source_choices(start, name)
+            return (gr.update(choices=choices, value=[v for _, v in choices], info=BUILTIN_INFO[name]),
+                    gr.update(choices=_domain_choices(name), value=start))
 
         source_kind.change(lambda k: (gr.update(visible=k == BUILTIN), gr.update(visible=k == REPO_IDS)),
                            source_kind, [builtin_sources, repo_ids], queue=False)
-        target_kind.change(lambda k: (gr.update(visible=k == DIGITS), gr.update(visible=k == DATASET)),
+        target_kind.change(lambda k: (gr.update(visible=k == BENCHMARK), gr.update(visible=k == DATASET)),
                            target_kind, [domain, dataset_box], queue=False)
-        domain.change(on_domain, domain, builtin_sources, queue=False)
+        benchmark.input(on_benchmark, benchmark, [builtin_sources, domain], queue=False)
+        domain.change(on_domain, [benchmark, domain], builtin_sources, queue=False)
         method.change(on_method, method, [*param_boxes.values(), method_info], queue=False)
         # one merge at a time in this process (the queue shows the others their place); a run is CPU-bound.
         # preprocess=False: the values as sent, checked by spec_from_form in the page's words (gradio's own checks
@@ -461,6 +518,8 @@ def build_demo(home: str | Path, *, allow_local_paths: bool = False) -> gr.Block
         merge_btn.click(on_merge, merge_inputs, shown, concurrency_limit=1, concurrency_id="merge", preprocess=False)
         examples.select(on_pick, run, [image, truth, prediction], concurrency_limit=4)
         classify_btn.click(on_classify, [run, image], [truth, prediction], concurrency_limit=4)
+        text_examples.input(on_pick_text, [run, text_examples], [text_in, truth, prediction], concurrency_limit=4)
+        classify_text_btn.click(on_classify_text, [run, text_in], [truth, prediction], concurrency_limit=4)
         push_btn.click(on_push, [run, push_repo, push_token, push_private], [push_result, push_token],
                        api_visibility="private")
     _sweep_while_open(demo, runs)
