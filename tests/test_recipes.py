@@ -86,24 +86,33 @@ def test_digits_eras_recipe_agrees_with_the_benchmark():
     assert rec.models == ["resnet", "mobilevit", "efficientnet"]
     assert rec.meta["domains"] == list(range(digits_eras.NUM_DOMAINS))
     # every key of the benchmark's RECIPE has its counterpart in the YAML
-    counterpart = {
+    _assert_counterparts(digits_eras.RECIPE, "recipes/digits-eras.yaml", {
+        **_shared_counterparts(rec),
+        "image_size": rec.meta["image_size"],
+        "pretrain_epochs": rec.meta["make_sources"]["pretrain_epochs"],
+        "source_epochs": rec.meta["make_sources"]["source_epochs"],
+    })
+
+
+def _shared_counterparts(rec) -> dict:
+    """What both built-in benchmarks' RECIPE hold, as their YAML recipe states it."""
+    return {
         "target_domain": str(rec.options["target_domain"]),
         "source_domains": tuple(rec.meta["source_domains"]),
         "lr": rec.options["lr"],
         "batch_size": rec.options["batch_size"],
-        "image_size": rec.meta["image_size"],
         "train_per_class": rec.meta["train_per_class"],
         "validation_size": rec.meta["validation_size"],
         "initial_epochs": rec.options["initial_epochs"],
         "finetune_epochs": rec.options["finetune_epochs"],
-        "pretrain_epochs": rec.meta["make_sources"]["pretrain_epochs"],
-        "source_epochs": rec.meta["make_sources"]["source_epochs"],
     }
-    for key, value in digits_eras.RECIPE.items():
-        assert key in counterpart, f"digits_eras.RECIPE[{key!r}] has no counterpart in recipes/digits-eras.yaml"
+
+
+def _assert_counterparts(recipe: dict, yaml_file: str, counterpart: dict) -> None:
+    for key, value in recipe.items():
+        assert key in counterpart, f"RECIPE[{key!r}] has no counterpart in {yaml_file}"
         expected = str(value) if key == "target_domain" else tuple(value) if key == "source_domains" else value
         assert counterpart[key] == expected, key
-
 
 
 def test_tweet_eras_recipe_agrees_with_the_benchmark():
@@ -114,23 +123,13 @@ def test_tweet_eras_recipe_agrees_with_the_benchmark():
     assert rec.meta["domains"] == list(range(tweet_eras.NUM_DOMAINS))
     assert rec.options["text_column"] == "text" and rec.options["domain_column"] == "domain"
     made = rec.meta["make_sources"]
-    counterpart = {
-        "target_domain": str(rec.options["target_domain"]),
-        "source_domains": tuple(rec.meta["source_domains"]),
-        "lr": rec.options["lr"],
-        "batch_size": rec.options["batch_size"],
+    _assert_counterparts(tweet_eras.RECIPE, "recipes/tweet-eras.yaml", {
+        **_shared_counterparts(rec),
         "max_length": rec.options["max_length"],
         "vocab_size": rec.meta["vocab_size"],
-        "train_per_class": rec.meta["train_per_class"],
-        "validation_size": rec.meta["validation_size"],
-        "initial_epochs": rec.options["initial_epochs"],
-        "finetune_epochs": rec.options["finetune_epochs"],
         **{k: made[k] for k in ("pretrain", "pretrain_epochs", "pretrain_lr", "source_epochs", "source_lr")},
-    }
-    for key, value in tweet_eras.RECIPE.items():
-        assert key in counterpart, f"tweet_eras.RECIPE[{key!r}] has no counterpart in recipes/tweet-eras.yaml"
-        expected = str(value) if key == "target_domain" else tuple(value) if key == "source_domains" else value
-        assert counterpart[key] == expected, key
+    })
+
 
 def _write(tmp_path, text, name="mine.yaml"):
     path = tmp_path / name

@@ -12,15 +12,15 @@ import argparse
 from pathlib import Path
 
 from . import digits_eras, tweet_eras
+from .make_sources import BENCHMARKS, DEFAULT_ARCH, make_sources
 
 #: the benchmark ``--text`` picks
 TEXT_BENCHMARK = tweet_eras.TWEET_ERAS
-_MODULES = {digits_eras.DIGITS_ERAS: digits_eras, tweet_eras.TWEET_ERAS: tweet_eras}
 
 
 def source_dirs(sources_root: Path, benchmark: str = digits_eras.DIGITS_ERAS) -> list[Path]:
     """The recipe's source order (both sides of the target, not nearest-first)."""
-    return [sources_root / f"d{d}" for d in _MODULES[benchmark].RECIPE["source_domains"]]
+    return [sources_root / f"d{d}" for d in BENCHMARKS[benchmark].RECIPE["source_domains"]]
 
 
 def run_demo(output: str | Path = "demo", *, benchmark: str = digits_eras.DIGITS_ERAS, arch: str | None = None,
@@ -31,8 +31,6 @@ def run_demo(output: str | Path = "demo", *, benchmark: str = digits_eras.DIGITS
     """
     from ...merger import GraspMerger
     from ...output.summary import print_summary
-    from .make_sources import DEFAULT_ARCH, make_sources
-
     output, arch = Path(output), arch or DEFAULT_ARCH[benchmark]
     sources_root = output / f"sources-{arch.replace(':', '-')}"
     if not (sources_root / "base").is_dir():

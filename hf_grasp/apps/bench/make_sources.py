@@ -107,7 +107,7 @@ def _train_and_save(family, model, like: Path, out: Path, train_ds, val_ds, *, e
               desc=f"train {out.name}", **schedule)
     acc = evaluate_model(model, family.logits, val, accelerator)["accuracy"]
     family.save(model, out, like=like)
-    (out / "README.md").write_text(README.format(acc=f"{acc:.3f}", **readme))
+    (out / "README.md").write_text(README.format(acc=f"{acc:.3f}", library=family.name, **readme))
     return acc
 
 
@@ -152,7 +152,7 @@ def _text_base(work: Path, ds: DatasetDict, *, seed: int, readme) -> tuple:
     _, val = _loaders(family, base, val_ds, val_ds, batch_size=64, seed=seed)
     acc = evaluate_model(model, family.logits, val, make_accelerator())["accuracy"]
     (base / "README.md").write_text(README.format(
-        acc=f"{acc:.3f} (era 0; an untrained model)",
+        acc=f"{acc:.3f} (era 0; an untrained model)", library=family.name,
         **readme("base", "The shared base: a seeded random initialisation, not trained (its tokenizer is trained "
                          "on the pretraining pool's texts).")))
     return family, model, base
@@ -210,8 +210,8 @@ def make_sources(
     source_epochs = recipe["source_epochs"] if source_epochs is None else source_epochs
 
     def readme(tag: str, what: str) -> dict:
-        return dict(library="transformers" if text else family_name(arch), name=repo_name(arch, tag, benchmark),
-                    arch=arch, about=_ABOUT[benchmark], license=_LICENSES[benchmark], benchmark=benchmark, what=what)
+        return dict(name=repo_name(arch, tag, benchmark), arch=arch, about=_ABOUT[benchmark],
+                    license=_LICENSES[benchmark], benchmark=benchmark, what=what)
 
     set_seed(seed)
     ds = module.load_tweet_eras() if text else module.load_digits_eras()
@@ -251,11 +251,6 @@ def make_sources(
             commit = publish_to_cache(path, repo)
             print(f"published {repo}@{commit[:10]} into the HF cache")
     return made
-
-
-def family_name(arch: str) -> str:
-    """The ``library_name`` of a made checkpoint of ``arch``."""
-    return "timm" if arch.startswith("timm:") else "transformers"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

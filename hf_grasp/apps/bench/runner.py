@@ -31,6 +31,7 @@ from ...methods import METHODS
 from ...plan.config import CONFIG_NAME
 from ...runtime.progress import log, progress
 from . import digits_eras, tweet_eras
+from .make_sources import BENCHMARKS, DEFAULT_ARCH  # torch-free at import: make_sources trains in its functions
 from .results import MAIN_TAU, RunResult, claims, plot, read_csv, summarise, write_csv
 
 TAUS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -45,10 +46,6 @@ VARIANT_RUNS = (("grasp", "keep-start"), ("multi-source", "keep-start"), ("greed
                 ("sequential-ta", "keep-start"), ("learned-interpolation", "keep-start"))
 #: the methods each memory run compares (each in a fresh interpreter, K = cfg.memory_k)
 MEMORY_METHODS = ("grasp", "multi-source-naive", "greedy-soup", "sequential-ta", "learned-interpolation")
-#: the built-in benchmarks a bench makes its own sources for, by recipe name (the module holding data and recipe)
-BENCHMARKS = {digits_eras.DIGITS_ERAS: digits_eras, tweet_eras.TWEET_ERAS: tweet_eras}
-#: their models' default architecture (kept here: make_sources, which also has it, imports the training stack)
-DEFAULT_ARCH = {digits_eras.DIGITS_ERAS: "resnet", tweet_eras.TWEET_ERAS: "bert"}
 #: the benchmarks whose models hold no BatchNorm, so a "+bn" (recalibrated) run would repeat the plain one
 NO_BATCHNORM = {tweet_eras.TWEET_ERAS}
 #: the benchmarks whose base make-sources does not train (a seeded random init)

@@ -21,10 +21,9 @@ import threading
 from pathlib import Path
 
 from ..bench import digits_eras, tweet_eras
-from ..bench.make_sources import DEFAULT_ARCH, make_sources, repo_name
+# the built-in benchmarks the page offers (each with its data module) are make-sources'
+from ..bench.make_sources import BENCHMARKS, DEFAULT_ARCH, make_sources, repo_name
 
-#: the built-in benchmarks the page offers, each with its data module
-BENCHMARKS = {digits_eras.DIGITS_ERAS: digits_eras, tweet_eras.TWEET_ERAS: tweet_eras}
 DIGITS, TWEETS = digits_eras.DIGITS_ERAS, tweet_eras.TWEET_ERAS
 ORG = "demo"
 SEED = 0
