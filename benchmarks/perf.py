@@ -62,7 +62,7 @@ from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SECTIONS = ("memory", "align", "finetune", "eval", "cache", "breakdown", "authors", "threads")
+SECTIONS = ("memory", "align", "finetune", "eval", "cache", "breakdown", "authors", "threads", "scale", "modes")
 
 TAU, ALIGN_BATCHES, BATCH, LR, WEIGHT_DECAY = 0.3, 1, 32, 5e-5, 0.01
 MEMORY_METHODS = ("grasp", "multi-source", "multi-source-naive")
@@ -74,6 +74,21 @@ GOAL_ALIGN = 1.3       # align+transfer per source / floor
 GOAL_EPOCH = 1.05      # fine-tune epoch / plain loop (fused AdamW)
 GOAL_PEAK_P = 4.5      # peak RSS above floor, in P, at K = 8, E = 1
 GOAL_PEAK_K = 1.02     # peak RSS above floor at the largest K / at K = 2
+GOAL_LOW_P = 2.5       # the low-memory modes' peak RSS above floor, in P, at ViT-B scale
+
+#: section 9: the architectures users merge at 224 px, each source a sharded checkpoint; K = 2 and 4, E = 1
+SCALE_ARCHS = ("vit-b16", "convnext-t", "resnet50")
+SCALE_KS = (2, 4)
+SCALE_SIZES = (32, 16, 16)  # train / validation / test images: one batch per epoch
+SCALE_SHARD = "100MB"
+#: section 10: memory modes at ViT-B scale (K = 2, E = 1), each a set of merge options
+MODES = {"default (AdamW)": {}, "--optim adamw_8bit": {"optim": "adamw_8bit"},
+         "--optim adafactor": {"optim": "adafactor"}, "--optim sgd": {"optim": "sgd"},
+         "--gradient-checkpointing": {"gradient_checkpointing": True},
+         "--mixed-precision bf16": {"mixed_precision": "bf16"},
+         "adafactor + checkpointing": {"optim": "adafactor", "gradient_checkpointing": True},
+         "adafactor + checkpointing + bf16": {"optim": "adafactor", "gradient_checkpointing": True,
+                                              "mixed_precision": "bf16"}}
 
 #: the child's clock starts before any import; it runs CHILDREN[name](args, t0) and prints the result last
 CHILD = ("import time; T0 = time.perf_counter()\n"
@@ -146,6 +161,7 @@ def _merger(args: dict, **extra: Any):
         options.update(tau=TAU, align_batches=ALIGN_BATCHES)
     if args.get("threads"):
         options["threads"] = args["threads"]
+    options.update(args.get("options", {}))  # a memory mode's options
     return GraspMerger.from_pretrained(args["sources"], target=args["target"], **options)
 
 
@@ -250,22 +266,24 @@ def _loss_backward(model, x, y) -> None:
     F.cross_entropy(model(pixel_values=x).logits, y).backward()
 
 
-def _read_into(model, weights: Path) -> None:
-    """Every tensor of a safetensors file read once and copied into ``model``'s state dict in place."""
+def _read_into(model, folder: Path) -> None:
+    """Every tensor of a checkpoint's safetensors file(s) (all its shards) read once and copied into ``model``'s
+    state dict in place (names as the model's: the scale sources are saved by this transformers version)."""
     import safetensors
     import torch
 
     state = model.state_dict()
-    with torch.no_grad(), safetensors.safe_open(str(weights), framework="pt") as f:
-        for name in f.keys():
-            state[name].copy_(f.get_tensor(name))
+    for weights in sorted(Path(folder).glob("*.safetensors")):
+        with torch.no_grad(), safetensors.safe_open(str(weights), framework="pt") as f:
+            for name in f.keys():
+                state[name].copy_(f.get_tensor(name))
 
 
 def _floor_per_source(merged, probe, x, y, sources: list[str]) -> float:
     """Seconds per source of the work a transfer step cannot avoid: read the source once, two forward+backward."""
     start = time.perf_counter()
     for source in sources:
-        _read_into(probe, Path(source) / "model.safetensors")
+        _read_into(probe, Path(source))
         _loss_backward(merged, x, y)
         _loss_backward(probe, x, y)
     return (time.perf_counter() - start) / len(sources)
@@ -381,8 +399,36 @@ def breakdown_child(args: dict, t0: float) -> dict:
             "steps": [[s.label, s.seconds] for s in result.report.steps]}
 
 
+def scale_child(args: dict, t0: float) -> dict:
+    """Sections 9, 10: one merge's peak RSS above the floor (imports, data, sources resolved) and its wall; with
+    ``step_floor``, then the floor of one transfer step in the same process (read a source checkpoint, all its
+    shards, into a model; one forward+backward of each model on one alignment batch)."""
+    _import_engine()
+    import torch
+
+    merger = _merger(args)
+    floor = _floor_now()
+    start = time.perf_counter()
+    result = merger.merge()
+    wall = time.perf_counter() - start
+    peak = _status_bytes("VmHWM")
+    report, k = result.report, len(args["sources"])
+    phases = dict(report.phases)
+    out = {"floor": floor, "peak": peak, "wall": wall, "param_bytes": report.memory.param_bytes,
+           "phases": phases, "test_accuracy": report.test_accuracy(), "torch_threads": torch.get_num_threads(),
+           "engine_per_source": sum(phases.get(p, 0.0) for p in PHASES_ALIGN) / (k - 1)}
+    if args.get("step_floor"):
+        from transformers import AutoModelForImageClassification
+
+        probe = AutoModelForImageClassification.from_pretrained(args["sources"][0])
+        x, y = _tensors(merger.data.splits["train"].select(range(BATCH)), merger.model_dir)
+        out["floor_per_source"] = _floor_per_source(result.model, probe, x, y, args["sources"][1:])
+    return out
+
+
 CHILDREN = {f.__name__.removesuffix("_child"): f for f in (
-    memory_child, merge_child, authors_child, align_child, finetune_child, eval_child, cache_child, breakdown_child)}
+    memory_child, merge_child, authors_child, align_child, finetune_child, eval_child, cache_child, breakdown_child,
+    scale_child)}
 
 
 # =========================================================================== the authors' loop
@@ -545,6 +591,7 @@ class Bench:
     target: str
     quick: bool
     repeats: int
+    work: Path | None = None  # where inputs are cached (the scale sections build theirs there)
 
     @property
     def ks(self) -> tuple[int, ...]:
@@ -564,7 +611,8 @@ class Bench:
 
     @property
     def checkpoint_bytes(self) -> int:
-        return (Path(self.sources[0]) / "model.safetensors").stat().st_size
+        """One source's weight files, all shards."""
+        return sum(f.stat().st_size for f in Path(self.sources[0]).glob("*.safetensors"))
 
 
 # --------------------------------------------------------------------------- sections
@@ -645,9 +693,10 @@ def _tree_bytes(root: Path) -> int:
     return total
 
 
-def _disk_high_water(b: Bench, server, k: int, evict: bool, scratch: Path) -> dict:
-    """One merge of ``k`` served sources in a child with a fresh HF_HOME and TMPDIR, both sampled every 50 ms."""
-    hf_home, tmp = scratch / f"hf-{k}-{evict}", scratch / f"tmp-{k}-{evict}"
+def _disk_high_water(b: Bench, server, k: int, evict: bool, scratch: Path, repo: str = "bench/s") -> dict:
+    """One merge of ``k`` sources served as ``{repo}{i}``, in a child with a fresh HF_HOME and TMPDIR, both
+    sampled every 50 ms."""
+    hf_home, tmp = scratch / f"hf-{repo.replace('/', '-')}{k}-{evict}", scratch / f"tmp-{repo.replace('/', '-')}{k}-{evict}"
     tmp.mkdir(parents=True)
     high = {"hf_home": 0, "tmpdir": 0, "both": 0}
 
@@ -656,7 +705,7 @@ def _disk_high_water(b: Bench, server, k: int, evict: bool, scratch: Path) -> di
         sizes["both"] = sizes["hf_home"] + sizes["tmpdir"]
         high.update({key: max(high[key], v) for key, v in sizes.items()})
 
-    args = {**b.args(k, 0), "sources": [f"bench/s{i}" for i in range(k)], "evict": evict}
+    args = {**b.args(k, 0), "sources": [f"{repo}{i}" for i in range(k)], "evict": evict}
     m = run_child("cache", args, env={**server.env(hf_home), "TMPDIR": str(tmp)}, poll=sample)
     sample()
     return {**m, "k": k, "evict": evict, "high_water_bytes": high,
@@ -768,13 +817,103 @@ def section_threads(b: Bench) -> tuple[str, dict]:
                            for (t, busy), ms in runs.items()]}
 
 
+def _new_scale_source(out: Path, *, arch: str, seed: int) -> None:
+    from hf_grasp.apps.bench import archs
+
+    archs.new_checkpoint(arch, out, num_labels=10, image_size=224, seed=seed, max_shard_size=SCALE_SHARD)
+
+
+def scale_bench(b: Bench, arch: str) -> Bench:
+    """K = 4 random ``arch`` sources at 224 px, each sharded, and a 32 / 16 / 16 image target; made once."""
+    work = b.work or HERE / ".perf-work"
+    sources = [_built(work / "scale" / arch / f"s{i}", functools.partial(_new_scale_source, arch=arch, seed=i))
+               for i in range(max(SCALE_KS))]
+    target = _built(work / "target-{}-{}-{}".format(*SCALE_SIZES), functools.partial(_new_target, sizes=SCALE_SIZES))
+    return Bench([str(x) for x in sources], str(target), b.quick, b.repeats, work)
+
+
+def _served(server, sb: Bench, repo: str) -> None:
+    for i, source in enumerate(sb.sources):
+        server.serve(f"{repo}{i}", Path(source))
+
+
+def section_scale(b: Bench) -> tuple[str, dict]:
+    sys.path.insert(0, str(REPO / "tests"))
+    from hub_server import HubServer  # the test suite's hub-compatible server on 127.0.0.1
+
+    raw, rows, disk_rows = {}, [], []
+    with tempfile.TemporaryDirectory(prefix="perf-scale-") as scratch:
+        server = HubServer(Path(scratch) / "hub-store").start()
+        try:
+            for arch in SCALE_ARCHS:
+                sb = scale_bench(b, arch)
+                runs = {k: run_child("scale", {**sb.args(k, 1, eval_steps=False), "step_floor": k == SCALE_KS[0]})
+                        for k in SCALE_KS}
+                p = runs[SCALE_KS[0]]["param_bytes"]
+                over = {k: (r["peak"] - r["floor"]) / p for k, r in runs.items()}
+                k_ratio = over[SCALE_KS[-1]] / over[SCALE_KS[0]]
+                first = runs[SCALE_KS[0]]
+                step, step_floor = first["engine_per_source"], first["floor_per_source"]
+                repo = f"scale-{arch}/s"
+                _served(server, sb, repo)
+                disk = {k: _disk_high_water(sb, server, k, True, Path(scratch), repo=repo) for k in SCALE_KS}
+                shards = len(list(Path(sb.sources[0]).glob("*.safetensors")))
+                raw[arch] = {"runs": runs, "over_p": over, "k_ratio": k_ratio, "step": step, "step_floor": step_floor,
+                             "disk": disk, "shards": shards, "param_bytes": p, "checkpoint_bytes": sb.checkpoint_bytes}
+                rows.append([arch, f"{p / 1e6:.0f} MB", shards, *(f"{over[k]:.2f}" for k in SCALE_KS),
+                             goal(over[SCALE_KS[-1]], GOAL_PEAK_P), f"{k_ratio:.3f}", goal(k_ratio, GOAL_PEAK_K),
+                             f"{step:.1f} / {step_floor:.1f}", f"{step / step_floor:.2f}", goal(step / step_floor, GOAL_ALIGN),
+                             *(f"{runs[k]['wall']:.0f}" for k in SCALE_KS), f"{first['test_accuracy']:.3f}"])
+                disk_rows.append([arch, *(f"{disk[k]['checkpoints']['both']:.2f}" for k in SCALE_KS),
+                                  f"{disk[SCALE_KS[-1]]['checkpoints']['both'] / disk[SCALE_KS[0]]['checkpoints']['both']:.2f}"])
+        finally:
+            server.stop()
+    ks = SCALE_KS
+    text = (table(["arch", "P", "shards", *(f"peak − floor K{k} (P)" for k in ks), f"goal (K{ks[-1]})",
+                   f"K{ks[-1]} / K{ks[0]}", "goal", "step s / its floor s", "step / floor", "goal",
+                   *(f"merge s K{k}" for k in ks), "test acc (random sources)"], rows)
+            + f"\n\nRandom-init sources at 224 px, each saved by `save_pretrained(max_shard_size={SCALE_SHARD!r})`; "
+              f"target: {'/'.join(map(str, SCALE_SIZES))} train/validation/test digits-eras images (one batch per "
+              "epoch); released settings: τ 0.3, one alignment batch of 32, AdamW 5e-5, E = 1 (initial and per "
+              "source). Floor: RSS after imports, data and sources resolved; peak: VmHWM. Step: load + alignment "
+              "+ transfer per source (the report's phases); its floor, in the same process: read the source's "
+              "shards into a model, one forward+backward of each of the two models on one batch of 32.\n\n"
+            + table(["arch", *(f"disk high-water K{k} (checkpoints)" for k in ks), f"K{ks[-1]} / K{ks[0]}"],
+                    disk_rows)
+            + "\n\n`evict_sources`, sources by repo id from the test suite's hub server on 127.0.0.1, E = 0; HF_HOME "
+              "plus the scratch directory, sampled every 50 ms, in units of one source's checkpoint.")
+    return text, raw
+
+
+def section_modes(b: Bench) -> tuple[str, dict]:
+    sb = scale_bench(b, "vit-b16")
+    raw, rows = {}, []
+    for name, options in MODES.items():
+        m = run_child("scale", {**sb.args(2, 1, eval_steps=False), "options": options})
+        over = (m["peak"] - m["floor"]) / m["param_bytes"]
+        raw[name] = {**m, "over_p": over, "options": options}
+        rows.append([name, f"{over:.2f}", f"{m['wall']:.0f}", f"{m['test_accuracy']:.3f}"])
+    base = raw["default (AdamW)"]
+    for row, m in zip(rows, raw.values()):
+        row.insert(3, f"{m['wall'] / base['wall']:.2f}")
+        row.append(goal(m["over_p"], GOAL_LOW_P))
+    text = (table(["mode", "peak − floor (P)", "merge s", "/ default", "test acc (random sources)",
+                   "low-memory goal"], rows)
+            + "\n\nViT-B/16 at 224 px, K = 2, E = 1, the settings of section 9 otherwise. Each mode's bench "
+              "accuracy (digits-eras, 3 seeds x 6 domains) is in benchmarks/results/bench-digits-eras-modes/.")
+    return text, raw
+
+
 SECTION_FUNCTIONS = {"memory": section_memory, "align": section_align, "finetune": section_finetune,
                      "eval": section_eval, "cache": section_cache, "breakdown": section_breakdown,
-                     "authors": section_authors, "threads": section_threads}
+                     "authors": section_authors, "threads": section_threads, "scale": section_scale,
+                     "modes": section_modes}
 TITLES = {"memory": "1. Peak memory above the floor", "align": "2. Align + transfer vs its floor",
           "finetune": "3. Fine-tune epoch vs a plain loop", "eval": "4. Evaluation vs a plain no_grad loop",
           "cache": "5. Disk high-water with evict_sources", "breakdown": "6. Wall-time breakdown of one merge",
-          "authors": "7. The authors' loop vs hf-grasp", "threads": "8. Threads and a competing process"}
+          "authors": "7. The authors' loop vs hf-grasp", "threads": "8. Threads and a competing process",
+          "scale": "9. Real scale: ViT-B/16, ConvNeXt-T, ResNet-50 at 224 px, sharded",
+          "modes": "10. Memory modes at ViT-B scale"}
 
 
 # --------------------------------------------------------------------------- setup and output
@@ -879,7 +1018,7 @@ def main() -> int:
     repeats = args.repeats or (1 if args.quick else 3)
 
     sources, target = prepare(args.work, 4 if args.quick else 16, (200, 50, 50) if args.quick else (800, 100, 100))
-    bench = Bench(sources, target, args.quick, repeats)
+    bench = Bench(sources, target, args.quick, repeats, args.work)
     output = Output(out_dir, {"machine": machine(), "settings": {
         "quick": args.quick, "repeats": repeats, "ks": bench.ks, "tau": TAU, "align_batches": ALIGN_BATCHES,
         "batch_size": BATCH, "lr": LR, "weight_decay": WEIGHT_DECAY, "target": target}, "sections": {}, "failed": {}})

@@ -271,6 +271,9 @@ class GraspMerger:
         set_seed(o.seed)
         merged = self._build()  # seeded: this is the random init when init=random
         probe = self._build()
+        if o.gradient_checkpointing:  # both: the alignment takes gradients of the merged model and of the source
+            for model in (merged, probe):
+                self.family.enable_gradient_checkpointing(model)
         arch_labels = self.family.num_labels(self.model_dir)
         if arch_labels != self.data.num_labels:
             raise SourceError(

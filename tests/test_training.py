@@ -288,6 +288,81 @@ def test_fine_tune_and_evaluate_in_two_processes(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("rank*.ok")) == ["rank0.ok", "rank1.ok"]
 
 
+SAME_AS_ONE_SCRIPT = """
+import sys
+sys.path[:0] = [{repo!r}, {tests!r}]
+import accelerate, torch
+
+def run():
+    from test_training import bn_net, fit
+    from hf_grasp.engine.training import make_accelerator
+
+    acc = make_accelerator(cpu=True)
+    assert acc.num_processes == 2, acc.num_processes
+    model = bn_net()
+    fit(model, acc)
+    if acc.is_main_process:
+        torch.save(model.state_dict(), {out!r})
+
+accelerate.debug_launcher(run, num_processes=2)
+"""
+
+
+def bn_net() -> nn.Sequential:
+    """A conv net with torch's BatchNorm2d and timm's BatchNormAct2d (a subclass torch's SyncBatchNorm cannot
+    replace), its head not zero so the first step already moves every layer."""
+    from timm.layers import BatchNormAct2d
+
+    torch.manual_seed(0)
+    # no conv bias before a norm (as in real nets): its gradient is zero up to float noise, which AdamW would
+    # scale up to full steps
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Conv2d(4, 4, 3, padding=1, bias=False), BatchNormAct2d(4), nn.Flatten(),
+                         nn.Linear(4 * 8 * 8, 2))
+
+
+def fit(model, accelerator) -> None:
+    """Two epochs of 70 examples in batches of 32: the last batch of each epoch has 6 rows."""
+    train = DataLoader(TopBottom(70, seed=1), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    val = DataLoader(TopBottom(20, seed=2), batch_size=16)
+    fine_tune(model, logits_fn, train, val, accelerator, epochs=2, lr=1e-2, weight_decay=0.0, schedule="constant")
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_model_one_process_trains(tmp_path):
+    """BatchNorm over the global batch (the two processes' rows together, torch's and timm's modules alike) and
+    the same global batches, the short last one included: the weights and running statistics one process makes,
+    up to float summation order."""
+    from hf_grasp.engine.training import make_accelerator
+
+    one = bn_net()
+    fit(one, make_accelerator(cpu=True))
+    script = tmp_path / "two.py"
+    script.write_text(SAME_AS_ONE_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests"), out=str(tmp_path / "two.pt")))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    two = torch.load(tmp_path / "two.pt")
+    assert list(two) == list(one.state_dict())
+    moved = 0
+    for name, tensor in one.state_dict().items():
+        assert torch.allclose(two[name].float(), tensor.float(), atol=1e-4, rtol=1e-4), name
+        moved += not torch.equal(tensor, bn_net().state_dict()[name])
+    assert moved >= 10  # the comparison is of trained weights and statistics, not of the initial ones
+
+
+def test_global_batchnorm_leaves_one_process_and_models_without_batchnorm_alone():
+    from hf_grasp.engine.global_batchnorm import global_batchnorm
+
+    x = torch.randn(6, 1, 8, 8)
+    for model in (make_net(batchnorm=False), bn_net()):
+        model.train()
+        with torch.no_grad():
+            plain = model(x)
+            with global_batchnorm(2):  # no process group: nothing to synchronise with, nothing intercepted
+                assert torch.equal(model(x), plain)
+
+
 def test_recalibrate_batchnorm_matches_target_statistics():
     from hf_grasp.engine.training import make_accelerator, recalibrate_batchnorm
 

@@ -31,6 +31,7 @@ from ..plan.options import MergeOptions, MethodParams
 from ..runtime.progress import log
 from ..inputs.sources import ResolvedSource, stream_into
 from ..runtime.timing import PhaseTimer
+from .global_batchnorm import global_batchnorm
 from .records import Step
 from .training import evaluate_model, fine_tune, rows_of
 
@@ -263,13 +264,20 @@ class MergeContext:
         model.train(train_mode)
         model.zero_grad(set_to_none=True)
         release_freed_memory(collect=False)  # what evaluation and loading left in the C heap, before gradients
-        with self.timer.phase("alignment"), _handing_over(model, consume if world == 1 else None) as last_batch:
+        with self.timer.phase("alignment"), _handing_over(model, consume if world == 1 else None) as last_batch, \
+                global_batchnorm(world if train_mode else 1), self._checkpointing(model):
             self._gradients(model, batches, rank, world, step, advice, last_batch)
         if consume is not None:  # what the hooks did not take: several processes, all-reduced first
             for name, p in model.named_parameters():
                 if p.grad is not None:
                     consume(name, p.grad)
                     p.grad = None
+
+    def _checkpointing(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        """With ``gradient_checkpointing``, the library checkpoints ``model`` in eval mode too."""
+        if self.options.gradient_checkpointing:
+            return self.family.checkpointing_in_eval(model)
+        return contextlib.nullcontext()
 
     def _gradients(self, model: nn.Module, batches: list[dict], rank: int, world: int, step: str,
                    advice: str, last_batch: Callable[[], None]) -> None:
@@ -310,7 +318,7 @@ class MergeContext:
         The probe is idle meanwhile: its storage is released (the next
         :meth:`load` re-materialises it) and the best-validation state goes to a
         scratch safetensors file, so fine-tuning holds one model, its gradients
-        and the AdamW moments, nothing more. ``lr`` overrides ``options.lr`` (a
+        and the optimizer's state (AdamW: two moments), nothing more. ``lr`` overrides ``options.lr`` (a
         method with its own rate, such as PEARL's adapters).
         """
         if epochs == 0:
@@ -323,7 +331,7 @@ class MergeContext:
                 self.merged, self.family.logits, self.train_loader, self.val_loader, self.accelerator,
                 epochs=epochs, lr=o.lr if lr is None else lr, weight_decay=o.weight_decay, schedule=o.schedule,
                 schedule_per=o.schedule_per, best_store=Path(tmp) / "best.safetensors", desc=desc, timer=self.timer,
-                keep_start=o.keep_start,
+                keep_start=o.keep_start, optim=o.optim,
             )
 
     def check_finite(self) -> None:

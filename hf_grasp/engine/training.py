@@ -21,7 +21,6 @@ from a hub).
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import threading
@@ -40,6 +39,8 @@ from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 from accelerate.utils import release_memory
 from torch import nn
 
+from .global_batchnorm import global_batchnorm
+from .optimizers import DEFAULT_OPTIM, make_optimizer
 from ..runtime.memory import frozen_heap, packed_empty, release_freed_memory
 from ..runtime.errors import DataError, GraspError, NumericalError, flag
 from ..runtime.interrupts import raise_if_interrupted
@@ -92,14 +93,26 @@ def make_accelerator(*, cpu: bool | None = None, mixed_precision: str = "no") ->
 
     Launched on several processes, every batch is split between them
     (``split_batches``): ``--batch-size`` stays the global batch, so a run takes
-    the same optimizer steps on the same examples as one process does.
+    the same optimizer steps on the same examples as one process does, and
+    BatchNorm normalises over the global batch (:mod:`.global_batchnorm`).
     """
     kwargs: dict[str, Any] = {"mixed_precision": mixed_precision,
                               "dataloader_config": accelerate.DataLoaderConfiguration(split_batches=True)}
     cpu = forced_cpu(cpu)
     if cpu is not None:
         kwargs["cpu"] = cpu
-    return accelerate.Accelerator(**kwargs)
+    state = accelerate.state.AcceleratorState
+    if state._shared_state and state._shared_state.get("_mixed_precision") != mixed_precision:
+        # a second merge of the process in another precision (a bench, a notebook): accelerate keeps one
+        # precision per process and refuses another; its per-accelerator state is dropped (as transformers'
+        # TrainingArguments does), the process group kept. Merges one after another, never two at once.
+        state._reset_state(reset_partial_state=False)
+    accelerator = accelerate.Accelerator(**kwargs)
+    if mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        # accelerate would run it in full precision without a word (no fp16 autocast or loss scaler on CPUs)
+        raise GraspError(f"{flag('mixed_precision', 'fp16')} needs a GPU; on a CPU use "
+                         f"{flag('mixed_precision', 'bf16')}")
+    return accelerator
 
 
 @contextlib.contextmanager
@@ -209,11 +222,13 @@ def fine_tune(
     timer: PhaseTimer | None = None,
     step_in_backward: bool | None = None,
     keep_start: bool = False,
+    optim: str = DEFAULT_OPTIM,
 ) -> list[dict]:
     """Fine-tune ``model`` in place on ``train_loader``; keep the best-validation epoch.
 
-    AdamW over the trainable parameters (PyTorch's fused kernel where the
-    device has one) with a ``transformers.get_scheduler`` schedule
+    ``optim`` over the trainable parameters (:mod:`.optimizers`; by default the
+    released code's AdamW, PyTorch's fused kernel where the device has one)
+    with a ``transformers.get_scheduler`` schedule
     (``"cosine"``, ``"linear"`` or ``"constant"``) spanning all ``epochs``,
     cross-entropy on ``batch["labels"]``. ``schedule_per="epoch"`` steps the
     schedule once per epoch (the released GRASP code: a cosine over the epochs,
@@ -258,12 +273,16 @@ def fine_tune(
 
     was_training = model.training
     _move_to(model, accelerator.device)  # in place, before the optimizer sees the parameters
-    # fused: one kernel per step over all tensors; the default for-each-tensor loop costs a third of a CPU epoch
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=_has_fused_adamw(params))
+    # AdamW fused: one kernel per step over all tensors; the default for-each-tensor loop costs a third of a CPU epoch
+    optimizer = make_optimizer(optim, params, lr=lr, weight_decay=weight_decay)
     per_step = schedule_per == "step"
     scheduler = _make_scheduler(optimizer, schedule, warmup_ratio,
                                 total_steps=epochs * steps_per_epoch if per_step else epochs)
-    train_model, optimizer, train_dl, val_dl = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    # The train loader is not prepared: accelerate's split_batches completes a short last batch with rows from
+    # the start of the epoch, so several processes would train on other examples than one does. Every process
+    # draws the same global batches (the same seeded shuffle) and takes its rows of each (_train_epoch).
+    train_model, optimizer, val_dl = accelerator.prepare(model, optimizer, val_loader)
+    train_dl = train_loader
     if per_step:
         scheduler = accelerator.prepare(scheduler)
     if accelerator.unwrap_model(train_model, keep_torch_compile=False) is not model:
@@ -284,7 +303,8 @@ def fine_tune(
             with phase(timer, "best_state"):
                 best.offer(0, start["accuracy"])
         for epoch in range(1, epochs + 1):
-            with phase(timer, "train"), _step_in_backward(params, optimizer, in_backward) as flush:
+            with phase(timer, "train"), _step_in_backward(params, optimizer, in_backward) as flush, \
+                    global_batchnorm(accelerator.num_processes):
                 train_loss, last_lr = _train_epoch(train_model, logits_fn, train_dl, optimizer,
                                                    scheduler if per_step else None, accelerator,
                                                    desc=f"{desc} {epoch}/{epochs}",
@@ -327,6 +347,8 @@ def _allocate_training_state(optimizer: torch.optim.Optimizer) -> None:
     from torch.optim.optimizer import _get_scalar_dtype
 
     inner = _raw(optimizer)
+    if type(inner) is not torch.optim.AdamW:  # the others make their own state (Adafactor, SGD, bitsandbytes')
+        return
     for group in inner.param_groups:
         fused, on_device = bool(group.get("fused")), bool(group.get("fused") or group.get("capturable"))
         fresh = [p for p in group["params"] if not inner.state[p]]  # what torch.optim.Adam._init_group fills
@@ -388,25 +410,6 @@ def _step_in_backward(params: list[torch.Tensor], optimizer: Any, enabled: bool)
         waiting.clear()
 
 
-def _has_fused_adamw(params: list[torch.Tensor]) -> bool:
-    """Whether PyTorch's fused AdamW kernel takes these parameters (floating point, on a CPU or CUDA-like device)."""
-    return all(p.is_floating_point() and _fused_adamw_runs(p.device, p.dtype) for p in params)
-
-
-@functools.cache
-def _fused_adamw_runs(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether one fused AdamW step runs on a parameter of this device and dtype. torch lists the devices with the
-    kernel only in a private function; the public optimizer is asked instead (once per device and dtype: it
-    refuses an unsupported one with a RuntimeError at its first step)."""
-    p = torch.zeros(1, device=device, dtype=dtype, requires_grad=True)
-    p.grad = torch.zeros_like(p)
-    try:
-        torch.optim.AdamW([p], fused=True).step()
-    except RuntimeError:
-        return False
-    return True
-
-
 def _make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_ratio: float, *, total_steps: int):
     """The ``transformers.get_scheduler`` schedule spanning ``total_steps`` (warmup a fraction of them)."""
     warmup_steps = int(round(warmup_ratio * total_steps))
@@ -423,16 +426,27 @@ def _train_epoch(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], 
     with ``flush`` the backward pass updates the parameters and ``flush()`` completes it, see
     :func:`_step_in_backward`).
 
+    ``loader`` yields global batches. Several processes each take their rows of
+    a batch, and each one's loss is its rows' share of the batch mean times the
+    number of processes: DDP averages the gradients over the processes, so the
+    step is one process's on the whole batch, a short last batch included.
+
     Returns the mean batch loss (averaged across processes) and the learning
     rate of the last step. Gradients are freed at the end. A NaN or inf batch
     loss makes the mean NaN or inf; a single process stops the epoch there.
     """
     model.train()
+    rank, world = accelerator.process_index, accelerator.num_processes
     total_loss, n_batches, last_lr = 0.0, 0, float("nan")
     for batch in progress(loader, desc=desc, unit="batch", leave=False):
         raise_if_interrupted()
-        logits = logits_fn(model, batch)
-        loss = F.cross_entropy(logits.float(), batch["labels"])
+        batch = on_device(batch, accelerator.device)
+        if world == 1:
+            loss = F.cross_entropy(logits_fn(model, batch).float(), batch["labels"])
+        else:
+            n = len(batch["labels"])
+            mine = rows_of(batch, torch.tensor_split(torch.arange(n, device=accelerator.device), world)[rank])
+            loss = F.cross_entropy(logits_fn(model, mine).float(), mine["labels"], reduction="sum") * (world / n)
         accelerator.backward(loss)
         if flush is not None:
             flush()

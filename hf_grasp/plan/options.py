@@ -61,6 +61,8 @@ def option(default: Any, help: str, *, group: str | None = None, card: str | dic
 
 #: learning-rate schedules (names of ``transformers.get_scheduler``)
 Schedule = Literal["cosine", "linear", "constant"]
+#: fine-tuning optimizers, by their transformers ``TrainingArguments.optim`` names
+Optim = Literal["adamw_torch", "adamw_8bit", "adafactor", "sgd"]
 #: the units GRASP can score (hf_grasp.engine.alignment): declared once, here, below every stage that names them
 Granularity = Literal["tensor", "row", "element"]
 GRANULARITIES: tuple[str, ...] = typing.get_args(Granularity)
@@ -159,9 +161,20 @@ class MergeOptions(_Options):
                                   "Every method that trains gets initial + (K-1) x this many epochs.",
                                   group="training", card="Epochs fine-tuning after each source's transfer: {value}.",
                                   ge=0, le=MAX_EPOCHS)
-    lr: float = option(5e-5, "AdamW learning rate.", group="training", card="Learning rate {value:g} (AdamW).", gt=0)
-    weight_decay: float = option(0.01, "AdamW weight decay.", group="training", card="Weight decay {value:g} (AdamW).",
-                                 ge=0)
+    lr: float = option(5e-5, "Learning rate of the fine-tuning optimizer.", group="training",
+                       card="Learning rate {value:g}.", gt=0)
+    weight_decay: float = option(0.01, "Weight decay of the fine-tuning optimizer, on every parameter (the released "
+                                 "code).", group="training", card="Weight decay {value:g}.", ge=0)
+    optim: Optim = option(
+        "adamw_torch", "The fine-tuning optimizer, by its transformers TrainingArguments name: 'adamw_torch' (the "
+        "released code's AdamW; PyTorch's fused kernel where the device has one; two moments: 2x the parameters' "
+        "memory), 'adamw_8bit' (bitsandbytes' 8-bit AdamW, moments in a quarter of that; pip install "
+        "'hf-grasp[lowmem]'), 'adafactor' (transformers' Adafactor at --lr: factored second moments, no first "
+        "moment) or 'sgd' (no state; plain SGD at --lr, which AdamW's small rates barely move).", group="training",
+        card={"adamw_torch": "Optimizer: AdamW (PyTorch), as in the released code.",
+              "adamw_8bit": "Optimizer: 8-bit AdamW (bitsandbytes, `--optim adamw_8bit`).",
+              "adafactor": "Optimizer: Adafactor (transformers, fixed learning rate, `--optim adafactor`).",
+              "sgd": "Optimizer: SGD without momentum (`--optim sgd`)."})
     schedule: Schedule = option(
         "cosine", "Learning-rate schedule over each fine-tuning round.", group="training",
         card="Learning-rate schedule: {value}, over each fine-tuning round.")
@@ -249,8 +262,16 @@ class MergeOptions(_Options):
                                  "scratch directory deleted right after: disk holds one source checkpoint whatever "
                                  "K (online; not the first source, not methods that read every source at once).",
                                  group="runtime", card_skip="a runtime choice that does not change the model")
+    gradient_checkpointing: bool = option(
+        False, "Recompute activations in the backward pass instead of keeping them, through the model library's "
+        "own gradient checkpointing (transformers' activation_checkpointing_enable, timm's set_grad_checkpointing), "
+        "in fine-tuning and alignment alike: less memory for more compute. Refused for an architecture its library "
+        "cannot checkpoint.", group="runtime",
+        card={False: "Activations kept for the backward pass (no gradient checkpointing).",
+              True: "Gradient checkpointing: activations recomputed in the backward pass (`--gradient-checkpointing`; "
+                    "the same model up to float rounding)."})
     mixed_precision: Literal["no", "fp16", "bf16"] = option(
-        "no", "accelerate mixed precision.", group="runtime",
+        "no", "accelerate mixed precision: bf16 autocast runs on CPUs and GPUs; fp16 needs a GPU.", group="runtime",
         card={"no": "Precision: full (no mixed precision).", "fp16": "Precision: fp16 mixed precision (accelerate).",
               "bf16": "Precision: bf16 mixed precision (accelerate)."})
     cpu: bool = option(False, "Force the CPU even when an accelerator is present.", group="runtime",

@@ -122,10 +122,6 @@ class MergePlan:
         if n > 1 and not info.multi_process:
             raise GraspError(f"method {info.name!r} cannot run on {n} processes yet (its result would differ from "
                              "one process's); launch it as a single process")
-        if n > 1 and o.align_mode == "train-merged":
-            raise GraspError(f"{flag('align_mode', None)} train-merged: in train mode BatchNorm takes statistics "
-                             "over the whole batch, which is split between the processes; launch it as a single "
-                             "process")
         if o.batch_size % n:
             raise GraspError(f"{flag('batch_size', None)} {o.batch_size}: each batch is split between the {n} "
                              f"processes, so it must be a multiple of {n}")

@@ -30,6 +30,9 @@ from ...runtime.errors import GraspError
 
 #: Built-in transformers architectures; any ``timm:<model name>`` is accepted too.
 ARCHS = ("resnet", "mobilevit", "efficientnet", "resnet18")
+#: the full-size shapes users merge (transformers' default configs: ViT-B/16, ConvNeXt-T, ResNet-50), for the
+#: performance benchmark at 224 pixels; not offered by make-sources (a CPU takes minutes per epoch of them)
+SCALE_ARCHS = ("vit-b16", "convnext-t", "resnet50")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,6 +52,24 @@ def _resnet18(image_size: int) -> Any:
 
     return ResNetConfig(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
                         layer_type="basic", downsample_in_first_stage=False)
+
+
+def _vit_b16(image_size: int) -> Any:
+    from transformers import ViTConfig
+
+    return ViTConfig(image_size=image_size)  # the default: ViT-B/16, 86M parameters
+
+
+def _convnext_t(image_size: int) -> Any:
+    from transformers import ConvNextConfig
+
+    return ConvNextConfig(image_size=image_size)  # the default: ConvNeXt-T, 28M parameters
+
+
+def _resnet50(image_size: int) -> Any:
+    from transformers import ResNetConfig
+
+    return ResNetConfig()  # the default: ResNet-50, 24M parameters with a 10-class head
 
 
 def _mobilevit(image_size: int) -> Any:
@@ -78,17 +99,20 @@ _TRANSFORMERS: dict[str, Callable[[int], Any]] = {
     "mobilevit": _mobilevit,
     "efficientnet": _efficientnet,
     "resnet18": _resnet18,
+    "vit-b16": _vit_b16,
+    "convnext-t": _convnext_t,
+    "resnet50": _resnet50,
 }
 
 
 def _processor_overrides(model_type: str, image_size: int) -> dict[str, Any]:
     """Size settings that make each processor output ``image_size`` x ``image_size``."""
     square = {"height": image_size, "width": image_size}
-    if model_type == "resnet":  # ConvNextImageProcessor: shortest edge to size/crop_pct, centre crop
+    if model_type in ("resnet", "convnext"):  # ConvNextImageProcessor: shortest edge to size/crop_pct, centre crop
         return {"size": {"shortest_edge": image_size}, "crop_pct": 1.0}
     if model_type == "mobilevit":  # shortest edge resize, then centre crop
         return {"size": {"shortest_edge": image_size}, "crop_size": square}
-    if model_type == "efficientnet":  # direct resize to (height, width)
+    if model_type in ("efficientnet", "vit"):  # direct resize to (height, width)
         return {"size": square, "crop_size": square}
     raise GraspError(f"no image processor settings for model type {model_type!r}")
 
@@ -111,7 +135,8 @@ def _labels(num_labels: int, id2label: dict[int, str] | None) -> dict[int, str]:
 
 
 def new_checkpoint(arch: str, out_dir: Path, *, num_labels: int, id2label: dict[int, str] | None = None,
-                   image_size: int = 32, seed: int = 0, timm_kwargs: dict[str, Any] | None = None) -> None:
+                   image_size: int = 32, seed: int = 0, timm_kwargs: dict[str, Any] | None = None,
+                   max_shard_size: str | None = None) -> None:
     """Write a randomly initialised (``torch.manual_seed(seed)``) checkpoint of ``arch`` to ``out_dir``.
 
     ``arch`` is one of :data:`ARCHS` or ``timm:<timm model name>``. The
@@ -119,7 +144,8 @@ def new_checkpoint(arch: str, out_dir: Path, *, num_labels: int, id2label: dict[
     weights, preprocessing config) and nothing else; no pickle file is written.
     ``timm_kwargs`` (timm arches only) go to ``timm.create_model`` (``depth=2``,
     say, for a smaller variant); timm records them in ``model_args``, so every
-    loader of the checkpoint builds the same shape.
+    loader of the checkpoint builds the same shape. ``max_shard_size`` (transformers arches, e.g. ``"100MB"``)
+    writes the weights as safetensors shards with their index, as large Hub checkpoints are.
     """
     labels = _labels(num_labels, id2label)
     out_dir = Path(out_dir)
@@ -141,7 +167,7 @@ def new_checkpoint(arch: str, out_dir: Path, *, num_labels: int, id2label: dict[
     config.label2id = {n: i for i, n in labels.items()}
     torch.manual_seed(seed)
     model = AutoModelForImageClassification.from_config(config, dtype=torch.float32)
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     _image_processor(config, image_size).save_pretrained(out_dir)
 
 

@@ -41,6 +41,11 @@ MEMORY_K = (2, 4, 8)
 SKIP_IN_ACCURACY = {"multi-source-naive"}
 #: option sets run besides each method's defaults, by name (the name is appended to the row's label)
 VARIANTS = {"keep-start": {"keep_start": True}}
+#: memory modes a bench can add to GRASP (``--modes``), each a variant: the option set it names
+MEMORY_MODES = {"adamw_8bit": {"optim": "adamw_8bit"}, "adafactor": {"optim": "adafactor"}, "sgd": {"optim": "sgd"},
+                "bf16": {"mixed_precision": "bf16"}, "adafactor+bf16": {"optim": "adafactor", "mixed_precision": "bf16"},
+                "adamw_8bit+bf16": {"optim": "adamw_8bit", "mixed_precision": "bf16"}}
+VARIANTS.update(MEMORY_MODES)
 #: which methods run in which variant (each once, without BN recalibration)
 VARIANT_RUNS = (("grasp", "keep-start"), ("multi-source", "keep-start"), ("greedy-soup", "keep-start"),
                 ("sequential-ta", "keep-start"), ("learned-interpolation", "keep-start"))
@@ -72,6 +77,7 @@ class BenchConfig:
     pretrain_epochs: int | None = None        # None: the recipe's (tweet-eras' base is not pretrained)
     source_epochs: int | None = None          # None: the recipe's
     options: dict = field(default_factory=dict)  # merge option overrides (e.g. epochs in --quick)
+    modes: tuple[str, ...] = ()               # MEMORY_MODES to run GRASP in besides its default
 
     def __post_init__(self):
         # the recipe's values filled in here, so config.json records what ran (and --resume compares it)
@@ -154,6 +160,7 @@ def pair_runs(cfg: BenchConfig, seed: int, n_sources: int) -> list[dict]:
             runs.append(dict(method=method, tau=tau, recal=True))
     runs += [dict(method=m, tau=MAIN_TAU if m == "grasp" else None, variant=v) for m, v in VARIANT_RUNS
              if m in methods]
+    runs += [dict(method="grasp", tau=MAIN_TAU, variant=mode) for mode in cfg.modes]
     runs += [dict(method="grasp", tau=tau) for tau in cfg.taus if tau != MAIN_TAU or "grasp" not in methods]
     rng = random.Random(seed)
     for _ in range(cfg.n_orders - 1):
@@ -474,6 +481,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-sources", type=int, help="K: use only the first K sources of the order.")
     p.add_argument("--memory-k", type=int, nargs="+", help="K values for the memory runs (default 2 4 8).")
     p.add_argument("--source-epochs", type=int, help="Epochs for the base and for each source in make-sources.")
+    p.add_argument("--modes", nargs="+", choices=list(MEMORY_MODES), default=(),
+                   help="Memory modes to run GRASP in besides its default, each a row of its own: an optimizer "
+                        "(--optim), bf16 (--mixed-precision) or both.")
     p.add_argument("--output", type=Path, default=Path("bench"), help="Directory for sources, CSV, tables, plots.")
     p.add_argument("--resume", action="store_true",
                    help="Keep the (domain, seed) pairs already in OUTPUT/results.csv and run only the rest.")
@@ -498,6 +508,7 @@ def run_from_args(args: argparse.Namespace) -> dict:
             setattr(cfg, name, tuple(getattr(args, name)))
     if args.orders:
         cfg.n_orders = args.orders
+    cfg.modes = tuple(args.modes or ())
     if args.max_sources:
         cfg.max_sources = args.max_sources
     if args.source_epochs:

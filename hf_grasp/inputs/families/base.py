@@ -10,12 +10,15 @@ family (text classifiers, say) plugs in without touching the algorithm.
 from __future__ import annotations
 
 import abc
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
+
+from ...runtime.errors import GraspError, flag
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,18 @@ class ModelFamily(abc.ABC):
     def check_same_inputs(self, lead: str, lead_dir: Path, name: str, model_dir: Path) -> None:
         """Refuse source ``name`` (in ``model_dir``) whose preprocessing differs from the lead's where the merge
         needs it the same (a text family: the tokenizer). Nothing to compare by default."""
+
+    def enable_gradient_checkpointing(self, model: nn.Module) -> None:
+        """Turn on the library's own gradient checkpointing (activations recomputed in the backward pass instead
+        of kept), or raise :class:`~hf_grasp.runtime.errors.GraspError` naming the architecture that has none."""
+        raise GraspError(f"{type(model).__name__} ({self.name}): no gradient checkpointing in this library; leave "
+                         f"out {flag('gradient_checkpointing')}")
+
+    @contextlib.contextmanager
+    def checkpointing_in_eval(self, model: nn.Module) -> Iterator[None]:
+        """Within the block, a model in eval mode with checkpointing enabled still checkpoints (the alignment
+        takes its gradients in eval mode); nothing to do where the library checkpoints in either mode."""
+        yield
 
     @abc.abstractmethod
     def logits(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ...runtime.errors import SourceError, first_line
+from ...runtime.errors import GraspError, SourceError, first_line, flag
 from .base import ModelFamily
 
 # Keys save_config_for_hf recomputes from the model itself; everything else in
@@ -91,6 +91,14 @@ class TimmFamily(ModelFamily):
             return torch.stack([tf(im if im.mode == mode else im.convert(mode)) for im in images])
 
         return transform
+
+    def enable_gradient_checkpointing(self, model: nn.Module) -> None:
+        """timm's ``set_grad_checkpointing`` (it checkpoints in train and eval mode alike)."""
+        try:
+            model.set_grad_checkpointing(True)
+        except (AssertionError, NotImplementedError, AttributeError) as e:
+            raise GraspError(f"{type(model).__name__}: timm has no gradient checkpointing for this architecture; "
+                             f"leave out {flag('gradient_checkpointing')}") from e
 
     def logits(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return model(batch["pixel_values"])

@@ -9,14 +9,15 @@ ConvNeXt, ...) works without code here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from ...runtime.errors import SourceError, UnsupportedArchitectureError, first_line, flag
+from ...runtime.errors import GraspError, SourceError, UnsupportedArchitectureError, first_line, flag
 from .base import ModelFamily, Read, TensorNaming
 
 
@@ -102,6 +103,34 @@ class TransformersFamily(ModelFamily):
             return processor(images=images, return_tensors="pt")["pixel_values"]
 
         return transform
+
+    def enable_gradient_checkpointing(self, model: nn.Module) -> None:
+        """``PreTrainedModel.activation_checkpointing_enable`` (``gradient_checkpointing_enable`` before
+        transformers 5.x named it so; non-reentrant), where the architecture supports it."""
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise GraspError(f"{type(model).__name__}: transformers has no gradient checkpointing for this "
+                             "architecture; leave out --gradient-checkpointing")
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    @contextlib.contextmanager
+    def checkpointing_in_eval(self, model: nn.Module) -> Iterator[None]:
+        """transformers checkpoints a layer only when the layer is in train mode: the checkpointed layers alone
+        are marked training (their own flag, not their children's: dropout and BatchNorm stay in eval)."""
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)
+                  and getattr(m, "gradient_checkpointing", False) and not m.training]
+        for m in layers:
+            m.training = True
+        try:
+            yield
+        finally:
+            for m in layers:
+                m.training = False
 
     def logits(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         out = model(pixel_values=batch["pixel_values"])
