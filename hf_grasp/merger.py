@@ -274,6 +274,12 @@ class GraspMerger:
         if o.gradient_checkpointing:  # both: the alignment takes gradients of the merged model and of the source
             for model in (merged, probe):
                 self.family.enable_gradient_checkpointing(model)
+        if o.gradient_accumulation_steps > 1 and (o.initial_epochs or o.finetune_epochs) and any(
+                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in merged.modules()):
+            raise GraspError(f"{flag('gradient_accumulation_steps', o.gradient_accumulation_steps)}: "
+                             f"{type(merged).__name__} has BatchNorm, which in fine-tuning would normalise each "
+                             "slice of a batch on its own and make another model; leave it out (or fine-tune "
+                             "no epochs)")
         arch_labels = self.family.num_labels(self.model_dir)
         if arch_labels != self.data.num_labels:
             raise SourceError(

@@ -111,3 +111,45 @@ def test_a_low_memory_merge_runs_and_its_card_states_every_mode(checkpoints, tmp
                      "Gradient checkpointing: activations recomputed in the backward pass",
                      "Precision: bf16 mixed precision (accelerate)."):
         assert sentence in card
+
+
+def test_a_batch_in_slices_trains_as_the_whole_batch():
+    """Gradient accumulation: each slice's share of the loss, the gradients added, one step per batch."""
+    runs = []
+    for slices in (1, 3):
+        model = make_net(batchnorm=False)
+        torch.nn.init.normal_(model[-1].weight, std=0.1)
+        train = DataLoader(TopBottom(70, seed=1), batch_size=32, shuffle=True,
+                           generator=torch.Generator().manual_seed(0))
+        history = fine_tune(model, logits_fn, train, DataLoader(TopBottom(32, seed=2), batch_size=32),
+                            make_accelerator(cpu=True), epochs=2, lr=1e-2, weight_decay=0.01, slices=slices,
+                            step_in_backward=False)
+        runs.append((model.state_dict(), history))
+    (a, ha), (b, hb) = runs
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+    assert [h["train_loss"] for h in ha] == pytest.approx([h["train_loss"] for h in hb], rel=1e-5)
+
+
+def test_gradient_accumulation_is_the_same_merge_and_refused_with_batchnorm(target, tmp_path, checkpoints):
+    from hf_grasp.runtime.errors import GraspError
+
+    sources = [str(checkpoint("vit", tmp_path / f"s{seed}", seed=seed)) for seed in (0, 1)]
+    options = {**TINY, "initial_epochs": 1, "finetune_epochs": 1, "tau": 0.3}
+    whole = GraspMerger.from_pretrained(sources, target=str(target), **options).merge()
+    sliced = GraspMerger.from_pretrained(sources, target=str(target), gradient_accumulation_steps=3,
+                                         **options).merge()
+    a, b = whole.report.sources[1], sliced.report.sources[1]
+    for name, score in a.scores.items():
+        assert b.scores[name] == pytest.approx(score, abs=1e-5), name
+    for (name, p), q in zip(whole.model.state_dict().items(), sliced.model.state_dict().values()):
+        assert torch.allclose(p, q, atol=1e-5), name
+
+    resnets = [str(s) for s in checkpoints("resnet", 2)]
+    with pytest.raises(GraspError, match=r"^gradient_accumulation_steps=2: ResNetForImageClassification has "
+                                         r"BatchNorm, which in fine-tuning would normalise each slice"):
+        GraspMerger.from_pretrained(resnets, target="digits-eras", gradient_accumulation_steps=2,
+                                    initial_epochs=1).merge()
+    # without fine-tuning only the eval-mode alignment is sliced, which BatchNorm does not notice
+    GraspMerger.from_pretrained(resnets, target="digits-eras", gradient_accumulation_steps=2, initial_epochs=0,
+                                finetune_epochs=0, eval_sources=False).merge()

@@ -282,21 +282,27 @@ class MergeContext:
     def _gradients(self, model: nn.Module, batches: list[dict], rank: int, world: int, step: str,
                    advice: str, last_batch: Callable[[], None]) -> None:
         losses = []
+        slices = self.options.gradient_accumulation_steps
         for i, b in enumerate(batches):
-            if i == len(batches) - 1:
-                last_batch()
             labels = b["labels"]
-            if world == 1:
+            if world == 1 and slices == 1:
+                if i == len(batches) - 1:
+                    last_batch()
                 loss = torch.nn.functional.cross_entropy(self.family.logits(model, b), labels)
-            else:
-                mine = torch.tensor_split(torch.arange(len(labels), device=labels.device), world)[rank]
-                if not len(mine):
-                    continue
-                logits = self.family.logits(model, rows_of(b, mine))
-                # this process's share of the batch mean: the shares add up to it
-                loss = torch.nn.functional.cross_entropy(logits, labels[mine], reduction="sum") / len(labels)
-            loss.backward()
-            losses.append(loss.detach())
+                loss.backward()
+                losses.append(loss.detach())
+                continue
+            # this process's rows, in slices of activations: each slice's share of the batch mean, and the
+            # shares add up to it (in eval mode an example's gradient does not depend on the others)
+            mine = torch.tensor_split(torch.arange(len(labels), device=labels.device), world)[rank]
+            parts = [part for part in torch.tensor_split(mine, slices) if len(part)]
+            for j, part in enumerate(parts):
+                if i == len(batches) - 1 and j == len(parts) - 1:
+                    last_batch()
+                logits = self.family.logits(model, rows_of(b, part))
+                loss = torch.nn.functional.cross_entropy(logits, labels[part], reduction="sum") / len(labels)
+                loss.backward()
+                losses.append(loss.detach())
         total = torch.stack(losses).sum() if losses else torch.zeros((), device=self.accelerator.device)
         if world > 1:
             total = _all_reduce_gradients(model, total, self.accelerator)
@@ -331,7 +337,7 @@ class MergeContext:
                 self.merged, self.family.logits, self.train_loader, self.val_loader, self.accelerator,
                 epochs=epochs, lr=o.lr if lr is None else lr, weight_decay=o.weight_decay, schedule=o.schedule,
                 schedule_per=o.schedule_per, best_store=Path(tmp) / "best.safetensors", desc=desc, timer=self.timer,
-                keep_start=o.keep_start, optim=o.optim,
+                keep_start=o.keep_start, optim=o.optim, slices=o.gradient_accumulation_steps,
             )
 
     def check_finite(self) -> None:

@@ -223,6 +223,7 @@ def fine_tune(
     step_in_backward: bool | None = None,
     keep_start: bool = False,
     optim: str = DEFAULT_OPTIM,
+    slices: int = 1,
 ) -> list[dict]:
     """Fine-tune ``model`` in place on ``train_loader``; keep the best-validation epoch.
 
@@ -252,6 +253,9 @@ def fine_tune(
     counts the time under ``train``, ``validation`` and ``best_state``.
     ``step_in_backward`` (default: on one process without a loss scaler)
     updates each parameter inside the backward pass (see :func:`_step_in_backward`).
+    ``slices`` > 1 runs each batch in that many slices whose gradients add up
+    to the batch's (gradient accumulation: the activations of one slice at a
+    time; BatchNorm in train mode then normalises each slice on its own).
     ``keep_start``: the state before the first epoch is evaluated too and is
     the one kept when no epoch is strictly better on validation (then no epoch
     is marked ``kept``; the epochs were still trained).
@@ -290,9 +294,9 @@ def fine_tune(
 
     _allocate_training_state(optimizer)
     # one process without a loss scaler: each parameter is updated as soon as its gradient is complete
-    possible = accelerator.num_processes == 1 and accelerator.scaler is None
+    possible = accelerator.num_processes == 1 and accelerator.scaler is None and slices == 1
     if step_in_backward and not possible:
-        raise GraspError("step_in_backward needs one process and no fp16 loss scaler")
+        raise GraspError("step_in_backward needs one process, no fp16 loss scaler and whole batches")
     in_backward = possible if step_in_backward is None else step_in_backward
     best = _BestEpoch(_StateKeeper(model, best_store), epochs)
     history: list[dict] = []
@@ -308,7 +312,7 @@ def fine_tune(
                 train_loss, last_lr = _train_epoch(train_model, logits_fn, train_dl, optimizer,
                                                    scheduler if per_step else None, accelerator,
                                                    desc=f"{desc} {epoch}/{epochs}",
-                                                   flush=flush if in_backward else None)
+                                                   flush=flush if in_backward else None, slices=slices)
             if not per_step:
                 scheduler.step()
             if not math.isfinite(train_loss):
@@ -421,7 +425,7 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup_rati
 
 def _train_epoch(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], optimizer: torch.optim.Optimizer,
                  scheduler: Any, accelerator: accelerate.Accelerator, *, desc: str,
-                 flush: Callable[[], None] | None = None) -> tuple[float, float]:
+                 flush: Callable[[], None] | None = None, slices: int = 1) -> tuple[float, float]:
     """One pass of prepared ``model`` over prepared ``loader`` (``scheduler`` stepped per batch unless None;
     with ``flush`` the backward pass updates the parameters and ``flush()`` completes it, see
     :func:`_step_in_backward`).
@@ -430,24 +434,25 @@ def _train_epoch(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], 
     a batch, and each one's loss is its rows' share of the batch mean times the
     number of processes: DDP averages the gradients over the processes, so the
     step is one process's on the whole batch, a short last batch included.
+    With ``slices`` > 1 a process's rows go forward and backward a slice at a
+    time (each slice's share of the loss, the gradients added up, DDP's
+    all-reduce only after the last), then one step.
 
     Returns the mean batch loss (averaged across processes) and the learning
     rate of the last step. Gradients are freed at the end. A NaN or inf batch
     loss makes the mean NaN or inf; a single process stops the epoch there.
     """
     model.train()
-    rank, world = accelerator.process_index, accelerator.num_processes
+    world = accelerator.num_processes
     total_loss, n_batches, last_lr = 0.0, 0, float("nan")
     for batch in progress(loader, desc=desc, unit="batch", leave=False):
         raise_if_interrupted()
         batch = on_device(batch, accelerator.device)
-        if world == 1:
+        if world == 1 and slices == 1:
             loss = F.cross_entropy(logits_fn(model, batch).float(), batch["labels"])
+            accelerator.backward(loss)
         else:
-            n = len(batch["labels"])
-            mine = rows_of(batch, torch.tensor_split(torch.arange(n, device=accelerator.device), world)[rank])
-            loss = F.cross_entropy(logits_fn(model, mine).float(), mine["labels"], reduction="sum") * (world / n)
-        accelerator.backward(loss)
+            loss = _backward_in_slices(model, logits_fn, batch, accelerator, slices)
         if flush is not None:
             flush()
         else:
@@ -467,6 +472,23 @@ def _train_epoch(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], 
     optimizer.zero_grad(set_to_none=True)
     mean = torch.tensor(total_loss / max(n_batches, 1), device=accelerator.device)
     return accelerator.reduce(mean, reduction="mean").item(), last_lr
+
+
+def _backward_in_slices(model: nn.Module, logits_fn: LogitsFn, batch: Mapping[str, torch.Tensor],
+                        accelerator: accelerate.Accelerator, slices: int) -> torch.Tensor:
+    """Forward and backward this process's rows of ``batch`` in ``slices`` slices; returns the loss (detached)."""
+    n, world = len(batch["labels"]), accelerator.num_processes
+    mine = torch.tensor_split(torch.arange(n, device=accelerator.device), world)[accelerator.process_index]
+    parts = [part for part in torch.tensor_split(mine, slices) if len(part)] or [mine]
+    total = torch.zeros((), device=accelerator.device)
+    for j, part in enumerate(parts):
+        rows = rows_of(batch, part)
+        # DDP all-reduces the gradients at the last slice's backward only
+        with contextlib.nullcontext() if j == len(parts) - 1 else accelerator.no_sync(model):
+            loss = F.cross_entropy(logits_fn(model, rows).float(), rows["labels"], reduction="sum") * (world / n)
+            accelerator.backward(loss)
+        total += loss.detach()
+    return total
 
 
 def _validate(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], accelerator: accelerate.Accelerator) -> dict:

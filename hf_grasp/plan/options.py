@@ -262,6 +262,15 @@ class MergeOptions(_Options):
                                  "scratch directory deleted right after: disk holds one source checkpoint whatever "
                                  "K (online; not the first source, not methods that read every source at once).",
                                  group="runtime", card_skip="a runtime choice that does not change the model")
+    gradient_accumulation_steps: int = option(
+        1, "Run each batch of --batch-size in this many slices whose gradients add up to the batch's, in "
+        "alignment and fine-tuning (TrainingArguments' name; the batch stays --batch-size, as in the released "
+        "code): the activations of one slice at a time. The same model up to float rounding, except that "
+        "BatchNorm in train mode normalises each slice on its own (refused for such a model when it "
+        "fine-tunes).", group="runtime", ge=1, le=MAX_BATCH,
+        card={1: "Whole batches (no gradient accumulation).",
+              ...: "Each batch run in {value} slices whose gradients add up to the batch's "
+                   "(`--gradient-accumulation-steps {value}`; the same model up to float rounding)."})
     gradient_checkpointing: bool = option(
         False, "Recompute activations in the backward pass instead of keeping them, through the model library's "
         "own gradient checkpointing (transformers' activation_checkpointing_enable, timm's set_grad_checkpointing), "
