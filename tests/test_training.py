@@ -456,3 +456,28 @@ def test_released_probe_frees_its_storage_and_comes_back_packed_with_ties_kept()
         by_dtype.setdefault(t.dtype, set()).add(t.untyped_storage().data_ptr())
     assert set(by_dtype) == {torch.float32, torch.int64} and all(len(b) == 1 for b in by_dtype.values())
     assert len({t.data_ptr() for t in after.values()}) == len({id(t) for t in after.values()})  # disjoint views
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+@pytest.mark.parametrize("warmup_ratio", [0.0, 0.25])
+def test_the_schedules_are_transformers_own_at_every_step(schedule, warmup_ratio):
+    """The engine's LambdaLR gives the rates transformers.get_scheduler gives, warmup included."""
+    from transformers import get_scheduler
+
+    from hf_grasp.engine.training import _make_scheduler
+
+    total = 12
+    ours, theirs = [], []
+    name = "constant_with_warmup" if schedule == "constant" and warmup_ratio else schedule
+    for make, rates in ((lambda o: _make_scheduler(o, schedule, warmup_ratio, total_steps=total), ours),
+                        (lambda o: get_scheduler(name, o, num_warmup_steps=int(round(warmup_ratio * total)),
+                                                 num_training_steps=total), theirs)):
+        optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+        scheduler = make(optimizer)
+        for _ in range(total + 2):
+            rates.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+    assert ours == pytest.approx(theirs, abs=1e-12)
+    if schedule != "constant" or warmup_ratio:
+        assert len(set(ours)) > 3  # rates that move: the comparison is of a schedule, not of a constant
