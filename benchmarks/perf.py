@@ -18,13 +18,20 @@ Sections (``--only`` takes their names):
 5. ``cache``: the disk high-water of HF_HOME plus the scratch directory with ``evict_sources`` (sources served
    by the test suite's hub server on 127.0.0.1), K = 2 and 16, in checkpoint sizes.
 6. ``breakdown``: where the wall time of one K = 8, E = 1 merge process goes.
-7. ``authors``: hf-grasp's merge against :func:`authors_loop` (the authors' released loop in plain torch), wall
-   time, peak RSS and test accuracy, (K, E) in (2, 0), (8, 0), (2, 1), (8, 1).
+7. ``authors``: hf-grasp's merge against :func:`authors_loop` (the authors' released loop in plain torch, on the
+   released data path, after the released script's imports), whole processes (imports and saving the model
+   included), peak RSS and test accuracy, (K, E) in (2, 0), (8, 0), (2, 1), (8, 1).
 8. ``threads``: a K = 2, E = 1 merge with one torch thread and with the default, alone and beside a process
    spinning on one core.
+9. ``scale``: ViT-B/16, ConvNeXt-T and ResNet-50 at 224 px (random sharded sources, K = 2 and 4, a 32/16/16 target,
+   E = 1): peak RSS above the floor, K4 / K2, each transfer step against its floor, disk with ``evict_sources``.
+10. ``modes``: the memory modes (``optim``, ``gradient_checkpointing``, ``mixed_precision``,
+    ``gradient_accumulation_steps``) at ViT-B/16 scale, K = 2, E = 1: peak above floor and wall.
 
-Run (the full run took 32 minutes on the 2-core CPU machine at torch's default threads, most of it in
-``memory`` and ``authors``; ``--quick`` about 7 minutes)::
+Run (sections 1-8 took 32 minutes on the 2-core CPU machine at torch's default threads, most of it in
+``memory`` and ``authors``; ``scale`` 14 and ``modes`` 11 more; ``--quick`` about 7 minutes for 1-8; the authors'
+side imports pytorch_lightning and seaborn, as the released script does: ``pip install pytorch-lightning
+seaborn``)::
 
     python benchmarks/perf.py                       # everything -> benchmarks/results/perf.{json,md}
     python benchmarks/perf.py --only authors --repeats 5
@@ -231,7 +238,7 @@ def authors_child(args: dict, t0: float) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             out = authors_loop(args["sources"], args["target"], initial_epochs=args["epochs"],
                                finetune_epochs=args["epochs"], save_to=Path(tmp) / "model.pt" if args.get("save")
-                               else None)
+                               else None, released_data=args.get("released_data", True))
         return out["test"], out["param_bytes"]
 
     return {**_after_imports(t0, run), "missing_imports": missing}
@@ -481,7 +488,7 @@ CHILDREN = {f.__name__.removesuffix("_child"): f for f in (
 def authors_loop(source_dirs: list[str], target_dir: str, *, initial_epochs: int, finetune_epochs: int,
                  num_alignment_batches: int = ALIGN_BATCHES, alignment_threshold: float = TAU,
                  batch_size: int = BATCH, learning_rate: float = LR, seed: int = 0,
-                 save_to: Path | None = None) -> dict:
+                 save_to: Path | None = None, released_data: bool = True) -> dict:
     """Reimplements the semantics of the GRASP authors' released loop, experiments/grasp/run_grasp_experiment.py
     (Sekeh-Lab/grasp-multisource-transfer), in plain torch + transformers on the CPU:
 
@@ -497,6 +504,8 @@ def authors_loop(source_dirs: list[str], target_dir: str, *, initial_epochs: int
       load_state_dict; then ``finetune_epochs`` of ``optim.AdamW(lr, weight_decay=0.01)`` with
       ``CosineAnnealingLR(T_max=epochs)`` stepped once per epoch, the best validation accuracy's state kept by
       deepcopy (best starts at 0.0, kept when strictly greater);
+    - ``released_data=False``: hf-grasp's data instead (the checkpoint's AutoImageProcessor, no augmentation,
+      every row), for a comparison at equal settings;
     - a final validation and test evaluation; with ``save_to``, ``torch.save`` of the state dict there (their
       last step).
 
@@ -508,7 +517,8 @@ def authors_loop(source_dirs: list[str], target_dir: str, *, initial_epochs: int
     from transformers import AutoModelForImageClassification
 
     torch.manual_seed(seed)  # their pl.seed_everything
-    train, val, test = _authors_loaders(target_dir, source_dirs[0], batch_size)
+    train, val, test = (_authors_loaders if released_data else _processor_loaders)(target_dir, source_dirs[0],
+                                                                                    batch_size)
     merged = AutoModelForImageClassification.from_pretrained(source_dirs[0])
     _authors_fine_tune(merged, train, val, initial_epochs, learning_rate)
     transferred = []
@@ -564,6 +574,25 @@ def _authors_loaders(target_dir: str, model_dir: str, batch_size: int) -> tuple:
     return (DataLoader(Split(splits["train"], train_tf), batch_size=batch_size, shuffle=True, drop_last=True),
             DataLoader(Split(splits["validation"], eval_tf), batch_size=batch_size),
             DataLoader(Split(splits["test"], eval_tf), batch_size=batch_size))
+
+
+def _processor_loaders(target_dir: str, model_dir: str, batch_size: int) -> tuple:
+    """The splits as hf-grasp feeds them: the checkpoint's AutoImageProcessor per batch, no augmentation, train
+    shuffled, every row kept."""
+    import datasets
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import AutoImageProcessor
+
+    splits = datasets.load_from_disk(target_dir)
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+
+    def collate(rows: list[dict]) -> tuple:
+        images = [r["image"].convert("RGB") for r in rows]
+        return processor(images=images, return_tensors="pt")["pixel_values"], torch.tensor([r["label"] for r in rows])
+
+    return tuple(DataLoader(splits[name], batch_size=batch_size, shuffle=name == "train", collate_fn=collate)
+                 for name in ("train", "validation", "test"))
 
 
 def _authors_fine_tune(model, train, val, epochs: int, lr: float) -> None:

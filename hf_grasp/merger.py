@@ -275,7 +275,8 @@ class GraspMerger:
             for model in (merged, probe):
                 self.family.enable_gradient_checkpointing(model)
         if o.gradient_accumulation_steps > 1 and (o.initial_epochs or o.finetune_epochs) and any(
-                isinstance(m, nn.modules.batchnorm._BatchNorm) for m in merged.modules()):
+                isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm))
+                for m in merged.modules()):
             raise GraspError(f"{flag('gradient_accumulation_steps', o.gradient_accumulation_steps)}: "
                              f"{type(merged).__name__} has BatchNorm, which in fine-tuning would normalise each "
                              "slice of a batch on its own and make another model; leave it out (or fine-tune "

@@ -155,6 +155,11 @@ def config_only(model_type: str, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def target(tmp_path_factory) -> Path:
     """A tiny 3-class target (``save_to_disk``): 6 train, 3 validation, 3 test images."""
+    return tiny_target(tmp_path_factory.mktemp("target") / "tiny")
+
+
+def tiny_target(root: Path) -> Path:
+    """:func:`target`'s dataset, written to ``root``."""
     rng = np.random.default_rng(0)
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=LABELS)})
 
@@ -162,7 +167,6 @@ def target(tmp_path_factory) -> Path:
         images = [Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(n)]
         return datasets.Dataset.from_dict({"image": images, "label": [i % 3 for i in range(n)]}, features=features)
 
-    root = tmp_path_factory.mktemp("target") / "tiny"
     datasets.DatasetDict({"train": split(6), "validation": split(3), "test": split(3)}).save_to_disk(str(root))
     return root
 

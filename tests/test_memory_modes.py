@@ -9,13 +9,19 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import OFFLINE, checkpoints, merge_fails, run_cli  # noqa: F401  (checkpoints: a fixture)
-from test_architectures import TINY, checkpoint, target  # noqa: F401  (target: a fixture)
+from conftest import OFFLINE, merge_fails, run_cli
+from test_architectures import TINY, checkpoint, tiny_target
 from test_training import TopBottom, logits_fn, make_net
 
 from hf_grasp import GraspMerger
 from hf_grasp.engine.optimizers import make_optimizer
 from hf_grasp.engine.training import fine_tune, make_accelerator
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    """test_architectures' tiny 3-class image target."""
+    return tiny_target(tmp_path_factory.mktemp("target") / "tiny")
 
 
 @pytest.mark.parametrize("optim, lr, kind", [("adamw_torch", 1e-2, "AdamW"), ("adafactor", 1e-2, "Adafactor"),

@@ -28,13 +28,15 @@ def make_optimizer(name: str, params: list[torch.Tensor], *, lr: float, weight_d
 
 def _transformers_optimizer(name: str, lr: float) -> tuple[type, dict]:
     """transformers' class and keyword arguments for ``TrainingArguments(optim=name)``."""
+    from accelerate.state import is_initialized
     from transformers import Trainer, TrainingArguments
 
     # use_configured_state: TrainingArguments otherwise resets accelerate's process state, which the merge's
-    # Accelerator holds; output_dir: required, nothing is written there
+    # Accelerator holds (it refuses that setting when there is none yet); output_dir: required, nothing is
+    # written there
+    kept = {"accelerator_config": {"use_configured_state": True}} if is_initialized() else {}
     with tempfile.TemporaryDirectory() as nowhere:
-        args = TrainingArguments(output_dir=nowhere, optim=name, learning_rate=lr, report_to="none",
-                                 accelerator_config={"use_configured_state": True})
+        args = TrainingArguments(output_dir=nowhere, optim=name, learning_rate=lr, report_to="none", **kept)
     try:
         return Trainer.get_optimizer_cls_and_kwargs(args)
     except (ImportError, ValueError) as e:
