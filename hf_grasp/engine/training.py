@@ -229,7 +229,7 @@ def fine_tune(
 
     ``optim`` over the trainable parameters (:mod:`.optimizers`; by default the
     released code's AdamW, PyTorch's fused kernel where the device has one)
-    with a ``transformers.get_scheduler`` schedule
+    with the schedule ``transformers.get_scheduler`` makes
     (``"cosine"``, ``"linear"`` or ``"constant"``) spanning all ``epochs``,
     cross-entropy on ``batch["labels"]``. ``schedule_per="epoch"`` steps the
     schedule once per epoch (the released GRASP code: a cosine over the epochs,
@@ -439,7 +439,7 @@ def _lr_factor(schedule: str, warmup: int, total: int, step: int) -> float:
 def _train_epoch(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], optimizer: torch.optim.Optimizer,
                  scheduler: Any, accelerator: accelerate.Accelerator, *, desc: str,
                  flush: Callable[[], None] | None = None, slices: int = 1) -> tuple[float, float]:
-    """One pass of prepared ``model`` over prepared ``loader`` (``scheduler`` stepped per batch unless None;
+    """One pass of prepared ``model`` over ``loader`` (``scheduler`` stepped per batch unless None;
     with ``flush`` the backward pass updates the parameters and ``flush()`` completes it, see
     :func:`_step_in_backward`).
 

@@ -105,11 +105,11 @@ class TransformersFamily(ModelFamily):
         return transform
 
     def enable_gradient_checkpointing(self, model: nn.Module) -> None:
-        """``PreTrainedModel.activation_checkpointing_enable`` (``gradient_checkpointing_enable`` before
-        transformers 5.x named it so; non-reentrant), where the architecture supports it."""
+        """``PreTrainedModel.activation_checkpointing_enable`` (older transformers:
+        ``gradient_checkpointing_enable``), non-reentrant, where the architecture supports it."""
         if not getattr(model, "supports_gradient_checkpointing", False):
             raise GraspError(f"{type(model).__name__}: transformers has no gradient checkpointing for this "
-                             "architecture; leave out --gradient-checkpointing")
+                             f"architecture; leave out {flag('gradient_checkpointing')}")
         kwargs = {"use_reentrant": False}
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
