@@ -33,7 +33,7 @@ from ..inputs.sources import ResolvedSource, stream_into
 from ..runtime.timing import PhaseTimer
 from .global_batchnorm import global_batchnorm
 from .records import Step
-from .training import evaluate_model, fine_tune, rows_of
+from .training import evaluate_model, fine_tune, row_slices, rows_of
 
 
 @contextlib.contextmanager
@@ -294,8 +294,7 @@ class MergeContext:
                 continue
             # this process's rows, in slices of activations: each slice's share of the batch mean, and the
             # shares add up to it (in eval mode an example's gradient does not depend on the others)
-            mine = torch.tensor_split(torch.arange(len(labels), device=labels.device), world)[rank]
-            parts = [part for part in torch.tensor_split(mine, slices) if len(part)]
+            parts = row_slices(len(labels), rank, world, slices, labels.device)
             for j, part in enumerate(parts):
                 if i == len(batches) - 1 and j == len(parts) - 1:
                     last_batch()

@@ -68,6 +68,13 @@ def rows_of(batch: Mapping[str, torch.Tensor], rows: torch.Tensor) -> dict[str, 
     return {k: v[rows] for k, v in batch.items()}
 
 
+def row_slices(n: int, rank: int, world: int, slices: int, device: torch.device) -> list[torch.Tensor]:
+    """The indices of process ``rank``'s rows of a batch of ``n`` (its share among ``world`` processes), in up to
+    ``slices`` slices; empty slices left out."""
+    mine = torch.tensor_split(torch.arange(n, device=device), world)[rank]
+    return [part for part in torch.tensor_split(mine, slices) if len(part)]
+
+
 def forced_cpu(cpu: bool | None) -> bool | None:
     """``cpu`` as accelerate must be told it: also True for a multi-process launch on a machine with no
     accelerator, which accelerate would otherwise run as unconnected single processes (each one the whole
@@ -490,9 +497,10 @@ def _train_epoch(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], 
 def _backward_in_slices(model: nn.Module, logits_fn: LogitsFn, batch: Mapping[str, torch.Tensor],
                         accelerator: accelerate.Accelerator, slices: int) -> torch.Tensor:
     """Forward and backward this process's rows of ``batch`` in ``slices`` slices; returns the loss (detached)."""
-    n, world = len(batch["labels"]), accelerator.num_processes
-    mine = torch.tensor_split(torch.arange(n, device=accelerator.device), world)[accelerator.process_index]
-    parts = [part for part in torch.tensor_split(mine, slices) if len(part)] or [mine]
+    n, world, device = len(batch["labels"]), accelerator.num_processes, accelerator.device
+    parts = row_slices(n, accelerator.process_index, world, slices, device)
+    if not parts:  # a process without rows (a batch smaller than the process count) still takes part in DDP's
+        parts = [torch.zeros(0, dtype=torch.long, device=device)]  # backward
     total = torch.zeros((), device=accelerator.device)
     for j, part in enumerate(parts):
         rows = rows_of(batch, part)

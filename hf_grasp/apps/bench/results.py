@@ -253,7 +253,7 @@ def claims(figures: dict, memory: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def _paired(figures: dict, label: str, other: dict | None) -> tuple[str, str]:
+def paired(figures: dict, label: str, other: dict | None) -> tuple[str, str]:
     """``label`` minus ``other`` ({(domain, seed): accuracy}) over their common pairs: Δ text, wins/ties/losses."""
     mine = figures["_pairs"].get(label, {})
     diffs = [mine[key] - other[key] for key in mine if other and key in other]
@@ -278,7 +278,7 @@ def _against_table(figures: dict, labels: list[str]) -> str:
             per = figures["_by_domain"][label]
             hits = [d for d in best if per.get(d) and statistics.mean(per[d]) > best[d] - TIE]
             where = f"{len(hits)}/{len(best)}" + (": " + ", ".join(f"d{d}" for d in hits) if hits else "")
-        cells = [*_paired(figures, label, pairs.get("ensemble")), *_paired(figures, label, oracle)]
+        cells = [*paired(figures, label, pairs.get("ensemble")), *paired(figures, label, oracle)]
         rows.append(f"| {label} | {100 * statistics.mean(figures[label]):.1f} | " + " | ".join(cells)
                     + f" | {where} |")
     return "\n".join(rows)

@@ -43,7 +43,8 @@ SKIP_IN_ACCURACY = {"multi-source-naive"}
 VARIANTS = {"keep-start": {"keep_start": True}}
 #: memory modes a bench can add to GRASP (``--modes``), each a variant: the option set it names
 MEMORY_MODES = {"adamw_8bit": {"optim": "adamw_8bit"}, "adafactor": {"optim": "adafactor"}, "sgd": {"optim": "sgd"},
-                "bf16": {"mixed_precision": "bf16"}, "adafactor+bf16": {"optim": "adafactor", "mixed_precision": "bf16"},
+                "bf16": {"mixed_precision": "bf16"},
+                "adafactor+bf16": {"optim": "adafactor", "mixed_precision": "bf16"},
                 "adamw_8bit+bf16": {"optim": "adamw_8bit", "mixed_precision": "bf16"}}
 VARIANTS.update(MEMORY_MODES)
 #: which methods run in which variant (each once, without BN recalibration)

@@ -20,7 +20,8 @@ from ...runtime.errors import GraspError
 #: sets; ui.py labels its inputs from here, so an error line and the page cannot name a field differently.
 #: A method's own parameters are labelled with their names.
 LABELS = {
-    "benchmark": "benchmark", "text_column": "text column", "source_kind": "sources", "sources": "sources", "builtin_sources": "built-in sources",
+    "benchmark": "benchmark", "text_column": "text column", "source_kind": "sources", "sources": "sources",
+    "builtin_sources": "built-in sources",
     "repo_ids": "source repo ids", "target_kind": "target", "target": "target", "domain": "target domain",
     "target_domain": "target domain", "dataset": "dataset", "image_column": "image column",
     "label_column": "label column", "method": "method", "initial_epochs": "initial epochs",

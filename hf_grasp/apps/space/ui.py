@@ -402,7 +402,8 @@ def build_demo(home: str | Path, *, allow_local_paths: bool = False) -> gr.Block
 
         # spec_from_form's arguments by name; the merge gets a set of inputs, so gradio hands it their values
         # keyed by component and nothing depends on an order
-        form = {"benchmark": benchmark, "text_column": text_column, "source_kind": source_kind, "builtin_sources": builtin_sources, "repo_ids": repo_ids,
+        form = {"benchmark": benchmark, "text_column": text_column, "source_kind": source_kind,
+                "builtin_sources": builtin_sources, "repo_ids": repo_ids,
                 "target_kind": target_kind, "domain": domain, "dataset": dataset, "dataset_domain": dataset_domain,
                 "image_column": image_column, "label_column": label_column, "method": method,
                 "initial_epochs": initial_epochs, "finetune_epochs": finetune_epochs, "base": base, "lr": lr,
