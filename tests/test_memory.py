@@ -97,3 +97,15 @@ def test_a_sharded_checkpoint_streams_without_a_second_copy(tmp_path):
     m = bench.measure(bench.make_checkpoint(tmp_path / "ckpt", width=1, shard_mb=10))
     print(f"{m['size'] / 2**20:.0f} MiB in {m['shards']} shards: {m['above_probe'] / 2**20:.1f} MiB above the probe")
     assert m["shards"] >= 8 and m["above_probe"] < 0.35 * m["size"]
+
+
+def test_distill_and_best_source_peak_flat_in_k(checkpoints):
+    # the bench's memory runs: the same fresh process per K; distill holds N x C teacher numbers, never a source
+    srcs = [str(p) for p in checkpoints("resnet18", 8, seed0=100)]
+    for method in ("distill", "best-source"):
+        code = PEAK.replace('target="digits-eras",', f'target="digits-eras", method="{method}",')
+        runs = {k: last_json(run_python(code, *srcs[:k])) for k in (2, 8)}  # one run each: ±1.5% against 5%
+        ratio = runs[8]["peak"] / runs[2]["peak"]
+        print(f"{method}: peak RSS K=2 {runs[2]['peak'] / 2**20:.0f} MiB, K=8 {runs[8]['peak'] / 2**20:.0f} MiB, "
+              f"ratio {ratio:.3f}")
+        assert ratio < 1.05, method

@@ -131,3 +131,78 @@ def test_keep_start_ends_on_the_start_when_no_epoch_is_better(checkpoints, train
     mine = _params(trained)
     for name, p in result.model.named_parameters():
         assert torch.equal(p.detach(), mine[name]), name
+
+
+def test_best_source_keeps_exactly_the_source_best_on_validation(checkpoints, trained):
+    srcs = checkpoints("resnet", 3)
+    result = _merge([srcs[1], trained, srcs[2]], "best-source")
+    report = result.report
+    alone = {s.ref: s.val_accuracy for s in report.steps if s.kind is StepKind.INGREDIENT}
+    assert set(alone) == {str(srcs[1]), str(trained), str(srcs[2])}
+    chosen = _extra(report, "average")
+    assert chosen["kept"] == [str(trained)] == [max(alone, key=alone.get)]
+    assert [t["kept"] for t in chosen["tried"]] == [True, False, False]  # best first
+    mine = _params(trained)
+    for name, p in result.model.named_parameters():  # no training budget: the kept source, bit for bit
+        assert torch.equal(p.detach(), mine[name]), name
+    # its BatchNorm statistics are those it was judged with: the merged model scores what it scored
+    assert report.final["validation"]["accuracy"] == alone[str(trained)]
+
+
+def test_best_source_fine_tunes_with_the_same_budget_and_honours_keep_start(checkpoints, trained):
+    srcs = checkpoints("resnet", 3)
+    result = _merge([srcs[1], trained, srcs[2]], "best-source", initial_epochs=1, finetune_epochs=1,
+                    keep_start=True)
+    report = result.report
+    assert report.epochs_trained == 1 + 1 * 2  # GRASP's budget for K = 3
+    assert [s.kind for s in report.steps][-2:] == [StepKind.AVERAGE, StepKind.FINE_TUNE]
+    start = _extra(report, "average")["tried"][0]["val_accuracy"]
+    assert report.final["validation"]["accuracy"] >= start  # keep-start: never below the chosen source
+
+
+def test_a_loader_with_row_tensors_gives_each_batch_its_rows_and_the_loss_trains_on_them():
+    import datasets
+    from PIL import Image
+
+    from hf_grasp.engine.training import training_loss
+    from hf_grasp.inputs.data import make_loader
+
+    labels = [i % 3 for i in range(10)]
+    ds = datasets.Dataset.from_dict({"image": [Image.new("RGB", (4, 4), (i, i, i)) for i in range(10)],
+                                     "label": labels})
+    soft = torch.nn.functional.one_hot(torch.tensor(labels), 3).float() * 0.5 + 0.5 / 3
+    tag = torch.arange(10.0)[:, None]
+
+    def transform(images):
+        return torch.stack([torch.tensor(float(im.getpixel((0, 0))[0])).expand(3, 4, 4) for im in images])
+
+    plain = make_loader(ds, transform, batch_size=4, shuffle=True, seed=3)
+    carried = make_loader(ds, transform, batch_size=4, shuffle=True, seed=3, extra={"soft_labels": soft, "tag": tag})
+    for a, b in zip(plain, carried, strict=True):  # the same rows in the same batches, each with its own rows' extra
+        assert torch.equal(a["labels"], b["labels"]) and torch.equal(a["pixel_values"], b["pixel_values"])
+        assert torch.equal(b["tag"][:, 0], b["pixel_values"][:, 0, 0, 0])
+        assert torch.equal(b["soft_labels"].argmax(1), b["labels"])
+    logits = torch.randn(4, 3)
+    batch = {"labels": torch.tensor([0, 1, 2, 0]), "soft_labels": torch.full((4, 3), 1 / 3)}
+    uniform = -logits.log_softmax(1).mean(1).mean()
+    torch.testing.assert_close(training_loss(logits, batch), uniform)  # the soft targets, not the labels
+    torch.testing.assert_close(training_loss(logits, {"labels": batch["labels"]}),
+                               torch.nn.functional.cross_entropy(logits, batch["labels"]))
+
+
+def test_distill_at_weight_zero_is_greedy_soup_and_its_teacher_is_recorded(checkpoints, trained):
+    srcs = checkpoints("resnet", 3)
+    budget = dict(initial_epochs=1, finetune_epochs=1)
+    soup = _merge([srcs[1], trained, srcs[2]], "greedy-soup", **budget)
+    plain = _merge([srcs[1], trained, srcs[2]], "distill", distill_weight=0.0, **budget)
+    taught = _merge([srcs[1], trained, srcs[2]], "distill", distill_weight=1.0, **budget)
+    assert _extra(plain.report, "average")["kept"] == _extra(soup.report, "average")["kept"]
+    teacher = _extra(taught.report, "average")
+    assert teacher["teacher_sources"] == [str(srcs[1]), str(trained), str(srcs[2])]
+    assert 0.0 <= teacher["teacher_val_accuracy"] <= 1.0
+    differs = False
+    for (name, a), b, c in zip(soup.model.named_parameters(), plain.model.parameters(), taught.model.parameters()):
+        # one-hot targets train exactly as the labels do (the same batches, the same loss up to rounding)
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=0, atol=1e-5, msg=name)
+        differs |= not torch.allclose(c, a, atol=1e-4)
+    assert differs  # the ensemble's targets reach the loss

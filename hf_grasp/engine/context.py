@@ -127,7 +127,8 @@ class MergeContext:
     def __post_init__(self):
         text = self.data.modality == "text"  # a text target is tokenised once: augmentation is for images
         length = self.options.max_length
-        train_tf = self.family.transform(self.model_dir, train=self.options.augment and not text, max_length=length)
+        self.train_transform = train_tf = self.family.transform(self.model_dir, train=self.options.augment and not text,
+                                                                max_length=length)
         self.eval_transform = self.family.transform(self.model_dir, max_length=length)
         with self.timer.phase("data"):
             preprocess_target(self.data, self.eval_transform)  # a no-op when the merger did it already
@@ -135,8 +136,9 @@ class MergeContext:
         pre, splits = self.data.preprocessed, self.data.splits
         bs, seed = self.options.batch_size, self.options.seed
         # augmented training images differ every epoch: those are decoded per batch
+        self.train_preprocessed = None if self.options.augment and not text else pre.get("train")
         self.train_loader = make_loader(splits["train"], train_tf, batch_size=bs, shuffle=True, seed=seed,
-                                        preprocessed=None if self.options.augment and not text else pre.get("train"))
+                                        preprocessed=self.train_preprocessed)
         self.val_loader = make_loader(splits["validation"], self.eval_transform, batch_size=bs, shuffle=False,
                                       preprocessed=pre.get("validation"))
         self.test_loader = make_loader(splits["test"], self.eval_transform, batch_size=bs, shuffle=False,
@@ -317,23 +319,30 @@ class MergeContext:
         """
         return self.options.initial_epochs + self.options.finetune_epochs * max(len(self.sources) - 1, 0)
 
-    def fine_tune(self, epochs: int, desc: str, *, lr: float | None = None) -> list[dict]:
+    def fine_tune(self, epochs: int, desc: str, *, lr: float | None = None,
+                  soft_labels: torch.Tensor | None = None) -> list[dict]:
         """Fine-tune the merged model on target train.
 
         The probe is idle meanwhile: its storage is released (the next
         :meth:`load` re-materialises it) and the best-validation state goes to a
         scratch safetensors file, so fine-tuning holds one model, its gradients
         and the optimizer's state (AdamW: two moments), nothing more. ``lr`` overrides ``options.lr`` (a
-        method with its own rate, such as PEARL's adapters).
+        method with its own rate, such as PEARL's adapters). ``soft_labels``: one probability row per target-train
+        example, trained on instead of the labels (distillation); the batches are the same rows in the same order.
         """
         if epochs == 0:
             return []
         from ..runtime.workspace import run_dir  # the run's scratch: a killed run's best state is swept by the next
 
         o = self.options
+        train = self.train_loader
+        if soft_labels is not None:  # the same shuffling (its generator's state), each batch with its rows' targets
+            train = make_loader(self.data.splits["train"], self.train_transform, batch_size=o.batch_size,
+                                shuffle=True, preprocessed=self.train_preprocessed, extra={"soft_labels": soft_labels})
+            train.generator.set_state(self.train_loader.generator.get_state())
         with tempfile.TemporaryDirectory(prefix="hf-grasp-best-", dir=run_dir()) as tmp, released(self.probe):
             return fine_tune(
-                self.merged, self.family.logits, self.train_loader, self.val_loader, self.accelerator,
+                self.merged, self.family.logits, train, self.val_loader, self.accelerator,
                 epochs=epochs, lr=o.lr if lr is None else lr, weight_decay=o.weight_decay, schedule=o.schedule,
                 schedule_per=o.schedule_per, best_store=Path(tmp) / "best.safetensors", desc=desc, timer=self.timer,
                 keep_start=o.keep_start, optim=o.optim, slices=o.gradient_accumulation_steps,

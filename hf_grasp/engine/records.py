@@ -30,6 +30,7 @@ class StepKind(str, Enum):
     AVERAGE = "average"                # the sources averaged (before a training method's fine-tuning)
     COMPOSE = "compose"                # PEARL: adapters composed, trained and merged
     FINE_TUNE = "fine-tune"            # a final fine-tuning round
+    INTERPOLATE = "interpolate"        # between the start and the fine-tuned weights, α chosen on validation
     RECALIBRATE_BN = "recalibrate-bn"  # BatchNorm statistics re-estimated at the end
 
     @property

@@ -238,7 +238,8 @@ def fine_tune(
     released code's AdamW, PyTorch's fused kernel where the device has one)
     with the schedule ``transformers.get_scheduler`` makes
     (``"cosine"``, ``"linear"`` or ``"constant"``) spanning all ``epochs``,
-    cross-entropy on ``batch["labels"]``. ``schedule_per="epoch"`` steps the
+    cross-entropy on ``batch["labels"]`` (on ``batch["soft_labels"]`` when the loader carries them,
+    :func:`training_loss`). ``schedule_per="epoch"`` steps the
     schedule once per epoch (the released GRASP code: a cosine over the epochs,
     the whole first epoch at ``lr``); ``"step"`` after every optimizer step (to
     zero at the round's end, as ``transformers.Trainer`` does). After every epoch the model
@@ -469,7 +470,7 @@ def _train_epoch(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], 
         raise_if_interrupted()
         batch = on_device(batch, accelerator.device)
         if world == 1 and slices == 1:
-            loss = F.cross_entropy(logits_fn(model, batch).float(), batch["labels"])
+            loss = training_loss(logits_fn(model, batch).float(), batch)
             accelerator.backward(loss)
         else:
             loss = _backward_in_slices(model, logits_fn, batch, accelerator, slices)
@@ -494,6 +495,14 @@ def _train_epoch(model: nn.Module, logits_fn: LogitsFn, loader: Iterable[dict], 
     return accelerator.reduce(mean, reduction="mean").item(), last_lr
 
 
+def training_loss(logits: torch.Tensor, batch: Mapping[str, torch.Tensor], reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy against ``batch["soft_labels"]`` (one probability row per example: a distillation target)
+    when the batch carries them, else against ``batch["labels"]``."""
+    target = batch.get("soft_labels")
+    return F.cross_entropy(logits, batch["labels"] if target is None else target.to(logits.dtype),
+                           reduction=reduction)
+
+
 def _backward_in_slices(model: nn.Module, logits_fn: LogitsFn, batch: Mapping[str, torch.Tensor],
                         accelerator: accelerate.Accelerator, slices: int) -> torch.Tensor:
     """Forward and backward this process's rows of ``batch`` in ``slices`` slices; returns the loss (detached)."""
@@ -506,7 +515,7 @@ def _backward_in_slices(model: nn.Module, logits_fn: LogitsFn, batch: Mapping[st
         rows = rows_of(batch, part)
         # DDP all-reduces the gradients at the last slice's backward only
         with contextlib.nullcontext() if j == len(parts) - 1 else accelerator.no_sync(model):
-            loss = F.cross_entropy(logits_fn(model, rows).float(), rows["labels"], reduction="sum") * (world / n)
+            loss = training_loss(logits_fn(model, rows).float(), rows, reduction="sum") * (world / n)
             accelerator.backward(loss)
         total += loss.detach()
     return total

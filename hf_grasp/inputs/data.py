@@ -619,9 +619,32 @@ def _image_label_view(dataset: datasets.Dataset) -> datasets.Dataset:
     return dataset.select_columns([IMAGE, LABEL]).with_format(None)
 
 
+class _WithRowTensors:
+    """A batch of row indices -> the batch ``collate`` makes of them plus those rows of each tensor in ``extra``."""
+
+    def __init__(self, collate: Callable[[list[int]], dict], extra: dict[str, torch.Tensor]):
+        self.collate, self.extra = collate, extra
+
+    def __call__(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        return {**self.collate(rows), **{k: t[idx] for k, t in self.extra.items()}}
+
+
+class _ViewRows:
+    """Row indices of an image dataset -> a decoded, transformed batch (what :class:`_Collate` makes of them)."""
+
+    def __init__(self, view: datasets.Dataset, transform: Transform):
+        self.view, self.collate = view, _Collate(transform)
+
+    def __call__(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        picked = self.view[rows]
+        return self.collate.columns(picked[IMAGE], picked[LABEL])
+
+
 def make_loader(
     dataset: datasets.Dataset, transform: Transform, *, batch_size: int, shuffle: bool, seed: int = 0,
     preprocessed: Preprocessed | Tokenized | None = None, rows: list[int] | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader yielding ``{"pixel_values", "labels"}`` (a text target: ``{"input_ids", "attention_mask",
     ..., "labels"}``) batches of ``dataset``, or of its rows ``rows`` only.
@@ -631,11 +654,18 @@ def make_loader(
     decoded only when their batch is drawn and ``transform`` receives the batch's
     RGB PIL images. Either way the same rows form the same batches. Shuffling
     uses a ``torch.Generator`` seeded with ``seed``, so the sequence of epochs is
-    reproducible. ``num_workers=0``.
+    reproducible. ``num_workers=0``. ``extra``: tensors with one row per row of
+    ``dataset`` (a teacher's probabilities), each batch carrying its rows of them
+    under their names.
     """
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     # preprocessed: the sampler shuffles row indices (a range is a map-style dataset) and the batch is sliced
-    if preprocessed is None:
+    if extra is not None:  # per-row tensors (a teacher's probabilities) ride along: batches are made from indices
+        if rows is not None:
+            raise ValueError("extra row tensors are indexed by dataset row: pass them without rows")
+        base = preprocessed.batch if preprocessed is not None else _ViewRows(_image_label_view(dataset), transform)
+        items, collate = range(len(dataset)), _WithRowTensors(base, extra)
+    elif preprocessed is None:
         view = _image_label_view(dataset)
         items, collate = (view if rows is None else view.select(rows)), _Collate(transform)
     else:

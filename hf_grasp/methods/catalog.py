@@ -25,6 +25,12 @@ ADAMERGING_PAPER = "https://arxiv.org/abs/2310.02575"
 
 
 
+#: the method the README recommends, with the options it is recommended with: the best single model on the committed
+#: digits-eras bench (docs/benchmark.md). The demo and the Space run it by default, GRASP always beside it.
+RECOMMENDED_METHOD = "greedy-soup"
+RECOMMENDED_OPTIONS: dict = {"keep_start": True}
+
+
 # --------------------------------------------------------------------------- parameters
 
 
@@ -119,6 +125,29 @@ class SequentialTaParams(MethodParams):
         return tuple(float(v) for v in value.split(",") if v.strip()) if isinstance(value, str) else value
 
 
+class DistillParams(MethodParams):
+    # 0.5: the label keeps the largest share of every target, the ensemble shapes the rest (see methods/distill.py)
+    distill_weight: float = option(0.5, "Distill: the ensemble's share w of each training target, (1 - w) * label + "
+                                   "w * ensemble probabilities.", card="Each training target is (1 − {value:g}) × the "
+                                   "label + {value:g} × the sources' ensemble probabilities.", ge=0, le=1)
+    distill_start: Literal["greedy-soup", "best-source"] = option(
+        "greedy-soup", "Distill: the model that is fine-tuned, the greedy soup of the sources or the best one alone.",
+        card={"greedy-soup": "The model fine-tuned on those targets starts as the sources' greedy soup.",
+              "best-source": "The model fine-tuned on those targets starts as the best source on validation."})
+    distill_select: Literal["validation", "train+validation"] = option(
+        "validation", "Distill: the target examples the sources and the soup are judged on (train is unseen by "
+        "the sources until fine-tuning: twice the examples, less selection noise).",
+        card={"validation": "Sources and soup judged on target validation.",
+              "train+validation": "Sources and soup judged on target train and validation together (before any "
+                                  "training on the target)."})
+    distill_wise: bool = option(False, "Distill: after fine-tuning, interpolate between the start and the "
+                                "fine-tuned weights (WiSE-FT), α in {0, .25, .5, .75, 1} chosen on validation.",
+                                card={True: "After fine-tuning, the weights are interpolated between the start and "
+                                            "the fine-tuned model (WiSE-FT), α chosen on validation.",
+                                      False: "The fine-tuned weights are kept as they are (no interpolation back "
+                                             "towards the start)."})
+
+
 # --------------------------------------------------------------------------- methods
 
 _GRASP_HOW = ("merges the sources one at a time, so only the merged model and one source are ever in memory. For "
@@ -184,6 +213,15 @@ for _info in (
                "first, adds each source to a uniform parameter average only if validation accuracy does not drop; "
                "the soup is then fine-tuned.", paper=SOUPS_PAPER, multi_process=False,
                impl="hf_grasp.methods.soup:greedy_soup"),
+    MethodInfo("best-source", "Best single source (chosen on target validation), fine-tuned", "Best source",
+               "judges each source alone on target validation (BatchNorm re-estimated on target train), keeps the "
+               "best one and fine-tunes it; no other source is used.", multi_process=False,
+               impl="hf_grasp.methods.best_source:best_source"),
+    MethodInfo("distill", "Greedy soup distilled from the sources' streamed ensemble", "Distill",
+               "judges each source on target validation (BatchNorm re-estimated on target train) and adds its "
+               "predicted probabilities on every target-train image to a running sum, builds the greedy soup, then "
+               "fine-tunes it on targets mixing each label with the ensemble's probabilities; one source in memory "
+               "at a time.", DistillParams, multi_process=False, impl="hf_grasp.methods.distill:distill"),
     MethodInfo("sequential-ta", "Sequential task arithmetic (λ per source chosen on validation)", "Sequential TA",
                "starts from --base and adds each source's task vector (source − base) scaled by the λ of a small "
                "grid that scores best on target validation (λ = 0 leaves the source out); then fine-tunes.",

@@ -21,10 +21,12 @@ from ..engine.context import MergeContext
 from ..engine.records import StepKind
 from .state import fold_mean, unique_state
 
-def finish_training_method(ctx: MergeContext, start: float, what: str, **details) -> None:
+def finish_training_method(ctx: MergeContext, start: float, what: str, *, soft_labels: Tensor | None = None,
+                           **details) -> None:
     """Record the merge as is (step ``average``, with ``details``), fine-tune for ``ctx.total_epochs``, record again.
 
-    No ``fine-tune`` step is recorded when the budget is 0 epochs.
+    No ``fine-tune`` step is recorded when the budget is 0 epochs. ``soft_labels``: targets per training example
+    trained on instead of the labels (:meth:`~hf_grasp.engine.context.MergeContext.fine_tune`).
     """
     ctx.record(kind=StepKind.AVERAGE, validation=ctx.step_metrics("validation"),
                test=ctx.step_metrics("test"), seconds=time.time() - start, details=details)
@@ -32,7 +34,7 @@ def finish_training_method(ctx: MergeContext, start: float, what: str, **details
     if epochs == 0:
         return
     start = time.time()
-    history = ctx.fine_tune(epochs, desc=f"fine-tune {what}")
+    history = ctx.fine_tune(epochs, desc=f"fine-tune {what}", soft_labels=soft_labels)
     ctx.record(kind=StepKind.FINE_TUNE, history=history, validation=ctx.validation_after(history),
                test=ctx.step_metrics("test"), seconds=time.time() - start)
 

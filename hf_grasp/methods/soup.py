@@ -25,32 +25,30 @@ import torch
 
 from ..runtime.progress import progress
 from ..engine.context import MergeContext
-from ..engine.records import StepKind
 from .multi_source import finish_training_method
-from .selection import float_buffers, judge, restore_buffers
+from .selection import float_buffers, judge, rank_sources, restore_buffers
 from .state import unique_state
 
 
 def greedy_soup(ctx: MergeContext) -> None:
     """Rank the sources on validation, add each to a uniform soup only if validation accuracy does not drop."""
-    ranked = []
-    for i, source in enumerate(progress(ctx.sources, desc="greedy soup: judge each source", unit="source")):
-        t0 = time.time()
-        ctx.load(ctx.merged, source)
-        alone = judge(ctx)
-        ranked.append((alone, i, source))
-        ctx.record(kind=StepKind.INGREDIENT, number=i + 1, source=source.name, validation=alone,
-                   test=ctx.step_metrics("test"), seconds=time.time() - t0)
-    ranked.sort(key=lambda r: (-r[0]["accuracy"], r[0]["loss"], r[1]))
-
+    ranked = rank_sources(ctx, "greedy soup: judge each source")
     t0 = time.time()
+    kept, tried = cook(ctx, ranked)
+    finish_training_method(ctx, t0, "greedy soup", kept=kept, tried=tried)
+
+
+def cook(ctx: MergeContext, ranked: list, *, on: tuple[str, ...] = ("validation",)) -> tuple[list[str], list[dict]]:
+    """The greedy soup of ``ranked`` (:func:`~hf_grasp.methods.selection.rank_sources`' order) into
+    ``ctx.merged``, its BatchNorm statistics the re-estimated ones, each candidate judged on the splits ``on``;
+    returns the names kept and each one tried."""
     first = ranked[0][2]
     ctx.load(ctx.merged, first)
     merged = {n: t for n, t in unique_state(ctx.merged).items() if t.is_floating_point()}
     first_skips = set(ctx.skips.get(first.name, ()))
     soup = {n: t.detach().clone() for n, t in merged.items()}  # the running sum of the kept sources
     counts = {n: 0 if n in first_skips else 1 for n in merged}
-    current = judge(ctx)
+    current = judge(ctx, on=on)
     current_buffers = float_buffers(ctx.merged)
     kept, tried = [first.name], []
     for _, _, source in progress(ranked[1:], desc="greedy soup: add if validation holds", unit="source"):
@@ -59,7 +57,7 @@ def greedy_soup(ctx: MergeContext) -> None:
         skipped = set(ctx.skips.get(source.name, ()))
         adds = {n for n in merged if n not in skipped}
         _set_mean(merged, soup, counts, probe, adds)
-        candidate = judge(ctx)
+        candidate = judge(ctx, on=on)
         keep = candidate["accuracy"] >= current["accuracy"]
         tried.append({"source": source.name, "val_accuracy": candidate["accuracy"], "kept": keep})
         if keep:
@@ -73,7 +71,7 @@ def greedy_soup(ctx: MergeContext) -> None:
             _set_mean(merged, soup, counts, probe, set())
             restore_buffers(ctx.merged, current_buffers)
     del soup
-    finish_training_method(ctx, t0, "greedy soup", kept=kept, tried=tried)
+    return kept, tried
 
 
 def _set_mean(merged: dict, soup: dict, counts: dict, probe: dict, adds: set) -> None:
@@ -86,4 +84,4 @@ def _set_mean(merged: dict, soup: dict, counts: dict, probe: dict, adds: set) ->
                 torch.div(soup[n], counts[n], out=t)
 
 
-__all__ = ["greedy_soup"]
+__all__ = ["cook", "greedy_soup"]

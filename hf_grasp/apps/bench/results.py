@@ -28,9 +28,12 @@ from ...runtime.errors import GraspError
 #: the τ every main-table GRASP row uses; the other τ values are the sweep
 MAIN_TAU = 0.3
 # the methods drawn in accuracy_by_domain.png besides the new methods and the oracle (all are in the table)
-BY_DOMAIN_PLOT = ("grasp", "finetune-only", "ensemble", "multi-source", "pearl", "fisher", "task-arithmetic +bn")
+BY_DOMAIN_PLOT = ("grasp", "finetune-only", "best-source", "ensemble", "multi-source", "pearl", "fisher",
+                  "task-arithmetic +bn")
 #: merge methods under evaluation: never candidates of the oracle, which stands for what existed before them
-NEW_METHODS = ("greedy-soup", "sequential-ta", "learned-interpolation")
+NEW_METHODS = ("greedy-soup", "sequential-ta", "learned-interpolation", "distill")
+#: the baseline every row is paired against in the claims: fine-tune the source best on target validation
+BEST_SOURCE = "best-source"
 #: the main-table label of the best existing method on each target domain, picked on test accuracy
 ORACLE = "oracle per domain (ceiling, chosen on test)"
 #: |Δ| below this is a tie (accuracies are ratios of counts: equal ones subtract to 0 exactly)
@@ -246,7 +249,13 @@ def claims(figures: dict, memory: list[dict]) -> str:
         rows += ["", "## Against the ensemble and the per-domain oracle", "",
                  f"Pairs are (domain, seed). The oracle takes, on each domain, the existing method with the best "
                  f"mean test accuracy there (a ceiling: chosen on test). Best by mean without the oracle: {best}.",
-                 "", _against_table(figures, list(dict.fromkeys([*new, "grasp", best])))]
+                 "", _against_table(figures, list(dict.fromkeys([*new, "grasp", best, *best_source_label(figures)])))]
+    reference = best_source_label(figures)
+    if reference:
+        rows += ["", f"## Against the best single source ({reference[0]})", "",
+                 "Pairs are (domain, seed); the reference is the best-source row with the best mean: pick the source "
+                 "that scores best on target validation and fine-tune it.", "",
+                 _against_best_source(figures, reference[0])]
     ratios = _rss_ratio_table(memory)
     if ratios:
         rows += ["", "## Peak RSS K8/K2 per method", "", ratios]
@@ -261,6 +270,29 @@ def paired(figures: dict, label: str, other: dict | None) -> tuple[str, str]:
         return "not run", "not run"
     wins, ties = sum(d >= TIE for d in diffs), sum(abs(d) < TIE for d in diffs)
     return _pm(diffs, signed=True), f"{wins}/{ties}/{len(diffs) - wins - ties}"
+
+
+def best_source_label(figures: dict) -> list[str]:
+    """The best-source row with the best mean (as a one-element list), or [] when best-source did not run."""
+    labels = [k for k in figures if not k.startswith("_") and k.split(" ")[0] == BEST_SOURCE]
+    return [max(labels, key=lambda k: statistics.mean(figures[k]))] if labels else []
+
+
+def _against_best_source(figures: dict, reference: str) -> str:
+    """Every row against ``reference``, pair by pair, and the domains where its mean is at least the reference's."""
+    pairs, per = figures["_pairs"], figures["_by_domain"]
+    rows = [f"| label | mean test % | paired Δ vs {reference} (points) | wins/ties/losses "
+            f"| domains where mean ≥ {reference}'s |", "|---|---|---|---|---|"]
+    ref_domain = {d: statistics.mean(xs) for d, xs in per[reference].items() if xs}
+    labels = sorted((k for k in figures if not k.startswith("_") and k != reference),
+                    key=lambda k: -statistics.mean(figures[k]))
+    for label in labels:
+        mine = per.get(label, {})
+        hits = [d for d in ref_domain if mine.get(d) and statistics.mean(mine[d]) > ref_domain[d] - TIE]
+        rows.append(f"| {label} | {100 * statistics.mean(figures[label]):.1f} | "
+                    + " | ".join(paired(figures, label, pairs[reference]))
+                    + f" | {len(hits)}/{len(ref_domain)} |")
+    return "\n".join(rows)
 
 
 def _against_table(figures: dict, labels: list[str]) -> str:

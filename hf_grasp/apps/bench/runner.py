@@ -47,11 +47,19 @@ MEMORY_MODES = {"adamw_8bit": {"optim": "adamw_8bit"}, "adafactor": {"optim": "a
                 "adafactor+bf16": {"optim": "adafactor", "mixed_precision": "bf16"},
                 "adamw_8bit+bf16": {"optim": "adamw_8bit", "mixed_precision": "bf16"}}
 VARIANTS.update(MEMORY_MODES)
+#: the leads tried for a one-model method beating the ensemble and the best source (issue 27), as distill's options
+DISTILL_LEADS = {
+    "no-teacher+wise": {"distill_weight": 0.0, "distill_wise": True},
+    "no-teacher+train-val+wise": {"distill_weight": 0.0, "distill_select": "train+validation", "distill_wise": True},
+}
+VARIANTS.update(DISTILL_LEADS)
 #: which methods run in which variant (each once, without BN recalibration)
 VARIANT_RUNS = (("grasp", "keep-start"), ("multi-source", "keep-start"), ("greedy-soup", "keep-start"),
-                ("sequential-ta", "keep-start"), ("learned-interpolation", "keep-start"))
+                ("sequential-ta", "keep-start"), ("learned-interpolation", "keep-start"), ("best-source", "keep-start"),
+                ("distill", "keep-start"), *(("distill", lead) for lead in DISTILL_LEADS))
 #: the methods each memory run compares (each in a fresh interpreter, K = cfg.memory_k)
-MEMORY_METHODS = ("grasp", "multi-source-naive", "greedy-soup", "sequential-ta", "learned-interpolation")
+MEMORY_METHODS = ("grasp", "multi-source-naive", "greedy-soup", "sequential-ta", "learned-interpolation",
+                  "best-source", "distill")
 #: the benchmarks whose models hold no BatchNorm, so a "+bn" (recalibrated) run would repeat the plain one
 NO_BATCHNORM = {tweet_eras.TWEET_ERAS}
 #: the benchmarks whose base make-sources does not train (a seeded random init)
