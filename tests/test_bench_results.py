@@ -168,3 +168,17 @@ def test_a_variant_is_its_own_row_never_the_oracle_nor_in_the_tau_sweep_or_order
     assert figures["_tau"] == {0.3: [r.test_accuracy for r in base if r.method == "grasp"]}
     assert figures["_order_spread"] == []  # one grasp run per pair at its defaults: no spread to measure
     assert "grasp keep-start" in against_rows(claims(figures, []))
+
+
+def test_every_row_is_paired_against_the_best_best_source_row_which_is_an_oracle_candidate():
+    acc = {**ACC, ("best-source", False): [0.90, 0.80, 0.95, 0.70], ("best-source", True): [0.80, 0.80, 0.80, 0.80]}
+    _, figures = summarise(rows(acc), [])
+    assert figures["_oracle_picks"] == {0: "best-source", 1: "ensemble"}  # an existing method: a candidate
+    text = claims(figures, [])
+    assert "## Against the best single source (best-source)" in text  # 83.75 beats its +bn row's 80.0
+    got = table_rows(text.split("## Against the best single source (best-source)")[1].split("## ")[0])
+    assert "best-source" not in got and set(got) - {"label"} == {
+        "greedy-soup", "greedy-soup +bn", "grasp", "ensemble", "finetune-only", "best-source +bn", ORACLE}
+    # greedy-soup − best-source: .09 .19 .04 .29; finetune-only: −.10 .02 −.25 .02
+    assert got["greedy-soup"] == ["99.0", "+15.2 ± 11.1", "4/0/0", "2/2"]
+    assert got["finetune-only"] == ["76.0", "-7.8 ± 12.8", "2/0/2", "0/2"]
