@@ -438,3 +438,19 @@ def test_stopping_the_workers_loop_stops_running_and_queued_jobs(tmp_path):
         time.sleep(0.1)
     assert not multiprocessing.active_children()
     assert time.monotonic() - start < 60  # a hang check: the jobs it must not wait for take 300 s
+
+
+def test_variants_flag_chooses_the_option_sets_a_pair_runs(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(runner, "bench", lambda cfg, output, **kw: seen.update(cfg=cfg))
+    parser = argparse.ArgumentParser()
+    runner.add_arguments(parser)
+    for flags, variants in ((["--variants", "keep-start"], ("keep-start",)), (["--variants"], ()), ([], None)):
+        runner.run_from_args(parser.parse_args(["--methods", "grasp", "distill", *flags]))
+        assert seen["cfg"].variants == variants
+        runs = runner.pair_runs(replace(seen["cfg"], taus=(0.3,), n_orders=1), 0, 5)
+        ran = {(r["method"], r.get("variant", "")) for r in runs if r.get("variant")}
+        every = {(m, v) for m, v in runner.VARIANT_RUNS if m in ("grasp", "distill")}
+        assert ran == (every if variants is None else {(m, v) for m, v in every if v in variants})
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--variants", "sideways"])

@@ -49,7 +49,12 @@ MEMORY_MODES = {"adamw_8bit": {"optim": "adamw_8bit"}, "adafactor": {"optim": "a
 VARIANTS.update(MEMORY_MODES)
 #: the leads tried for a one-model method beating the ensemble and the best source (issue 27), as distill's options
 DISTILL_LEADS = {
+    "wise": {"distill_wise": True},
+    "train-val+keep-start": {"distill_select": "train+validation", "keep_start": True},
+    "no-teacher+keep-start": {"distill_weight": 0.0, "keep_start": True},
     "no-teacher+wise": {"distill_weight": 0.0, "distill_wise": True},
+    "no-teacher+train-val+keep-start": {"distill_weight": 0.0, "distill_select": "train+validation",
+                                        "keep_start": True},
     "no-teacher+train-val+wise": {"distill_weight": 0.0, "distill_select": "train+validation", "distill_wise": True},
 }
 VARIANTS.update(DISTILL_LEADS)
@@ -87,6 +92,7 @@ class BenchConfig:
     source_epochs: int | None = None          # None: the recipe's
     options: dict = field(default_factory=dict)  # merge option overrides (e.g. epochs in --quick)
     modes: tuple[str, ...] = ()               # MEMORY_MODES to run GRASP in besides its default
+    variants: tuple[str, ...] | None = None   # the VARIANT_RUNS variants to run (None: every one)
 
     def __post_init__(self):
         # the recipe's values filled in here, so config.json records what ran (and --resume compares it)
@@ -168,7 +174,7 @@ def pair_runs(cfg: BenchConfig, seed: int, n_sources: int) -> list[dict]:
         if METHODS[method].parameter_space and cfg.recipe not in NO_BATCHNORM:
             runs.append(dict(method=method, tau=tau, recal=True))
     runs += [dict(method=m, tau=MAIN_TAU if m == "grasp" else None, variant=v) for m, v in VARIANT_RUNS
-             if m in methods]
+             if m in methods and (cfg.variants is None or v in cfg.variants)]
     runs += [dict(method="grasp", tau=MAIN_TAU, variant=mode) for mode in cfg.modes]
     runs += [dict(method="grasp", tau=tau) for tau in cfg.taus if tau != MAIN_TAU or "grasp" not in methods]
     rng = random.Random(seed)
@@ -493,6 +499,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modes", nargs="+", choices=list(MEMORY_MODES), default=(),
                    help="Memory modes to run GRASP in besides its default, each a row of its own: an optimizer "
                         "(--optim), bf16 (--mixed-precision) or both.")
+    p.add_argument("--variants", nargs="*", choices=sorted({v for _, v in VARIANT_RUNS}), default=None,
+                   help="Which option sets to run besides each method's defaults (default: every one; with no name: "
+                        "none): keep-start for grasp, multi-source, greedy-soup, sequential-ta, "
+                        "learned-interpolation, best-source and distill, and distill's leads.")
     p.add_argument("--output", type=Path, default=Path("bench"), help="Directory for sources, CSV, tables, plots.")
     p.add_argument("--resume", action="store_true",
                    help="Keep the (domain, seed) pairs already in OUTPUT/results.csv and run only the rest.")
@@ -518,6 +528,8 @@ def run_from_args(args: argparse.Namespace) -> dict:
     if args.orders:
         cfg.n_orders = args.orders
     cfg.modes = tuple(args.modes or ())
+    if args.variants is not None:
+        cfg.variants = tuple(args.variants)
     if args.max_sources:
         cfg.max_sources = args.max_sources
     if args.source_epochs:
