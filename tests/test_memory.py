@@ -99,10 +99,10 @@ def test_a_sharded_checkpoint_streams_without_a_second_copy(tmp_path):
     assert m["shards"] >= 8 and m["above_probe"] < 0.35 * m["size"]
 
 
-def test_distill_and_best_source_peak_flat_in_k(checkpoints):
+def test_distill_and_soup_wise_peak_flat_in_k(checkpoints):
     # the bench's memory runs: the same fresh process per K; distill holds N x C teacher numbers, never a source
     srcs = [str(p) for p in checkpoints("resnet18", 8, seed0=100)]
-    for method in ("distill", "best-source"):
+    for method in ("distill", "soup-wise"):
         code = PEAK.replace('target="digits-eras",', f'target="digits-eras", method="{method}",')
         runs = {k: last_json(run_python(code, *srcs[:k])) for k in (2, 8)}  # one run each: ±1.5% against 5%
         ratio = runs[8]["peak"] / runs[2]["peak"]

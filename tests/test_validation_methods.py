@@ -206,3 +206,26 @@ def test_distill_at_weight_zero_is_greedy_soup_and_its_teacher_is_recorded(check
         torch.testing.assert_close(b.detach(), a.detach(), rtol=0, atol=1e-5, msg=name)
         differs |= not torch.allclose(c, a, atol=1e-4)
     assert differs  # the ensemble's targets reach the loss
+
+
+def test_soup_wise_keeps_the_interpolation_between_soup_and_fine_tuned_that_validation_prefers(checkpoints, trained):
+    from hf_grasp.methods.soup_wise import ALPHAS
+
+    srcs = [str(s) for s in checkpoints("resnet", 3)]
+    sources = [srcs[1], trained, srcs[2]]
+    budget = dict(initial_epochs=1, finetune_epochs=1)
+    start = _merge(sources, "soup-wise")  # no budget: the soup, judged on train + validation, nothing to interpolate
+    assert [s.kind for s in start.report.steps][-1] is StepKind.AVERAGE
+    tuned = _merge(sources, "distill", distill_weight=0.0, distill_select="train+validation", **budget)
+    result = _merge(sources, "soup-wise", **budget)
+    steps = result.report.steps
+    assert [s.kind for s in steps][-3:] == [StepKind.AVERAGE, StepKind.FINE_TUNE, StepKind.INTERPOLATE]
+    chosen = steps[-1].details
+    assert chosen["alpha"] in ALPHAS and set(chosen["tried"]) == {str(a) for a in ALPHAS}
+    assert chosen["tried"][str(chosen["alpha"])] == max(chosen["tried"].values())  # the best on validation
+    assert result.report.final["validation"]["accuracy"] == max(chosen["tried"].values())
+    alpha = chosen["alpha"]
+    ends = zip(start.model.named_parameters(), tuned.model.parameters(), result.model.parameters())
+    for (name, s), t, r in ends:  # start + α (tuned − start), tensor by tensor
+        torch.testing.assert_close(r.detach(), s.detach() + alpha * (t.detach() - s.detach()), rtol=0, atol=1e-4,
+                                   msg=name)

@@ -17,27 +17,20 @@ The teacher averages the sources with their BatchNorm statistics re-estimated
 on the target, as each was judged. A source whose head does not predict the
 target's labels (``--skip-mismatched-heads``) is left out of it. Memory: the
 merged model, the probe and the soup's running sum (greedy soup's), plus N x C
-floats: flat in K.
+floats: flat in K. ``--distill-select`` and ``--distill-wise`` are
+:mod:`~hf_grasp.methods.soup_wise`'s choices. On the digits-eras bench the
+teacher did not help (docs/benchmark.md); ``soup-wise`` is this method without it.
 """
 
 from __future__ import annotations
-
-import time
 
 import torch
 
 from ..engine.context import MergeContext
 from ..engine.training import classification_metrics, predict_logits
-from ..engine.records import StepKind
 from ..runtime.errors import SourceError
-from .best_source import keep_best
-from .multi_source import finish_training_method
-from .selection import better, judge, rank_sources
-from .soup import cook
-from .state import unique_state
-
-#: WiSE-FT's α grid, in the order ties are settled (the middle first, the paper's robust default)
-ALPHAS = (0.5, 0.75, 0.25, 1.0, 0.0)
+from .selection import rank_sources
+from .soup_wise import splits, tune
 
 
 def distill(ctx: MergeContext) -> None:
@@ -60,57 +53,15 @@ def distill(ctx: MergeContext) -> None:
                 sums[split] = probs if split not in sums else sums[split].add_(probs)
                 labels[split] = y
 
-    on = ("train", "validation") if ctx.params.distill_select == "train+validation" else ("validation",)
+    on = splits(ctx.params.distill_select)
     ranked = rank_sources(ctx, "distill: judge each source, predict target train", each=predict, on=on)
     teacher = {split: total / len(taught) for split, total in sums.items()}
-    t0 = time.time()
-    start = ctx.params.distill_start
-    kept, tried = cook(ctx, ranked, on=on) if start == "greedy-soup" else keep_best(ctx, ranked)
     w = ctx.params.distill_weight
     one_hot = torch.nn.functional.one_hot(labels["train"], teacher["train"].shape[1]).to(teacher["train"].dtype)
-    targets = (1 - w) * one_hot + w * teacher["train"]
     ensemble_val = classification_metrics(teacher["validation"], labels["validation"])
-    wise = ctx.params.distill_wise and ctx.total_epochs > 0
-    # the start's floating-point tensors, later the fine-tuning's change: one model's worth, whatever K
-    delta = {n: t.detach().clone() for n, t in unique_state(ctx.merged).items() if t.is_floating_point()} if wise \
-        else None
-    finish_training_method(ctx, t0, "on the ensemble's targets", soft_labels=targets, init=start, kept=kept,
-                           tried=tried, teacher_sources=[s.name for s in taught],
-                           teacher_val_accuracy=ensemble_val["accuracy"])
-    if delta is not None:
-        interpolate_back(ctx, delta)
+    tune(ctx, ranked, on=on, start=ctx.params.distill_start, wise=ctx.params.distill_wise,
+         what="on the ensemble's targets", soft_labels=(1 - w) * one_hot + w * teacher["train"],
+         teacher_sources=[s.name for s in taught], teacher_val_accuracy=ensemble_val["accuracy"])
 
 
-def interpolate_back(ctx: MergeContext, delta: dict[str, torch.Tensor]) -> None:
-    """WiSE-FT (Wortsman et al., 2022) between the start (``delta`` holds its tensors, overwritten) and the fine-tuned
-    model: ``start + α (tuned - start)`` for α in :data:`ALPHAS`, each judged on validation (BatchNorm re-estimated);
-    the best is kept (ties: the earlier α of the list)."""
-    t0 = time.time()
-    merged = {n: t for n, t in unique_state(ctx.merged).items() if n in delta}
-    with torch.no_grad():
-        for n, t in merged.items():
-            torch.sub(t, delta[n], out=delta[n])  # now tuned - start
-    scores: dict[float, dict] = {}
-    best, current = None, 1.0  # the model holds the tuned weights: α = 1
-    for alpha in ALPHAS:
-        current = _move_alpha(merged, delta, current, alpha)
-        scores[alpha] = judge(ctx)
-        if better(scores[alpha], scores.get(best)):
-            best = alpha
-    _move_alpha(merged, delta, current, best)
-    judge(ctx)  # the kept weights' statistics, as they were judged
-    ctx.record(kind=StepKind.INTERPOLATE, validation=scores[best], test=ctx.step_metrics("test"),
-               seconds=time.time() - t0, details={"alpha": best,
-                                                  "tried": {str(a): m["accuracy"] for a, m in scores.items()}})
-
-
-def _move_alpha(merged: dict, delta: dict, current: float, alpha: float) -> float:
-    """``merged`` from ``start + current * delta`` to ``start + alpha * delta``, in place; returns ``alpha``."""
-    if alpha != current:
-        with torch.no_grad():
-            for n, t in merged.items():
-                t.add_(delta[n], alpha=alpha - current)
-    return alpha
-
-
-__all__ = ["distill", "interpolate_back"]
+__all__ = ["distill"]

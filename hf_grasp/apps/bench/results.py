@@ -31,7 +31,7 @@ MAIN_TAU = 0.3
 BY_DOMAIN_PLOT = ("grasp", "finetune-only", "best-source", "ensemble", "multi-source", "pearl", "fisher",
                   "task-arithmetic +bn")
 #: merge methods under evaluation: never candidates of the oracle, which stands for what existed before them
-NEW_METHODS = ("greedy-soup", "sequential-ta", "learned-interpolation", "distill")
+NEW_METHODS = ("greedy-soup", "sequential-ta", "learned-interpolation", "distill", "soup-wise")
 #: the baseline every row is paired against in the claims: fine-tune the source best on target validation
 BEST_SOURCE = "best-source"
 #: the main-table label of the best existing method on each target domain, picked on test accuracy

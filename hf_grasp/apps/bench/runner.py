@@ -31,7 +31,8 @@ from ...methods import METHODS
 from ...plan.config import CONFIG_NAME
 from ...runtime.progress import log, progress
 from . import digits_eras, tweet_eras
-from .make_sources import BENCHMARKS, DEFAULT_ARCH  # torch-free at import: make_sources trains in its functions
+# torch-free at import: make_sources trains in its functions
+from .make_sources import BENCHMARKS, DEFAULT_ARCH, recipe_for
 from .results import MAIN_TAU, RunResult, claims, plot, read_csv, summarise, write_csv
 
 TAUS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -64,7 +65,7 @@ VARIANT_RUNS = (("grasp", "keep-start"), ("multi-source", "keep-start"), ("greed
                 ("distill", "keep-start"), *(("distill", lead) for lead in DISTILL_LEADS))
 #: the methods each memory run compares (each in a fresh interpreter, K = cfg.memory_k)
 MEMORY_METHODS = ("grasp", "multi-source-naive", "greedy-soup", "sequential-ta", "learned-interpolation",
-                  "best-source", "distill")
+                  "best-source", "distill", "soup-wise")
 #: the benchmarks whose models hold no BatchNorm, so a "+bn" (recalibrated) run would repeat the plain one
 NO_BATCHNORM = {tweet_eras.TWEET_ERAS}
 #: the benchmarks whose base make-sources does not train (a seeded random init)
@@ -98,8 +99,8 @@ class BenchConfig:
         # the recipe's values filled in here, so config.json records what ran (and --resume compares it)
         if self.recipe not in BENCHMARKS:
             return  # bench() refuses it, naming the recipe
-        recipe = BENCHMARKS[self.recipe].RECIPE
         self.arch = self.arch or DEFAULT_ARCH[self.recipe]
+        recipe = recipe_for(self.recipe, self.arch)  # the arch's own epochs (make-sources' defaults for it)
         if self.source_epochs is None:
             self.source_epochs = recipe["source_epochs"]
         if self.pretrain_epochs is None and self.recipe not in NO_PRETRAINING:
@@ -146,12 +147,23 @@ def _run(refs, domain, seed, method, cfg: BenchConfig, *, base, tau=None, order=
 
 def _sources(cfg: BenchConfig, output: Path, seed: int) -> Path:
     """A base and one source per domain for ``seed``, shared by every target domain (made once)."""
-    from .make_sources import make_sources  # trains: loads the model stack, which `bench --help` must not
+    # trains: loads the model stack, which `bench --help` must not
+    from .make_sources import AtChanceError, make_sources
 
     root = output / "sources" / f"{cfg.arch.replace(':', '-')}-seed{seed}"
     if not (root / "base").is_dir():
-        make_sources(root, benchmark=cfg.recipe, arch=cfg.arch, target_domain=None, seed=seed,
-                     pretrain_epochs=cfg.pretrain_epochs, source_epochs=cfg.source_epochs)
+        try:
+            make_sources(root, benchmark=cfg.recipe, arch=cfg.arch, target_domain=None, seed=seed,
+                         pretrain_epochs=cfg.pretrain_epochs, source_epochs=cfg.source_epochs)
+        except AtChanceError as e:
+            # one line in the bench's terms: it has no --lr, and its --source-epochs sets the base's epochs too
+            # (BenchConfig: pretrain_epochs, named when it differs). The line is made when printed: raised in a
+            # worker, it is spelled in the parent process as its caller spells options
+            options = [("source_epochs", cfg.source_epochs)]
+            if e.checkpoint == "base" and cfg.pretrain_epochs not in (None, cfg.source_epochs):
+                options.append(("pretrain_epochs", cfg.pretrain_epochs))
+            raise AtChanceError("bench", e.arch, f"{e.checkpoint} of seed {seed}", e.accuracy, e.chance,
+                                options) from None
     return root
 
 
