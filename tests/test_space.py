@@ -2,9 +2,10 @@
 
 The browser test starts ``hf-grasp space`` on 127.0.0.1 (a free port, its own
 HF_HOME, offline), drives it with Playwright through Debian's chromium, and
-checks what the page shows against what the run wrote: the accuracy table
-against ``grasp_report.json`` from the zip the page hands out, the prediction
-against the downloaded model loaded with plain transformers. Screenshots go to
+checks what the page shows against what the run wrote: the comparison table
+against ``grasp_report.json`` from the zip the page hands out and the
+comparison's reports beside it, the prediction against the downloaded model
+loaded with plain transformers. Screenshots go to
 the test's tmp directory (their paths are printed).
 """
 
@@ -27,6 +28,9 @@ from pathlib import Path
 import pytest
 
 from conftest import merge_fails
+from hf_grasp.apps.bench import compare
+from hf_grasp.methods.catalog import RECOMMENDED_METHOD, RECOMMENDED_OPTIONS
+from hf_grasp.output.report import MergeReport
 from hf_grasp.runtime.errors import GraspError
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -96,6 +100,13 @@ def space(tmp_path):
         yield url, home, log
 
 
+def _builtin_label(ref: str) -> str:
+    """How the page names a built-in source (``d3 (45°)``)."""
+    from hf_grasp.apps.space.builtin import source_label
+
+    return source_label(int(re.search(r"d(\d)$", ref)[1]))
+
+
 def _rows(page, elem_id: str) -> list[list[str]]:
     """The body rows of a gr.Dataframe, as the page shows them (by ARIA role: its DOM also holds hidden copies
     of the cells, for sizing)."""
@@ -152,15 +163,18 @@ def test_page_merges_shows_the_report_classifies_and_refuses_bad_input(space, tm
         page.wait_for_selector("#merge")
         shot(page, "1-form")
 
-        # the default run: built-in sources d0 d4 d1 d3 d5 onto domain 2, 2 + 1 epochs, with the ensemble
+        # the default run: built-in sources d0 d4 d1 d3 d5 onto domain 2, 2 + 1 epochs, the recommended method, and
+        # beside it GRASP, the best source and the ensemble
         started = time.time()
         page.click("#merge")
-        expect(page.locator("#accuracy-table [role=gridcell]").first).to_contain_text("merged (GRASP", timeout=240_000)
+        expect(page.locator("#verdict")).to_contain_text("Best single model on validation: ", timeout=240_000)
         print(f"default run, first use (sources made on the way): {time.time() - started:.1f} s")
         expect(page.locator("#heatmap img")).to_be_visible()
+        expect(page.locator("#accuracy-chart img")).to_be_visible()
         shot(page, "2-results")
 
-        # what the page shows is what the run wrote: the report inside the zip the page hands out
+        # what the page shows is what the run wrote: the report inside the zip the page hands out, and the
+        # comparison's reports beside it
         with page.expect_download() as info:
             page.locator("#download a").first.click()
         archive = tmp_path / "merged.zip"
@@ -172,27 +186,50 @@ def test_page_merges_shows_the_report_classifies_and_refuses_bad_input(space, tm
         (page_runs,) = (home / "runs").iterdir()  # this server's folder; its runs inside
         (run,) = page_runs.iterdir()
         assert (run / "merged" / "grasp_report.json").read_text() == (folder / "grasp_report.json").read_text()
-        ensemble = json.loads((run / "ensemble_report.json").read_text())
+        assert report["method"]["name"] == RECOMMENDED_METHOD
+        assert {k: report["options"][k] for k in RECOMMENDED_OPTIONS if k in report["options"]} == {
+            k: v for k, v in RECOMMENDED_OPTIONS.items() if k in report["options"]}
+        others = {role: json.loads((run / f"comparison-{role}.json").read_text())
+                  for role in ("grasp", "best-source", "ensemble")}
+        assert {r["method"]["name"] for r in others.values()} == {"grasp", "best-source", "ensemble"}
 
-        rows = {r[0]: r for r in _rows(page, "accuracy-table")}
-        merged = next(r for name, r in rows.items() if name.startswith("merged (GRASP"))
-        assert float(merged[1]) == round(100 * report["final"]["test"]["accuracy"], 2)
-        assert int(merged[2]) == report["final"]["test"]["n"] == 300
-        assert float(rows["ensemble of 5"][1]) == round(100 * ensemble["final"]["test"]["accuracy"], 2)
-        for src in report["sources"]:
-            label = re.search(r"d\d$", src["ref"])[0]
-            (row,) = [r for name, r in rows.items() if name.startswith(label + " ")]
-            assert float(row[1]) == round(100 * src["metrics_alone"]["accuracy"], 2)
-        assert len(rows) == 1 + 1 + len(report["sources"]) == 7
+        # four rows: the recommended method (this run), GRASP, the best source, the ensemble; validation and test
+        rows = _rows(page, "accuracy-table")
+        assert len(rows) == 4, rows
+        by_method = {"grasp": rows[0], RECOMMENDED_METHOD: rows[1], "best-source": rows[2], "ensemble": rows[3]}
+        assert rows[0][0] == "grasp" and rows[1][0].startswith(RECOMMENDED_METHOD)
+        assert rows[2][0].startswith("best-source: d") and rows[3][0] == "ensemble of 5"
+        for method, r in by_method.items():
+            saved = report if method == RECOMMENDED_METHOD else others[method]
+            assert float(r[1]) == round(100 * saved["final"]["validation"]["accuracy"], 2), (method, r)
+            assert float(r[2]) == round(100 * saved["final"]["test"]["accuracy"], 2), (method, r)
+            assert r[3] == ("no (5 models)" if method == "ensemble" else "yes")
+            assert all(saved["final"][split]["n"] == n for split, n in (("validation", 100), ("test", 300)))
+        # the sentence under the table: made from these numbers, the single model best on validation named
+        expected = compare.Comparison([compare._row(MergeReport.from_dict(saved), roles, _builtin_label)
+                                       for saved, roles in ((others["grasp"], ("grasp",)),
+                                                            (report, ("recommended",)),
+                                                            (others["best-source"], ("best-source",)),
+                                                            (others["ensemble"], ("ensemble",)))]).sentence
+        expect(page.locator("#verdict")).to_have_text(expected)
+        single = {r[0]: float(r[1]) for m, r in by_method.items() if m != "ensemble"}
+        assert any(expected.startswith(f"Best single model on validation: {name}, ")
+                   for name, val in single.items() if val == max(single.values())), expected
 
+        # each source alone (the run's own measure, else the ensemble run's), and what moved: the GRASP run's
         moved = {r[0].split()[0]: r for r in _rows(page, "transfer-table")}
-        for src in report["sources"][1:]:
-            counts = src["transferred"]
+        alone = {s["ref"]: s["metrics_alone"] for s in [*others["ensemble"]["sources"], *report["sources"]]
+                 if s["metrics_alone"]}
+        for src in others["grasp"]["sources"]:
             row = moved[re.search(r"d\d$", src["ref"])[0]]
-            assert row[2] == f"{sum(1 for v in counts.values() if v)}/{len(counts)}"
-            assert float(row[3]) == round(src["fraction_transferred"], 3)
+            assert float(row[2]) == round(100 * alone[src["ref"]]["accuracy"], 2)
+            if src["role"] == "init":
+                continue
+            counts = src["transferred"]
+            assert row[3] == f"{sum(1 for v in counts.values() if v)}/{len(counts)}"
+            assert float(row[4]) == round(src["fraction_transferred"], 3)
+        expect(page.locator("#transfer-table")).to_contain_text("the GRASP run beside it")
         assert [r[1] for r in _rows(page, "progress")] == ["done"] * 5
-        assert (folder / "alignment.png").is_file()
 
         # try it: a test image from the gallery, then an uploaded image checked against plain transformers
         page.locator("#examples button.thumbnail-item").first.click()
@@ -254,9 +291,14 @@ def test_page_merges_shows_the_report_classifies_and_refuses_bad_input(space, tm
         expect(page.locator("#builtin-sources")).to_contain_text("d5 (100% of words in ROT13)")
         page.locator("#method input").click()
         page.get_by_role("option", name="grasp", exact=True).click()
+        page.get_by_role("button", name="more").click()  # the advanced options, rendered once opened
+        expect(page.locator("#keep-start input")).not_to_be_checked()  # GRASP as the paper defines it
         page.click("#merge")
-        expect(page.locator("#accuracy-table [role=gridcell]").first).to_contain_text("merged (GRASP", timeout=300_000)
+        expect(page.locator("#verdict")).to_contain_text("Best single model on validation: ", timeout=300_000)
         expect(page.locator("#summary")).to_contain_text("on 300 texts")
+        # GRASP is the run itself here (not run twice): still four rows
+        assert [r[0] for r in _rows(page, "accuracy-table")][0] == "grasp"
+        assert len(_rows(page, "accuracy-table")) == 4
         expect(page.locator("#examples")).to_be_hidden()
         page.locator("#text-examples input").click()
         page.get_by_role("option").first.click()
@@ -289,7 +331,7 @@ def test_the_form_passes_each_method_only_what_it_takes(tmp_path):
     # ticked d4 first: the merge order is still the list's (the recipe's: d0 before d4)
     form = dict(source_kind=BUILTIN, builtin_sources=["d4", "d0"], repo_ids=None, target_kind=BENCHMARK, domain=3,
                 dataset=None, dataset_domain=None, image_column="image", label_column="label", method="grasp",
-                initial_epochs=2, finetune_epochs=1, base=None, lr=None, seed=0, ensemble=True)
+                initial_epochs=2, finetune_epochs=1, base=None, lr=None, seed=0, compare=True)
     # a cleared input (None) is unset: the recipe's or the method's default
     grasp = spec_from_form(tmp_path, **form, params={"tau": 0.5, "granularity": "row", "align_batches": None})
     root = sources_root(tmp_path)
@@ -320,7 +362,7 @@ def _page_inputs(demo) -> dict:
 
 def _handler(demo, name: str):
     """The page's event function named ``name`` (gradio's BlockFunction: its fn, inputs and outputs)."""
-    (found,) = [f for f in demo.fns.values() if f.fn.__name__ == name]
+    (found,) = [f for f in demo.fns.values() if getattr(f.fn, "__name__", None) == name]  # a cancel's fn: None
     return found
 
 
@@ -336,13 +378,14 @@ def _check_inputs(demo, method: str) -> None:
 
     import gradio as gr
 
+    from hf_grasp.apps.space.ui import DEFAULT_METHOD
     from hf_grasp.methods import METHODS
 
     page = _page_inputs(demo)
     merge = _handler(demo, "on_merge")
     assert merge.inputs_as_dict  # values reach the merge by component, never by position
     box = page[f"params-{method}"]
-    assert box.visible is (method == "grasp")
+    assert box.visible is (method == DEFAULT_METHOD)
     for name, field in METHODS[method].params.model_fields.items():
         widget = page[f"param-{method}-{name}"]
         assert widget in merge.inputs and widget.label == name and field.description in widget.info
@@ -375,7 +418,13 @@ def test_every_registered_parameter_has_an_input(tmp_path):
 
     demo = build_demo(tmp_path)
     page = _page_inputs(demo)
-    assert page["method"].value == "grasp" and [c[1] for c in page["method"].choices] == sorted(METHODS)
+    # the form starts on the recommended method, with its recommended options where the form has their input
+    assert page["method"].value == RECOMMENDED_METHOD and [c[1] for c in page["method"].choices] == sorted(METHODS)
+    assert page["keep-start"].value is bool(RECOMMENDED_OPTIONS.get("keep_start", False))
+    assert page["compare"].value is True
+    on_method = _handler(demo, "on_method").fn
+    assert on_method("grasp")[page["keep-start"]]["value"] is False  # GRASP as the paper defines it
+    assert on_method(RECOMMENDED_METHOD)[page["keep-start"]]["value"] is page["keep-start"].value
     for method, info in METHODS.items():
         if info.params.model_fields:
             _check_inputs(demo, method)
@@ -407,7 +456,7 @@ def test_an_out_of_range_parameter_is_the_clis_one_line(tmp_path):
     # the same check and words; the page names the input as it labels it where the CLI names the option
     assert line == cli.replace("option density='1.5' (from the command line)", '"density" (1.5)')
     assert line == 'error: "density" (1.5): input should be less than or equal to 1'
-    assert _merge_error(demo, **{"param-grasp-align_batches": 0}) == (
+    assert _merge_error(demo, method="grasp", **{"param-grasp-align_batches": 0}) == (
         'error: "align_batches" (0): input should be greater than or equal to 1')
     assert not list((tmp_path / "home" / "runs").glob("*/*"))  # refused before any work
 
@@ -436,7 +485,7 @@ def test_a_method_registered_from_outside_gets_its_inputs(tmp_path):
         spec = spec_from_form(tmp_path, source_kind=BUILTIN, builtin_sources=["d0"], repo_ids=None,
                               target_kind=BENCHMARK, domain=2, dataset=None, dataset_domain=None, image_column="image",
                               label_column="label", method="throwaway-test", initial_epochs=0, finetune_epochs=0,
-                              base=None, lr=None, seed=0, ensemble=False,
+                              base=None, lr=None, seed=0, compare=False,
                               params={"strength": 2.0, "steps": 4, "mode": "hard", "verbose": True})
         assert spec.params == {"strength": 2.0, "steps": 4, "mode": "hard", "verbose": True}
         assert _merge_error(demo, method="throwaway-test", **{"param-throwaway-test-strength": 0}) == (
@@ -458,6 +507,40 @@ def test_progress_per_source_reads_the_log_lines():
                             ["org/m10", "fine-tuning", "epoch 1/1"]]
     assert board.done == 1 and board.lines[0].startswith("initial fine-tune (d1) epoch 1/2")
 
+
+
+def test_a_cancelled_run_stops_its_worker_and_leaves_nothing(tmp_path, monkeypatch):
+    """Cancel (or a visitor who leaves) closes the run's generator: its worker stops at its next log line (or
+    before its next run: the comparison's are several) instead of merging on for nobody; its directory goes."""
+    import threading
+
+    from hf_grasp import merger as merger_module
+    from hf_grasp.apps.space import session
+    from hf_grasp.runtime.progress import log
+
+    epochs = []
+
+    class Slow:  # a merge that logs an epoch every 20 ms for 4 s unless stopped
+        def merge(self):
+            for i in range(200):
+                epochs.append(i)
+                log.info("fine-tune after org/b epoch %d/200: train loss 0.1, val acc 90.00%%", i + 1)
+                time.sleep(0.02)
+            raise AssertionError("the run was not stopped")
+
+    monkeypatch.setattr(merger_module.GraspMerger, "from_pretrained", classmethod(lambda cls, *a, **k: Slow()))
+    run_dir = tmp_path / "run"
+    steps = session.run_merge(session.RunSpec(sources=("org/a", "org/b"), target="t"), run_dir)
+    ticks = [next(steps) for _ in range(5)]  # loading, merging, then epochs as they come
+    assert ticks[-1].rows[1] == ["org/b", "fine-tuning", "epoch 3/200"]
+    steps.close()  # what gradio does to the page's generator on Cancel; on_merge closes this one with it
+    deadline = time.time() + 10
+    while (run_dir.exists() or any(t.name == "hf-grasp-space-merge" for t in threading.enumerate())) and \
+            time.time() < deadline:
+        time.sleep(0.05)
+    assert not run_dir.exists() and len(epochs) < 50, len(epochs)
+    assert not any(t.name == "hf-grasp-space-merge" for t in threading.enumerate())
+    assert run_dir not in session._running
 
 
 # ------------------------------------------------------------------------------------------------ a public page
@@ -492,7 +575,7 @@ def test_a_local_path_is_refused_unless_the_page_allows_it(in_tmp, ref):
     # started with local paths allowed, the same values are taken
     form = dict(source_kind=REPO_IDS, builtin_sources=[], repo_ids=f"org/a\n{ref}", target_kind=BENCHMARK, domain=2,
                 dataset=None, dataset_domain=None, image_column="image", label_column="label", method="grasp",
-                initial_epochs=0, finetune_epochs=0, base=None, lr=None, seed=0, ensemble=False)
+                initial_epochs=0, finetune_epochs=0, base=None, lr=None, seed=0, compare=False)
     assert spec_from_form(in_tmp, **form, allow_local_paths=True).sources == ("org/a", ref)
     assert spec_from_form(in_tmp, **{**form, "source_kind": BUILTIN, "builtin_sources": ["d0"]}).sources == (
         str(in_tmp / "sources-resnet-seed0" / "d0"),)  # the page's own built-in sources are its business
@@ -523,7 +606,7 @@ def test_every_input_is_refused_in_the_forms_words(tmp_path):
     demo = build_demo(tmp_path / "home")
     # values as a hand-made API call sends them: the merge takes them unprocessed and checks them itself
     cases = {
-        "a text τ": ({"param-grasp-tau": "abc"},
+        "a text τ": ({"method": "grasp", "param-grasp-tau": "abc"},
                      'error: "tau" (\'abc\'): input should be a valid number, unable to parse string as a number'),
         "a text learning rate": ({"lr": "fast"}, ('error: "learning rate" (\'fast\'): input should be a valid '
                                                   'number, unable to parse string as a number')),
@@ -547,6 +630,8 @@ def test_every_input_is_refused_in_the_forms_words(tmp_path):
         "a text column that is no text": ({"target-kind": DATASET, "dataset": "org/d", "text-column": ["t"]},
                                           'error: "text column" ([\'t\']): should be text'),
         "a bad domain": ({"domain": "2"}, 'error: "target domain" (\'2\'): choose one of 0, 1, 2, 3, 4, 5'),
+        "a keep-start that is no tick": ({"keep-start": "yes"},
+                                         'error: "keep the start" (\'yes\'): should be ticked or not (true or false)'),
     }
     for case, (changed, line) in cases.items():
         assert _merge_error(demo, **changed) == line, case
@@ -623,7 +708,7 @@ def test_the_text_benchmark_merges_and_classifies_typed_text(tmp_path):
     from transformers import pipeline
 
     from hf_grasp.apps.bench.make_sources import make_sources
-    from hf_grasp.apps.space import builtin
+    from hf_grasp.apps.space import builtin, results
     from hf_grasp.apps.space.session import classify, run_merge
     from hf_grasp.apps.space.ui import BENCHMARK, BUILTIN, build_demo, spec_from_form
 
@@ -638,12 +723,25 @@ def test_the_text_benchmark_merges_and_classifies_typed_text(tmp_path):
     form = dict(benchmark="tweet-eras", source_kind=BUILTIN, builtin_sources=["d0", "d4", "d3"], repo_ids=None,
                 target_kind=BENCHMARK, domain=2, dataset=None, dataset_domain=None, image_column="image",
                 text_column=None, label_column="label", method="grasp", initial_epochs=1, finetune_epochs=1,
-                base=None, lr=None, seed=0, ensemble=True)
+                base=None, lr=None, seed=0, compare=True)
     spec = spec_from_form(home, **form)
     assert spec.target == "tweet-eras" and spec.builtin_benchmark == "tweet-eras"
     assert spec.label(spec.sources[0]) == "d0 (0% of words in ROT13)"
     *_, outcome = run_merge(spec, tmp_path / "run")
     assert outcome.modality == "text" and outcome.report.target.modality == "text"
+    # GRASP is this run (not run twice); beside it the recommended method, the best source (judged on validation
+    # alone: BERT has no BatchNorm to re-estimate) and the ensemble, on the same texts
+    rows = results.accuracy_rows(outcome)
+    assert [r[0] for r in rows][:1] == ["grasp"] and len(rows) == 4, rows
+    assert rows[1][0].startswith(RECOMMENDED_METHOD) and rows[2][0].startswith("best-source: d")
+    assert rows[3][0] == "ensemble of 3" and [r[3] for r in rows] == ["yes"] * 3 + ["no (3 models)"]
+    assert all(isinstance(r[1], float) and isinstance(r[2], float) for r in rows)
+    assert {r.report.target.sizes["test"] for r in outcome.comparison.rows} == {300}
+    pick, _, _ = compare.best_on_validation(outcome.comparison.rows)
+    assert results.verdict(outcome).startswith(f"Best single model on validation: {pick.name}, ")
+    assert 100 * pick.validation == pytest.approx(max(r[1] for r in rows[:3])) and outcome.chart.is_file()
+    assert sorted(p.name for p in (tmp_path / "run").glob("comparison-*.json")) == [
+        "comparison-best-source.json", "comparison-ensemble.json", "comparison-recommended.json"]
     assert all(isinstance(t, str) and t for t, _ in outcome.examples) and {y for _, y in outcome.examples} == {0, 1}
     assert outcome.ensemble is not None and outcome.ensemble.target.modality == "text"
     plain = pipeline("text-classification", model=str(outcome.folder), top_k=None)
@@ -655,6 +753,8 @@ def test_the_text_benchmark_merges_and_classifies_typed_text(tmp_path):
     with pytest.raises(GraspError, match="classifies texts"):
         classify(outcome, Image.new("RGB", (28, 28)))
     # the ensemble of the same sources is a method of its own too: it reloads from its folder and reads texts
-    *_, ens = run_merge(spec_from_form(home, **{**form, "method": "ensemble"}), tmp_path / "run-ensemble")
+    *_, ens = run_merge(spec_from_form(home, **{**form, "method": "ensemble", "compare": False}),
+                        tmp_path / "run-ensemble")
+    assert len(results.accuracy_rows(ens)) == 1 and ens.comparison is None and ens.chart is None
     probs = classify(ens, "thank you, a great crew")
     assert probs.keys() == {"negative", "positive"} and sum(probs.values()) == pytest.approx(1, abs=1e-5)

@@ -81,6 +81,12 @@ def test_demo_text_merges_the_made_sources_into_a_pipeline_model(made):
     # the demo reuses the sources it finds (made above, as `hf-grasp demo --text` makes them); one epoch per round
     result = run_demo(made, benchmark="tweet-eras", initial_epochs=1, finetune_epochs=1, eval_sources=False)
     report = result.report
+    # the recommended method saved, beside GRASP, the best source (BERT has no BatchNorm: judged on validation
+    # alone) and the ensemble, on the same texts; one table, one plot
+    assert [r.name.split(" ")[0].rstrip(":") for r in result.comparison.rows] == [
+        "grasp", report.method.name, "best-source", "ensemble"]
+    assert [r.main for r in result.comparison.rows] == [False, True, False, False]
+    assert result.table.read_text().count("\n| ") == 6 and result.plot.is_file()
     assert report.target.modality == "text" and report.target.domain == tweet_eras.RECIPE["target_domain"]
     assert [s.ref.split("/")[-1] for s in report.sources] == [f"d{d}" for d in tweet_eras.RECIPE["source_domains"]]
     assert report.final["test"]["accuracy"] > 0.6

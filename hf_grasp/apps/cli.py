@@ -201,8 +201,11 @@ DELEGATED = {
                      "Train a small base model on the benchmark's pretraining pool, then fine-tune one source per "
                      "non-target domain from it, each saved as a Hub repo holds it."),
     "demo": (".bench.demo",
-             "Offline demo: make digits-eras sources, merge them, compare with each source.",
-             "End to end on the built-in digits-eras benchmark, no network needed."),
+             "Offline demo: make digits-eras sources, merge them, compare GRASP, the recommended method, the best "
+             "source and the ensemble.",
+             "End to end on the built-in digits-eras benchmark, no network needed: the recommended method's merge "
+             "saved, and one table and one plot comparing it with GRASP, the best single source and the ensemble "
+             "on the same sources, seed and splits."),
     "prepare": ("..inputs.converters",
                 "Convert a raw Yearbook or CLEAR release into a datasets DatasetDict.",
                 "Turn a raw dataset release into a DatasetDict with a period column and 80/10/10 splits per "
@@ -213,9 +216,10 @@ DELEGATED = {
               "finetune-only), a CSV, plots and the paper's claims beside the measured figures."),
     "space": (".space",
               "Serve the Gradio demo page (the Space) on this machine.",
-              "Run the hf-grasp Space locally: pick sources, a target and a method, merge, and see accuracy against "
-              "each source and the ensemble, the alignment heatmap, what moved, and the model on an image. Needs the "
-              "space extra: pip install 'hf-grasp[space]'."),
+              "Run the hf-grasp Space locally: pick sources, a target and a method, merge, and see it beside GRASP, "
+              "the recommended method, the best single source and the ensemble (validation and test), the alignment "
+              "heatmap, what moved, and the model on an image. Needs the space extra: pip install "
+              "'hf-grasp[space]'."),
 }
 
 

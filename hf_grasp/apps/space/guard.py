@@ -25,8 +25,9 @@ LABELS = {
     "repo_ids": "source repo ids", "target_kind": "target", "target": "target", "domain": "target domain",
     "target_domain": "target domain", "dataset": "dataset", "image_column": "image column",
     "label_column": "label column", "method": "method", "initial_epochs": "initial epochs",
-    "finetune_epochs": "epochs after each source", "ensemble": "compare with the ensemble", "base": "base",
-    "lr": "learning rate", "seed": "seed",
+    "finetune_epochs": "epochs after each source",
+    "compare": "compare (GRASP, recommended, best source, ensemble)", "base": "base",
+    "keep_start": "keep the start", "lr": "learning rate", "seed": "seed",
 }
 
 # a Hub repo id (org/name, optional @revision) and a Hub dataset id (name or org/name): what the page takes

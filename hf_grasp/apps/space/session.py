@@ -7,8 +7,15 @@ the CLI prints), then one :class:`RunOutcome`. A :class:`GraspError` raised by
 the run is re-raised in the caller's thread, so the page can show the same
 ``error: ...`` line the CLI prints.
 
+After the visitor's merge, the same worker runs the comparison
+(:func:`hf_grasp.apps.bench.compare.compare`): GRASP, the recommended method,
+the best single source and the ensemble, whichever the visitor's method is not,
+on the same sources, target, seed and splits, each a phase of the progress
+bar. A visitor who cancels (or leaves) closes the generator: the worker stops at
+its next log line or between two runs, and the run directory is removed.
+
 Everything a run writes lives in its own directory (the merged model folder,
-its zip, the ensemble's report), so two visitors' runs never share a file.
+its zip, the comparison's reports and chart), so two visitors' runs never share a file.
 """
 
 from __future__ import annotations
@@ -32,11 +39,14 @@ if TYPE_CHECKING:
 
     from ...merger import MergeResult
     from ...output.report import MergeReport
+    from ..bench.compare import Comparison
 
 #: name of the merged model folder inside a run directory (also the folder inside the zip)
 MERGED = "merged"
-#: the ensemble baseline's report, beside the merged folder
-ENSEMBLE_REPORT = "ensemble_report.json"
+#: the report of the comparison's run of a role (grasp, recommended, best-source, ensemble), beside the merged folder
+COMPARISON_REPORT = "comparison-{role}.json"
+#: the comparison's chart, beside the merged folder
+CHART = "comparison.png"
 #: how many of the target's test examples (images or texts) the page offers to classify
 N_EXAMPLES = 12
 
@@ -57,7 +67,7 @@ class RunSpec:
     options: dict[str, Any] = field(default_factory=dict)  # shared options (MergeOptions'), by name
     params: dict[str, Any] = field(default_factory=dict)  # the method's own parameters, by name
     labels: dict[str, str] = field(default_factory=dict)  # reference -> display name
-    compare_ensemble: bool = True
+    compare: bool = True  # also run GRASP, the recommended method, the best source and the ensemble
     builtin_home: Path | None = None  # make the built-in sources there first (once)
     builtin_benchmark: str = "digits-eras"  # whose built-in sources (digits-eras, tweet-eras)
 
@@ -83,35 +93,56 @@ class Tick:
 
 @dataclass
 class RunOutcome:
-    """What a finished run made: the result object, its saved folder and zip, the ensemble's report."""
+    """What a finished run made: the result object, its saved folder and zip, the comparison beside it."""
 
     spec: RunSpec
     result: MergeResult
     folder: Path
     zip_path: Path
-    ensemble: MergeReport | None
+    ensemble: MergeReport | None  # the ensemble's report (the comparison's row; the run itself for "ensemble")
     examples: list[tuple[Image.Image | str, int]]  # (image or text, label) from the target's test split
     label_names: list[str]
     seconds: float
     heatmap: Path | None = None  # the alignment heatmap with the page's source names (None: nothing scored)
     predictor: Any = None  # the reloaded ensemble, for classifying (made on first use)
     modality: str = "image"  # the target's: "image" or "text"
+    comparison: Comparison | None = None  # GRASP, the recommended method, the best source, the ensemble
+    chart: Path | None = None  # the comparison's chart (validation and test accuracy of every row)
 
     @property
     def report(self) -> MergeReport:
         return self.result.report
 
+    @property
+    def scored(self) -> tuple[MergeReport, bool]:
+        """The report whose per-tensor transfer the page shows, and whether it is this run's: this run's when
+        its method scores tensors (GRASP's family), else the GRASP run of the comparison when there is one."""
+        if any(s.scores for s in self.report.sources) or self.comparison is None:
+            return self.report, True
+        from ..bench.compare import GRASP
+
+        grasp = self.comparison.row(GRASP)
+        return (grasp.report, False) if grasp is not None and grasp.report is not None else (self.report, True)
+
+
+class Cancelled(BaseException):
+    """Raised in a run's worker once its visitor cancelled or left: a BaseException, so that no ``except
+    Exception`` on the way (the library's, or another's) takes it for an error of the run and goes on."""
+
 
 class _Tap(logging.Handler):
     """Hands the ``hf_grasp`` log records of one thread to a queue: another visitor's run, in another thread,
-    never shows up in this one's progress."""
+    never shows up in this one's progress. Once ``cancelled`` is set, the worker's next log line (every epoch
+    and every source logs one) raises :class:`Cancelled` there, which stops its run."""
 
-    def __init__(self, events: queue.Queue, thread_id: int):
+    def __init__(self, events: queue.Queue, thread_id: int, cancelled: threading.Event | None = None):
         super().__init__(logging.INFO)
-        self.events, self.thread_id = events, thread_id
+        self.events, self.thread_id, self.cancelled = events, thread_id, cancelled
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.thread == self.thread_id:
+            if self.cancelled is not None and self.cancelled.is_set():
+                raise Cancelled("the visitor cancelled the run")
             self.events.put(("line", record.getMessage()))
 
 
@@ -158,9 +189,11 @@ def run_merge(spec: RunSpec, run_dir: Path) -> Iterator[Tick | RunOutcome]:
     with _running_lock:
         _running.add(run_dir)
     events: queue.Queue = queue.Queue()
-    worker = threading.Thread(target=_work, args=(spec, run_dir, events), name="hf-grasp-space-merge", daemon=True)
+    cancelled = threading.Event()
+    worker = threading.Thread(target=_work, args=(spec, run_dir, events, cancelled), name="hf-grasp-space-merge",
+                              daemon=True)
     board = SourceBoard(spec)
-    phase, start, delivered = "starting", time.time(), False
+    phase, at, start, delivered = "starting", 0.0, time.time(), False
     worker.start()
     try:
         while True:
@@ -172,20 +205,22 @@ def run_merge(spec: RunSpec, run_dir: Path) -> Iterator[Tick | RunOutcome]:
             if kind == "error":
                 raise value
             if kind == "phase":
-                phase = value
-                board.lines.append(f"— {value}")
+                phase, at = value
+                board.lines.append(f"— {phase}")
             elif phase == MERGING:
                 board.feed(value)
             else:
                 board.lines.append(spec.relabel(value))
-            yield Tick(_fraction(phase, board.done, len(spec.sources)), _describe(phase, board), board.rows(),
+            yield Tick(_fraction(phase, at, board.done, len(spec.sources)), _describe(phase, board), board.rows(),
                        list(board.lines))
     finally:
-        if delivered:
-            _finished(run_dir)
-        else:
-            # a failed run, or a visitor who left mid-run (the generator is closed): nobody will use its files
+        if not delivered:
+            # a failed run, or a visitor who cancelled or left mid-run (the generator is closed): the worker stops
+            # at its next log line or run, and nobody will use its files
+            cancelled.set()
             threading.Thread(target=_discard, args=(worker, run_dir), daemon=True).start()
+        else:
+            _finished(run_dir)
 
 
 def _finished(run_dir: Path) -> None:
@@ -222,18 +257,18 @@ def sweep_runs(runs: Path, max_age: float) -> list[Path]:
     return removed
 
 
-# the phases of a run, as the progress bar names them
+# the phases of a run, as the progress bar names them (each comparison run is one more: "comparing 2/3: ...")
 MAKING, LOADING, MERGING = ("making the built-in sources (once; under a minute)",
                             "loading the target and checking the sources", "merging")
-ENSEMBLE, SAVING = "the ensemble baseline: same sources, same test examples", "saving"
-# where in 0..1 each phase starts (merging moves on with every source done)
-_PHASES = {MAKING: 0.02, LOADING: 0.1, MERGING: 0.15, ENSEMBLE: 0.85, SAVING: 0.95}
+COMPARING, SAVING = "comparing on the same sources, seed and splits", "saving"
+# where in 0..1 each phase starts (merging moves on with every source done; the comparison with every run)
+_PHASES = {MAKING: 0.02, LOADING: 0.1, MERGING: 0.15, COMPARING: 0.55, SAVING: 0.95}
 
 
-def _fraction(phase: str, done: int, total: int) -> float:
+def _fraction(phase: str, at: float, done: int, total: int) -> float:
     if phase == MERGING:
-        return _PHASES[MERGING] + (_PHASES[ENSEMBLE] - _PHASES[MERGING]) * done / max(total, 1)
-    return _PHASES.get(phase, 0.0)
+        return _PHASES[MERGING] + (_PHASES[COMPARING] - _PHASES[MERGING]) * done / max(total, 1)
+    return at
 
 
 def _describe(phase: str, board: SourceBoard) -> str:
@@ -242,12 +277,19 @@ def _describe(phase: str, board: SourceBoard) -> str:
     return f"merging: {board.done}/{len(board.spec.sources)} sources done"
 
 
-def _work(spec: RunSpec, run_dir: Path, events: queue.Queue) -> None:
-    """The worker thread: everything slow, with its log lines tapped into ``events``."""
-    tap = _Tap(events, threading.get_ident())
+def _work(spec: RunSpec, run_dir: Path, events: queue.Queue, cancelled: threading.Event | None = None) -> None:
+    """The worker thread: everything slow, with its log lines tapped into ``events``; stops once ``cancelled``."""
+    cancelled = cancelled or threading.Event()
+    tap = _Tap(events, threading.get_ident(), cancelled)
     log.addHandler(tap)
+
+    def phase(name: str, at: float | None = None) -> None:
+        if cancelled.is_set():  # between two steps of the run: nothing more is started
+            raise Cancelled("the visitor cancelled the run")
+        events.put(("phase", (name, _PHASES.get(name, 0.0) if at is None else at)))
+
     try:
-        events.put(("done", _run(spec, run_dir, lambda name: events.put(("phase", name)))))
+        events.put(("done", _run(spec, run_dir, phase)))
     except BaseException as e:  # noqa: BLE001 - handed to the page's thread, which re-raises it
         events.put(("error", e))
     finally:
@@ -256,7 +298,6 @@ def _work(spec: RunSpec, run_dir: Path, events: queue.Queue) -> None:
 
 def _run(spec: RunSpec, run_dir: Path, phase) -> RunOutcome:
     from ...merger import GraspMerger
-    from ...plan.options import MergeOptions
 
     if spec.builtin_home is not None:
         from .builtin import ensure_sources, is_made
@@ -270,13 +311,19 @@ def _run(spec: RunSpec, run_dir: Path, phase) -> RunOutcome:
     phase(MERGING)
     result = merger.merge()
 
-    ensemble = result.report if spec.method == "ensemble" else None  # its own report is the baseline's
-    if spec.compare_ensemble and ensemble is None:
-        phase(ENSEMBLE)
-        shared = {k: v for k, v in spec.options.items() if k in MergeOptions.model_fields}
-        ensemble = GraspMerger.from_pretrained(list(spec.sources), target=spec.target, method="ensemble",
-                                               **shared).merge().report
-        ensemble.save(run_dir / ENSEMBLE_REPORT)
+    comparison = None
+    if spec.compare:
+        from ..bench import compare
+
+        def before_run(i: int, n: int, name: str) -> None:
+            span = _PHASES[SAVING] - _PHASES[COMPARING]
+            phase(f"{COMPARING} ({i}/{n}): {name}", _PHASES[COMPARING] + span * (i - 1) / n)
+
+        comparison = compare.compare(spec.sources, target=spec.target, main=result.report, options=spec.options,
+                                     label=spec.label, main_note="the model below", before_run=before_run)
+        for role, report in comparison.reports.items():
+            if report is not result.report:
+                report.save(run_dir / COMPARISON_REPORT.format(role=role))
     phase(SAVING)
     folder = run_dir / MERGED
     result.save_pretrained(folder)
@@ -284,10 +331,17 @@ def _run(spec: RunSpec, run_dir: Path, phase) -> RunOutcome:
                                         base_dir=MERGED))
     data = merger.data
     names = data.label_names or [str(i) for i in range(data.num_labels)]
+    ensemble = comparison.reports.get("ensemble") if comparison is not None else None
+    if ensemble is None and spec.method == "ensemble":
+        ensemble = result.report
     outcome = RunOutcome(spec=spec, result=result, folder=folder, zip_path=zip_path, ensemble=ensemble,
                          examples=_examples(data.splits["test"], data.modality), label_names=names, seconds=0.0,
-                         modality=data.modality)
+                         modality=data.modality, comparison=comparison)
     outcome.heatmap = page_heatmap(outcome, run_dir / "alignment-page.png")
+    if comparison is not None:
+        from ..bench.compare import plot
+
+        outcome.chart = plot(comparison, run_dir / CHART)
     return outcome
 
 
@@ -357,4 +411,5 @@ def push(outcome: RunOutcome, repo_id: str, token: str, *, private: bool = False
     return outcome.result.push_to_hub(repo_id, private=private or None, token=token)
 
 
-__all__ = ["RunSpec", "Tick", "RunOutcome", "SourceBoard", "run_merge", "sweep_runs", "classify", "push"]
+__all__ = ["Cancelled", "RunSpec", "Tick", "RunOutcome", "SourceBoard", "run_merge", "sweep_runs", "classify",
+           "push"]

@@ -1,8 +1,10 @@
 """The page: a ``gr.Blocks`` over :mod:`.session` (running a merge) and :mod:`.results` (what it shows).
 
 Layout, top to bottom: the form (built-in benchmark, sources, target, method
-and its knobs), the merge button, live per-source progress, then the results —
-accuracy table and chart, alignment heatmap, what moved from each source,
+and its knobs), the merge and cancel buttons, live per-source progress, then the results —
+the comparison's table (GRASP, the recommended method, the best single source, the
+ensemble: validation and test accuracy) with its chart and the sentence naming the
+single model best on validation, alignment heatmap, each source alone and what moved from it,
 trying the model on an image or a text, download and push. Each visitor's run is a ``gr.State`` (never shared),
 and its files live in its own run directory, removed when the session's state
 expires.
@@ -10,6 +12,7 @@ expires.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 import shutil
@@ -26,6 +29,7 @@ from ...inputs.data import builtin_dataset_names
 from ...inputs.recipes import BUILTIN_RECIPES
 from ...runtime.errors import GraspError, first_line
 from ...methods import METHODS, find_method
+from ...methods.catalog import RECOMMENDED_METHOD, RECOMMENDED_OPTIONS
 from ...plan.options import Layer, resolve
 from ...runtime.progress import log
 from . import builtin, results
@@ -45,8 +49,8 @@ BUILTIN_INFO = {builtin.DIGITS: "merged in this order; one resnet per digits-era
                                 "init (one tokenizer)"}
 #: the epoch sliders' range, which the merge holds a value to (a public page runs nobody's 1000-epoch merge)
 MAX_EPOCHS = 10
-#: the method the form starts on
-DEFAULT_METHOD = "grasp"
+#: the method the form starts on: the recommended one (its options set the form's inputs that hold them)
+DEFAULT_METHOD = RECOMMENDED_METHOD
 #: where the form's values come from, as an error line names it ("option density=1.5 (from the form): ...")
 FORM = "the form"
 #: a session's results (and their files) are dropped this long after its last merge; a run directory is
@@ -61,8 +65,10 @@ INTRO = """# hf-grasp: merge image and text classifiers with GRASP
 Pick fine-tuned classifiers that share one architecture and a target dataset. **GRASP** (Gradient-Aligned
 Sequential Parameter Transfer) fine-tunes the first source on the target, then, source by source, copies the
 parameter tensors whose loss gradient on the target points the same way as the merged model's (cosine above
-τ) and fine-tunes again — one source in memory at a time. The page then compares the merged model with each
-source alone and with their ensemble, on the same test examples.
+τ) and fine-tunes again — one source in memory at a time. The form starts on the method the README recommends;
+whichever you pick, the page then runs GRASP, the recommended method, the best single source and the ensemble on
+the same sources, seed and splits, and shows them in one table (validation and test accuracy) with the single model
+best on *validation* named.
 
 Two built-in benchmarks need nothing from the Hub: **digits-eras** (handwritten MNIST digits in six domains rotated
 0°–75°) and **tweet-eras** (negative/positive tweets in six eras of a drifting spelling, a growing share of the
@@ -102,12 +108,15 @@ def _choice(value: Any, choices: list, field: str) -> Any:
 def spec_from_form(home: Path, *, source_kind: str, builtin_sources: list[str], repo_ids: str, target_kind: str,
                    domain: int | None, dataset: str, dataset_domain: str, image_column: str, label_column: str,
                    method: str, initial_epochs: int, finetune_epochs: int, base: str, lr: float | None, seed: int,
-                   ensemble: bool, params: Mapping[str, Any] | None = None, benchmark: str = builtin.DIGITS,
-                   text_column: str | None = None, allow_local_paths: bool = False) -> RunSpec:
+                   compare: bool, params: Mapping[str, Any] | None = None, benchmark: str = builtin.DIGITS,
+                   text_column: str | None = None, keep_start: bool | None = None,
+                   allow_local_paths: bool = False) -> RunSpec:
     """The form's values as a :class:`RunSpec` (what ``GraspMerger.from_pretrained`` gets).
 
     ``params``: the chosen method's own parameters by name, as its inputs hold
-    them (an empty one: the recipe's or the method's default). Only what the
+    them (an empty one: the recipe's or the method's default). ``compare``: also
+    run GRASP, the recommended method, the best source and the ensemble.
+    ``keep_start``: the shared option, for the chosen method (None: unset). Only what the
     form sets is passed: everything else keeps the recipe's or the engine's
     default. Every value is checked here before any work, whatever sent it (the
     page's widgets or a hand-made API call): a choice against the input's
@@ -122,9 +131,12 @@ def spec_from_form(home: Path, *, source_kind: str, builtin_sources: list[str], 
     target_kind = _choice(target_kind, [BENCHMARK, DATASET], "target_kind")
     method = _choice(method, sorted(METHODS), "method")
     info = find_method(method)
-    if not isinstance(ensemble, bool):
-        raise refused("ensemble", ensemble, "should be ticked or not (true or false)")
+    for name, value in (("compare", compare), ("keep_start", keep_start)):
+        if not isinstance(value, bool) and not (name == "keep_start" and value is None):
+            raise refused(name, value, "should be ticked or not (true or false)")
     options: dict[str, Any] = {"initial_epochs": initial_epochs, "finetune_epochs": finetune_epochs, "seed": seed}
+    if keep_start is not None:
+        options["keep_start"] = keep_start
     base, dataset = _text(base, "base"), _text(dataset, "dataset")
     dataset_domain, text_column = _text(dataset_domain, "target_domain"), _text(text_column, "text_column")
     # an emptied learning rate is unset (a cleared number box sends None, an older page 0)
@@ -179,7 +191,7 @@ def spec_from_form(home: Path, *, source_kind: str, builtin_sources: list[str], 
         if not 0 <= options[name] <= MAX_EPOCHS:
             raise refused(name, options[name], f"the page takes 0 to {MAX_EPOCHS}")
     return RunSpec(sources=tuple(refs), target=target, method=method, options=options, params=params,
-                   labels=labels, compare_ensemble=ensemble, builtin_home=home_for_builtin,
+                   labels=labels, compare=compare, builtin_home=home_for_builtin,
                    builtin_benchmark=benchmark)
 
 
@@ -241,6 +253,18 @@ def param_input(method: str, name: str, field) -> gr.components.Component:
         return gr.Number(default, precision=0 if whole else None, info=info, **common)
     text = ", ".join(map(str, default)) if isinstance(default, (tuple, list)) else "" if default is None else default
     return gr.Textbox(str(text), info=info, **common)
+
+
+#: the checkbox of the shared option keep_start: the recommended method's value when it is chosen, else off
+_KEEP_START_INFO = ("a fine-tuning round may end on the state it started from, when no epoch beats it on "
+                    "validation (for the method chosen; the comparison's rows keep their own)")
+HEATMAP_LABEL = "alignment per tensor (rows: sources; ● transferred)"
+TRANSFER_LABEL = "each source: alone, and what moved from it"
+
+
+def _keep_start(method: str) -> bool:
+    """The keep_start box's value for ``method``: the recommended options' when it is the recommended method."""
+    return bool(RECOMMENDED_OPTIONS.get("keep_start", False)) if method == RECOMMENDED_METHOD else False
 
 
 def _method_text(name: str) -> str:
@@ -349,13 +373,18 @@ def build_demo(home: str | Path, *, allow_local_paths: bool = False) -> gr.Block
                     finetune_epochs = gr.Slider(0, MAX_EPOCHS, value=1, step=1, label=LABELS["finetune_epochs"],
                                                 elem_id="finetune-epochs")
                 with gr.Accordion("more", open=False):
-                    ensemble = gr.Checkbox(True, label=LABELS["ensemble"], elem_id="ensemble",
-                                           info="also run the ensemble of the same sources")
+                    compare = gr.Checkbox(True, label=LABELS["compare"], elem_id="compare",
+                                          info="also run GRASP, the recommended method, the best single source and "
+                                               "the ensemble on the same sources, seed and splits (the table's rows)")
+                    keep_start = gr.Checkbox(_keep_start(DEFAULT_METHOD), label=LABELS["keep_start"],
+                                             elem_id="keep-start", info=_KEEP_START_INFO)
                     base = gr.Textbox(label=LABELS["base"], elem_id="base", info="the sources' shared starting "
                                       f"point, a Hub repo id{paths} (task-vector methods, repo-id sources)")
                     lr = gr.Number(None, label=LABELS["lr"], info="empty: the recipe's, else 5e-5", elem_id="lr")
                     seed = gr.Number(0, precision=0, label=LABELS["seed"], elem_id="seed")
-                merge_btn = gr.Button("Merge", variant="primary", elem_id="merge")
+                with gr.Row():
+                    merge_btn = gr.Button("Merge", variant="primary", elem_id="merge")
+                    cancel_btn = gr.Button("Cancel", elem_id="cancel")
             with gr.Column(scale=3):
                 error = gr.HTML(visible=False, elem_id="error")
                 board = gr.Dataframe(headers=["source", "status", "detail"], label="progress per source",
@@ -364,14 +393,15 @@ def build_demo(home: str | Path, *, allow_local_paths: bool = False) -> gr.Block
                                      interactive=False, elem_id="log")
                 with gr.Column(visible=False) as result_box:
                     summary = gr.Markdown(elem_id="summary")
-                    accuracy = gr.Dataframe(headers=results.ACCURACY_COLUMNS, label="accuracy on the target's test "
-                                            "split", interactive=False, elem_id="accuracy-table", wrap=True)
-                    chart = gr.BarPlot(x="model", y="test accuracy (%)", color="kind", y_lim=[0, 100],
-                                       color_map=results.CHART_COLORS, label="test accuracy (%)",
-                                       elem_id="accuracy-chart", x_label_angle=-20)
-                    heatmap = gr.Image(label="alignment per tensor (rows: sources; ● transferred)", type="filepath",
-                                       elem_id="heatmap", interactive=False)
-                    transfer = gr.Dataframe(headers=results.TRANSFER_COLUMNS, label="what moved from each source",
+                    accuracy = gr.Dataframe(headers=results.ACCURACY_COLUMNS, label="same sources, seed and splits: "
+                                            "accuracy on the target's validation and test splits", interactive=False,
+                                            elem_id="accuracy-table", wrap=True,
+                                            column_widths=["24%", "14%", "12%", "13%", "37%"])
+                    verdict = gr.Markdown(elem_id="verdict")
+                    chart = gr.Image(label="validation (hatched) and test accuracy", type="filepath",
+                                     elem_id="accuracy-chart", interactive=False, show_label=False)
+                    heatmap = gr.Image(label=HEATMAP_LABEL, type="filepath", elem_id="heatmap", interactive=False)
+                    transfer = gr.Dataframe(headers=results.TRANSFER_COLUMNS, label=TRANSFER_LABEL,
                                             interactive=False, elem_id="transfer-table")
                     gr.Markdown("### Try the merged model")
                     with gr.Row() as image_try:
@@ -407,10 +437,10 @@ def build_demo(home: str | Path, *, allow_local_paths: bool = False) -> gr.Block
                 "target_kind": target_kind, "domain": domain, "dataset": dataset, "dataset_domain": dataset_domain,
                 "image_column": image_column, "label_column": label_column, "method": method,
                 "initial_epochs": initial_epochs, "finetune_epochs": finetune_epochs, "base": base, "lr": lr,
-                "seed": seed, "ensemble": ensemble}
+                "seed": seed, "compare": compare, "keep_start": keep_start}
         merge_inputs = {run, *form.values(), *(c for inputs in param_inputs.values() for c in inputs.values())}
-        shown = [error, board, log_box, result_box, summary, accuracy, chart, heatmap, transfer, examples, image,
-                 truth, prediction, download, push_result, run, image_try, text_try, text_examples, text_in]
+        shown = [error, board, log_box, result_box, summary, accuracy, verdict, chart, heatmap, transfer, examples,
+                 image, truth, prediction, download, push_result, run, image_try, text_try, text_examples, text_in]
 
         def on_merge(values: dict, progress=gr.Progress()):
             _forget(values[run])  # this session's earlier run: its files go now
@@ -422,12 +452,15 @@ def build_demo(home: str | Path, *, allow_local_paths: bool = False) -> gr.Block
                 spec = spec_from_form(home, **fields, params=params, allow_local_paths=allow_local_paths)
                 progress(0, desc="starting")
                 sweep_runs(runs, SESSION_SECONDS)
-                for item in run_merge(spec, runs / uuid.uuid4().hex):
-                    if isinstance(item, Tick):
-                        progress(item.fraction, desc=item.desc)
-                        yield {board: item.rows, log_box: "\n".join(item.lines)}
-                    else:
-                        yield _shown(item)
+                # closed with on_merge when the visitor cancels or leaves (gradio closes this generator): the
+                # run's worker then stops and its directory goes
+                with contextlib.closing(run_merge(spec, runs / uuid.uuid4().hex)) as steps:
+                    for item in steps:
+                        if isinstance(item, Tick):
+                            progress(item.fraction, desc=item.desc)
+                            yield {board: item.rows, log_box: "\n".join(item.lines)}
+                        else:
+                            yield _shown(item)
             except GraspError as e:
                 yield {error: _error(e), board: []}
             except Exception as e:  # noqa: BLE001 - a bug, not bad input: one line here, the traceback in the log
@@ -436,12 +469,14 @@ def build_demo(home: str | Path, *, allow_local_paths: bool = False) -> gr.Block
                                                 "server's log has the traceback)")), board: []}
 
         def _shown(outcome: RunOutcome) -> dict:
-            rows = results.accuracy_rows(outcome)
-            return {result_box: gr.update(visible=True), summary: results.summary(outcome), accuracy: rows,
-                    # bars in the table's order (merged, ensemble, sources), not alphabetical
-                    chart: gr.update(value=results.chart_frame(rows), sort=[r[0] for r in rows]),
-                    heatmap: str(outcome.heatmap) if outcome.heatmap else None,
-                    transfer: results.transfer_rows(outcome),
+            whose = results.scored_by(outcome)
+            return {result_box: gr.update(visible=True), summary: results.summary(outcome),
+                    accuracy: results.accuracy_rows(outcome), verdict: results.verdict(outcome),
+                    chart: gr.update(value=str(outcome.chart) if outcome.chart else None,
+                                     visible=outcome.chart is not None),
+                    heatmap: gr.update(value=str(outcome.heatmap) if outcome.heatmap else None,
+                                       label=f"{HEATMAP_LABEL}, of {whose}"),
+                    transfer: gr.update(value=results.transfer_rows(outcome), label=f"{TRANSFER_LABEL}, in {whose}"),
                     **_try_area(outcome), truth: "", prediction: None, download: str(outcome.zip_path),
                     push_result: "", run: outcome}
 
@@ -483,6 +518,10 @@ def build_demo(home: str | Path, *, allow_local_paths: bool = False) -> gr.Block
             except GraspError as e:  # a call past the page's widgets: a text for an image classifier
                 return f"error: {e}", None
 
+        def on_cancel():
+            return gr.update(value=_line("cancelled: the merge stops at its next step; nothing of it is kept"),
+                             visible=True)
+
         def on_push(outcome: RunOutcome | None, repo: str, token: str, private: bool):
             # the token lives in this call only: it is cleared from the page on return, whatever happens
             if outcome is None:
@@ -494,7 +533,7 @@ def build_demo(home: str | Path, *, allow_local_paths: bool = False) -> gr.Block
 
         def on_method(name: str):
             return {**{box: gr.update(visible=m == name) for m, box in param_boxes.items()},
-                    method_info: _method_text(name)}
+                    method_info: _method_text(name), keep_start: gr.update(value=_keep_start(name))}
 
         def on_domain(name: str, d: int):
             choices = _source_choices(int(d), name)
@@ -512,11 +551,14 @@ def build_demo(home: str | Path, *, allow_local_paths: bool = False) -> gr.Block
                            target_kind, [domain, dataset_box], queue=False)
         benchmark.input(on_benchmark, benchmark, [builtin_sources, domain], queue=False)
         domain.change(on_domain, [benchmark, domain], builtin_sources, queue=False)
-        method.change(on_method, method, [*param_boxes.values(), method_info], queue=False)
+        method.change(on_method, method, [*param_boxes.values(), method_info, keep_start], queue=False)
         # one merge at a time in this process (the queue shows the others their place); a run is CPU-bound.
         # preprocess=False: the values as sent, checked by spec_from_form in the page's words (gradio's own checks
         # fail on a text in a number input with a bare "Error", and name no input)
-        merge_btn.click(on_merge, merge_inputs, shown, concurrency_limit=1, concurrency_id="merge", preprocess=False)
+        merging = merge_btn.click(on_merge, merge_inputs, shown, concurrency_limit=1, concurrency_id="merge",
+                                  preprocess=False)
+        # gradio closes the merge's generator: on_merge closes run_merge's, which stops the worker (session.py)
+        cancel_btn.click(on_cancel, None, [error], cancels=[merging], queue=False)
         examples.select(on_pick, run, [image, truth, prediction], concurrency_limit=4)
         classify_btn.click(on_classify, [run, image], [truth, prediction], concurrency_limit=4)
         text_examples.input(on_pick_text, [run, text_examples], [text_in, truth, prediction], concurrency_limit=4)
