@@ -117,7 +117,7 @@ def _batchnorm_at_identity(model: Any) -> None:
 
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.affine:
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)) and module.affine:
                 module.weight.fill_(1.0)
                 module.bias.zero_()
 
