@@ -219,7 +219,8 @@ def test_parameter_budgets(checkpoints, tmp_path):
     for arch in ("resnet", "mobilevit", "efficientnet"):
         model = family_for(read_config(checkpoints[arch])).build(checkpoints[arch])
         counts[arch] = sum(p.numel() for p in model.parameters())
-    assert all(50_000 < n < 400_000 for n in counts.values()), counts
+    # small enough for seconds per epoch on a CPU (EfficientNet at width 0.5: 0.66M, so its 32-px features survive)
+    assert all(50_000 < n < 800_000 for n in counts.values()), counts
     archs.resnet18_like(tmp_path / "r18", num_labels=10)
     r18 = family_for(read_config(tmp_path / "r18")).build(tmp_path / "r18")
     assert 10_500_000 < sum(p.numel() for p in r18.parameters()) < 11_500_000

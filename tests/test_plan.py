@@ -86,7 +86,7 @@ def test_a_plan_read_from_a_file_does_not_judge_a_run():
 
 
 def test_builtins_declare_multi_process_and_a_registered_method_defaults_to_safe(mine):
-    single = {"pearl", "greedy-soup", "sequential-ta", "learned-interpolation"}
+    single = {"pearl", "greedy-soup", "sequential-ta", "learned-interpolation", "best-source", "distill", "soup-wise"}
     assert {n for n, m in METHODS.items() if not m.multi_process} == single | {"mine"}
     assert not mine.sequential and not mine.multi_process
     with pytest.raises(GraspError, match="^method 'mine' cannot run on 2 processes yet"):
